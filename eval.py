@@ -1,0 +1,641 @@
+"""The referee: data, budget, metric and ledger. FROZEN: edit only in meta-mode (META_MODE=1).
+
+Usage:
+    uv run just eval [CONFIG] [--config PATH] [--seed 0] [--device cpu|cuda|mps]
+                     [--budget-tokens N] [--description TEXT] [--<train.Config field> VALUE ...]
+
+CONFIG names an entry of `train.CONFIGS` (default: the one named after the device class);
+`--config PATH` reads a JSON object of `train.Config` fields instead (a run's `train_config.json`
+reproduces that run). Any `train.Config` field can be overridden on the command line.
+
+The problem: byte-level language modelling (vocabulary 256) on the `.py` source of the running
+interpreter's standard library (site-packages excluded). Files are sorted by relative path; a file
+is in the validation split when sha256(relative path) mod 20 == 0 (about 5% of files), so the
+split never shifts when files are added. The corpus fingerprint (`data_fp`) is a hash of the
+prepared bytes of both splits; rows compare only within one fingerprint.
+
+The metric, val_bpb (validation bits per byte; lower is better):
+    Let v[0..N-1] be the validation files' bytes, concatenated in path order, and T the preset's
+    `eval_seq_len`. For every window start s = 0, T, 2T, ... < N-1 the model sees the inputs
+    v[s : min(s+T, N-1)] and predicts the next byte at every position; the targets
+    v[s+1 : min(s+T, N-1)+1] are never shown to it. Every byte v[1..N-1] is predicted exactly once.
+        val_bpb = sum over all targets of -log2 softmax(logits)[target]  /  (N - 1)
+    computed here from the model's logits, cast to float32 before the log-softmax. A uniform model
+    scores exactly 8. Before scoring, a causality probe checks that changing the bytes after
+    position t leaves the logits at positions <= t unchanged; a model that fails is refused
+    (status `crash`).
+
+The budget: a fixed number of training tokens per device class (PRESETS), served by the
+referee's own batch stream, which stops when the budget is spent; plus a wall-clock cap on
+training that ends the run as `timeout` even if train.py never asks for another batch.
+
+Every run writes `runs/{run_id}/` (train.log, train_config.json, summary.json, model.pt) in the
+main checkout and appends exactly one row to its `results.tsv`, under a file lock.
+"""
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import resource
+import secrets
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import cache
+from pathlib import Path
+from typing import Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int, UInt8
+from torch import Tensor
+
+# --- Constants (fixed: changing any of them is meta-mode work and changes eval_sha) ---
+
+VOCAB_SIZE = 256
+VAL_MODULUS = 20  # a file is validation when sha256(relpath) % VAL_MODULUS == 0: about 5%
+EVAL_BATCH_SIZE = 32  # windows per forward pass while scoring; fixed, so scoring is reproducible
+PROBE_POSITIONS = (0, 37, 128)  # causality probe: the cut points t (clipped to the window)
+PROBE_ATOL = 1e-4  # float32 logits before a cut may move by at most this much
+
+
+@dataclass(frozen=True)
+class Preset:
+    train_tokens: int
+    """training tokens the batch stream serves, then it stops"""
+    wall_cap_s: float
+    """training wall-clock seconds after which the run ends as `timeout`"""
+    eval_seq_len: int
+    """context length of the scoring windows"""
+
+
+PRESETS = {
+    # 2-core laptop or CI box: about 7 minutes of training at ~17k tokens/s, scoring included < 10 min.
+    "cpu": Preset(train_tokens=7_000_000, wall_cap_s=1200.0, eval_seq_len=256),
+    "mps": Preset(train_tokens=50_000_000, wall_cap_s=2400.0, eval_seq_len=256),
+    # One H100-class GPU: a 5-40 minute research run.
+    "cuda": Preset(train_tokens=600_000_000, wall_cap_s=2400.0, eval_seq_len=1024),
+}
+
+RESULTS_SCHEMA = {  # the ledger's columns, in order, with their polars dtypes
+    "run_id": "String",
+    "started_at": "String",
+    "experiment": "String",
+    "config": "String",
+    "commit": "String",
+    "seed": "Int64",
+    "device": "String",
+    "status": "String",
+    "val_bpb": "Float64",
+    "train_tokens": "Int64",
+    "wall_s": "Float64",
+    "tokens_per_s": "Float64",
+    "mfu": "Float64",
+    "peak_mem_gb": "Float64",
+    "params_m": "Float64",
+    "label": "String",
+    "eval_sha": "String",
+    "data_fp": "String",
+    "description": "String",
+    "error": "String",
+}
+RESULTS_COLUMNS = tuple(RESULTS_SCHEMA)
+STATUSES = ("ok", "crash", "timeout")
+
+# bf16 dense peak FLOP/s by GPU name, for MFU; the first matching key wins, so PCIe before SXM.
+GPU_PEAK_FLOPS = {
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "H800": 989e12,
+    "B200": 2250e12,
+    "A100": 312e12,
+    "A800": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10": 125e12,
+    "4090": 165e12,
+    "3090": 71e12,
+}
+
+
+class Model(Protocol):
+    """What the referee needs from the model train.py returns (an nn.Module)."""
+
+    def __call__(self, idx: Int[Tensor, "batch seq"]) -> Float[Tensor, "batch seq vocab"]: ...
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs (forward + backward) per token at this sequence length, for MFU."""
+        ...
+
+
+class WallClockExceeded(BaseException):
+    """Training ran past the preset's cap. A BaseException, so `except Exception` in train.py
+    cannot swallow it."""
+
+
+class Terminated(BaseException):
+    """SIGTERM (a queue's kill): turned into an exception so the run still writes its row."""
+
+
+# --- Data ---
+
+
+def stdlib_dir() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def corpus_files(source_dir: Path) -> list[str]:
+    """Relative paths of the corpus's `.py` files, sorted; installed packages are not corpus."""
+    rel = (p.relative_to(source_dir).as_posix() for p in source_dir.rglob("*.py") if p.is_file())
+    return sorted(r for r in rel if not {"site-packages", "dist-packages"} & set(r.split("/")))
+
+
+def is_validation(relpath: str) -> bool:
+    return int.from_bytes(hashlib.sha256(relpath.encode()).digest()[:8], "big") % VAL_MODULUS == 0
+
+
+@dataclass(frozen=True)
+class Corpus:
+    train: UInt8[Tensor, " n_train"]
+    val: UInt8[Tensor, " n_val"]
+    fingerprint: str
+    source: str
+    n_files: int
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(os.environ.get("RESEARCH_CACHE_DIR") or Path(base) / "research-harness")
+
+
+def fingerprint(train: bytes, val: bytes) -> str:
+    h = hashlib.sha256()
+    for name, part in ((b"train", train), (b"val", val)):
+        h.update(name + len(part).to_bytes(8, "big") + part)
+    return h.hexdigest()[:16]
+
+
+def load_corpus(source_dir: Path | None = None, cache_dir: Path | None = None) -> Corpus:
+    """The prepared corpus, built once per distinct file listing and cached as two byte files.
+    The fingerprint is recomputed from the bytes on every load, so it always names what was used."""
+    source_dir = (source_dir or stdlib_dir()).resolve()
+    cache_dir = cache_dir or default_cache_dir()
+    files = corpus_files(source_dir)
+    if not files:
+        raise FileNotFoundError(f"no .py files under {source_dir}: the corpus is empty")
+    listing = "\n".join(f"{r}\t{(source_dir / r).stat().st_size}\t{(source_dir / r).stat().st_mtime_ns}" for r in files)
+    key = hashlib.sha256(f"{source_dir}\n{VAL_MODULUS}\n{listing}".encode()).hexdigest()[:16]
+    train_path, val_path = cache_dir / f"{key}.train.bin", cache_dir / f"{key}.val.bin"
+    if not (train_path.exists() and val_path.exists()):
+        parts: dict[bool, list[bytes]] = {True: [], False: []}
+        for r in files:
+            parts[is_validation(r)].append((source_dir / r).read_bytes())
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        for path, chunks in ((train_path, parts[False]), (val_path, parts[True])):
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_bytes(b"".join(chunks))
+            os.replace(tmp, path)  # atomic: concurrent runs never read a half-written cache
+    train, val = train_path.read_bytes(), val_path.read_bytes()
+    return Corpus(
+        train=torch.frombuffer(bytearray(train), dtype=torch.uint8),
+        val=torch.frombuffer(bytearray(val), dtype=torch.uint8),
+        fingerprint=fingerprint(train, val),
+        source=str(source_dir),
+        n_files=len(files),
+    )
+
+
+class TrainStream:
+    """The only way train.py gets data: seeded random windows of the training split, served until
+    the token budget is spent. The referee counts what it served, so the row's train_tokens is
+    what the model actually saw."""
+
+    def __init__(self, tokens: Tensor, budget_tokens: int, seed: int, device: torch.device, deadline: float):
+        self.tokens = tokens.to(device)  # the whole split on the device: batches need no host copy
+        self.budget_tokens = budget_tokens
+        self.tokens_served = 0
+        self.seq_len: int | None = None
+        self.device = device
+        self.deadline = deadline
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def batches(
+        self, batch_size: int, seq_len: int
+    ) -> Iterator[tuple[Int[Tensor, "batch seq"], Int[Tensor, "batch seq"]]]:
+        """(inputs, targets) pairs, targets shifted by one byte, until the budget is spent."""
+        if batch_size <= 0 or seq_len <= 0:
+            raise ValueError(f"batch_size={batch_size} and seq_len={seq_len} must be positive")
+        if seq_len + 1 > len(self.tokens):
+            raise ValueError(f"seq_len={seq_len} is longer than the training split ({len(self.tokens)} bytes)")
+        self.seq_len = seq_len
+        span = torch.arange(seq_len + 1, device=self.device)
+        while self.tokens_served + batch_size * seq_len <= self.budget_tokens:
+            if time.monotonic() > self.deadline:
+                raise WallClockExceeded(f"training passed the wall-clock cap after {self.tokens_served} tokens")
+            starts = torch.randint(len(self.tokens) - seq_len, (batch_size, 1), generator=self.generator)
+            window = self.tokens[starts.to(self.device, non_blocking=True) + span].long()
+            self.tokens_served += batch_size * seq_len
+            yield window[:, :-1], window[:, 1:]
+
+
+# --- Evaluation (the metric) ---
+
+
+@torch.no_grad()
+def causality_violation(model: Model, val: Tensor, seq_len: int, device: torch.device) -> str | None:
+    """None if the model is causal on a probe window; otherwise what it peeked at."""
+    x = val[:seq_len].long().to(device)[None]
+    gen = torch.Generator().manual_seed(1234)
+    reference = model(x).float()
+    if reference.shape != (1, x.size(1), VOCAB_SIZE):
+        return f"logits have shape {tuple(reference.shape)}, expected (1, {x.size(1)}, {VOCAB_SIZE})"
+    for t in sorted({min(p, x.size(1) - 2) for p in PROBE_POSITIONS}):
+        perturbed = x.clone()
+        perturbed[0, t + 1 :] = torch.randint(VOCAB_SIZE, (x.size(1) - t - 1,), generator=gen).to(device)
+        diff = (model(perturbed).float()[0, : t + 1] - reference[0, : t + 1]).abs().max().item()
+        if not diff <= PROBE_ATOL:
+            return f"changing bytes after position {t} changed logits at positions <= {t} by {diff:.3g}"
+    return None
+
+
+@torch.no_grad()
+def evaluate(model: Model, val: UInt8[Tensor, " n_val"], seq_len: int, device: torch.device) -> float:
+    """val_bpb as defined in this module's docstring."""
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    n = len(val)
+    if n < 2:
+        raise ValueError(f"validation split has {n} bytes; need at least 2")
+    starts = list(range(0, n - 1, seq_len))
+    full = [s for s in starts if s + seq_len <= n - 1]
+    total_nats = 0.0
+    data = val.to(device).long()
+    span = torch.arange(seq_len + 1, device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    for i in range(0, len(full), EVAL_BATCH_SIZE):
+        window = data[torch.tensor(full[i : i + EVAL_BATCH_SIZE], device=device)[:, None] + span]
+        with autocast:
+            logits = model(window[:, :-1])
+        total_nats += F.cross_entropy(
+            logits.float().reshape(-1, VOCAB_SIZE), window[:, 1:].reshape(-1), reduction="sum"
+        ).item()
+    if len(full) < len(starts):  # the tail: one shorter window
+        window = data[starts[-1] :][None]
+        with autocast:
+            logits = model(window[:, :-1])
+        total_nats += F.cross_entropy(
+            logits.float().reshape(-1, VOCAB_SIZE), window[:, 1:].reshape(-1), reduction="sum"
+        ).item()
+    if was_training:
+        model.train()
+    return total_nats / math.log(2) / (n - 1)
+
+
+# --- Device ---
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """The device asked for, checked; or the best one present. Never a silent switch."""
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name not in PRESETS:
+        raise ValueError(f"--device {name!r} is not one of {sorted(PRESETS)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch sees no CUDA device: use --device cpu, or fix the driver")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps, but torch sees no MPS device: use --device cpu")
+    return torch.device(name)
+
+
+@cache
+def device_peak_flops(device: torch.device) -> float:
+    """Peak FLOP/s that MFU is measured against: the bf16 dense datasheet figure for known GPUs;
+    elsewhere the float32 matmul rate measured here (so CPU MFU is relative to this machine)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, flops in GPU_PEAK_FLOPS.items():
+            if key in name:
+                return flops
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    n = 4096 if device.type != "cpu" else 1024
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    best = 0.0
+    for _ in range(5):  # the best of a few: a busy neighbour only ever slows a trial down
+        sync()
+        t0 = time.perf_counter()
+        a @ b
+        sync()
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / 1e9 if sys.platform == "darwin" else rss * 1024 / 1e9
+
+
+@contextmanager
+def wall_cap(seconds: float):
+    """Raise WallClockExceeded in this (main) thread after `seconds`, even inside code that
+    never returns to the batch stream."""
+
+    def on_alarm(signum, frame):
+        raise WallClockExceeded(f"training passed the wall-clock cap of {seconds:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# --- Ledger ---
+
+
+def git_blob_sha(path: Path) -> str:
+    """What `git hash-object PATH` prints: names the exact eval.py that scored a row."""
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def format_row(row: dict) -> str:
+    unknown = set(row) - set(RESULTS_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown ledger columns {sorted(unknown)}; the columns are {RESULTS_COLUMNS}")
+    if row.get("status") not in STATUSES:
+        raise ValueError(f"status {row.get('status')!r} is not one of {STATUSES}")
+
+    def cell(column: str) -> str:
+        value = row.get(column)
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            return ""
+        text = f"{value:.6g}" if isinstance(value, float) else str(value)
+        if column == "val_bpb":
+            text = repr(float(value))  # full precision: determinism is checked on this column
+        return " ".join(text.split())  # no tab or newline may break the row
+
+    return "\t".join(cell(c) for c in RESULTS_COLUMNS) + "\n"
+
+
+def append_result(row: dict, path: Path) -> None:
+    """Append one row under a lock, writing the header first if the file is new or empty. The line
+    goes out in one write of an O_APPEND file, so a reader never sees half a row."""
+    from filelock import FileLock
+
+    line = format_row(row).encode()
+    with FileLock(str(path) + ".lock"):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(fd).st_size == 0:
+                line = ("\t".join(RESULTS_COLUMNS) + "\n").encode() + line
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_results(path: Path):
+    """The ledger as a polars DataFrame with the declared schema; a malformed row is an error.
+    Files written before a column was appended to the schema are read with that column null."""
+    import polars as pl
+
+    schema = {name: getattr(pl, dtype) for name, dtype in RESULTS_SCHEMA.items()}
+    if not path.exists() or path.stat().st_size == 0:
+        return pl.DataFrame(schema=schema)
+    header = path.read_text().split("\n", 1)[0].split("\t")
+    if tuple(header) != RESULTS_COLUMNS[: len(header)]:
+        raise ValueError(f"{path}: header {header} is not a prefix of {RESULTS_COLUMNS}")
+    df = pl.read_csv(path, separator="\t", schema={k: schema[k] for k in header}, quote_char=None)
+    return df.with_columns(pl.lit(None, dtype=schema[c]).alias(c) for c in RESULTS_COLUMNS[len(header) :])
+
+
+# --- One scored run ---
+
+
+def on_sigterm(signum, frame):
+    raise Terminated("killed by SIGTERM")
+
+
+def git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@dataclass(frozen=True)
+class EvalArgs:
+    seed: int = 0
+    """seed for the weights and the batch order"""
+    device: Literal["cpu", "cuda", "mps"] | None = None
+    """device class; default: cuda, else mps, else cpu (logged and recorded)"""
+    budget_tokens: int | None = None
+    """training tokens instead of the preset's, for quick checks (the row records the tokens used)"""
+    description: str = ""
+    """one line for the ledger"""
+    wall_cap_s: float | None = None
+    """lower the preset's training wall-clock cap (never raise it), for quick checks"""
+
+
+def split_config_args(argv: list[str]) -> tuple[str | None, Path | None, list[str]]:
+    """Take the positional CONFIG name and `--config PATH` off the command line."""
+    name, path, rest = None, None, []
+    it = iter(argv)
+    for arg in it:
+        if arg.startswith("--config="):
+            path = Path(arg.split("=", 1)[1])
+        elif arg == "--config":
+            path = Path(next(it, ""))
+        elif name is None and not rest and not arg.startswith("-"):
+            name = arg
+        else:
+            rest.append(arg)
+    if name is not None and path is not None:
+        raise ValueError(f"give a CONFIG name ({name!r}) or --config PATH ({path}), not both")
+    return name, path, rest
+
+
+def resolve_train_config(train_module, name: str | None, path: Path | None, device_type: str):
+    """The named config (default: the device class's), or a JSON file of Config fields."""
+    configs = train_module.CONFIGS
+    if path is not None:
+        if not path.is_file():
+            raise ValueError(f"--config {path}: no such file (give a JSON object of train.Config fields)")
+        fields = {f.name for f in dataclasses.fields(train_module.Config)}
+        data = json.loads(path.read_text())
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise ValueError(f"--config {path}: unknown fields {unknown}; train.Config has {sorted(fields)}")
+        return str(path), train_module.Config(**data)
+    name = name or device_type
+    if name not in configs:
+        raise ValueError(f"unknown config {name!r}; train.CONFIGS has {sorted(configs)}")
+    return name, configs[name]
+
+
+def describe_config(name: str, base, cfg) -> str:
+    """`cpu`, or `cpu:lr=0.003,n_layer=6` when fields were overridden on the command line."""
+    changed = [f"{f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(base, f.name)]
+    return name + (":" + ",".join(changed) if changed else "")
+
+
+def parse_args(argv: list[str], train_module) -> tuple[EvalArgs, str, object]:
+    import tyro
+
+    name, path, rest = split_config_args(argv)
+    probe = tyro.cli(EvalArgs, args=[a for a in rest if a not in ("-h", "--help")], return_unknown_args=True)[0]
+    device_type = probe.device or resolve_device(None).type
+    config_name, base = resolve_train_config(train_module, name, path, device_type)
+    cli_type = dataclasses.make_dataclass(
+        "Cli",
+        [
+            ("eval", EvalArgs, dataclasses.field(default_factory=EvalArgs)),
+            ("train", train_module.Config, dataclasses.field(default_factory=lambda: base)),
+        ],
+    )
+    parsed = tyro.cli(cli_type, args=rest, description=__doc__, config=(tyro.conf.OmitArgPrefixes,))
+    if parsed.eval.budget_tokens is not None and parsed.eval.budget_tokens <= 0:
+        raise ValueError(f"--budget-tokens {parsed.eval.budget_tokens}: must be a positive number of tokens")
+    if parsed.eval.wall_cap_s is not None and parsed.eval.wall_cap_s <= 0:
+        raise ValueError(f"--wall-cap-s {parsed.eval.wall_cap_s}: must be a positive number of seconds")
+    return parsed.eval, describe_config(config_name, base, parsed.train), parsed.train
+
+
+def load_experiment(code_dir: Path):
+    """Import the experiment's train.py (and through it model.py) from `code_dir`. train.py's
+    `import eval` gets this very module: the referee that is running, never the experiment's copy."""
+    sys.modules["eval"] = sys.modules[__name__]
+    sys.path.insert(0, str(code_dir))
+    import train
+
+    return train
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    root = Path(__file__).resolve().parent
+    code_dir = Path(git("rev-parse", "--show-toplevel", cwd=Path.cwd()))
+
+    import harness  # root's harness: the guard an experiment cannot edit
+
+    harness.require_scoring_allowed(code_dir, root)
+
+    train = load_experiment(code_dir)
+    args, config_desc, cfg = parse_args(argv, train)
+    device = resolve_device(args.device)
+    preset = PRESETS[device.type]
+    budget = args.budget_tokens or preset.train_tokens
+    wall_cap_s = min(args.wall_cap_s or preset.wall_cap_s, preset.wall_cap_s)
+    if device.type == "cuda":  # deterministic cuBLAS; must be set before the first CUDA call
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+    experiment = "main" if code_dir == root else code_dir.name
+    started = datetime.now(timezone.utc)
+    run_id = f"{started:%Y%m%d-%H%M%S}-{experiment}-{secrets.token_hex(2)}"
+    run_dir = root / "runs" / run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, format="{time:HH:mm:ss} | {message}", backtrace=False, diagnose=False)
+    logger.add(run_dir / "train.log", format="{time:YYYY-MM-DD HH:mm:ss.SSS} | {message}", diagnose=False)
+    commit = git("rev-parse", "--short=12", "HEAD", cwd=code_dir)
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no", cwd=code_dir))
+    logger.info(f"run {run_id} | experiment {experiment} | commit {commit}{' (dirty)' if dirty else ''}")
+    logger.info(f"torch {torch.__version__} | cuda {torch.version.cuda} | device {device} | seed {args.seed}")
+    logger.info(f"config {config_desc} | {cfg}")
+    logger.info(f"budget {budget:,} tokens | wall cap {wall_cap_s:.0f} s | eval context {preset.eval_seq_len}")
+
+    row: dict = dict(
+        run_id=run_id, started_at=started.isoformat(timespec="seconds"), experiment=experiment,
+        config=config_desc, commit=commit, seed=args.seed, device=device.type, status="crash",
+        label=os.environ.get("RESEARCH_LABEL", ""), eval_sha=git_blob_sha(Path(__file__)),
+        description=args.description,
+    )  # fmt: skip
+    summary: dict = {}
+    signal.signal(signal.SIGTERM, on_sigterm)
+    exit_code = 1
+    try:
+        # --- data ---
+        t0 = time.perf_counter()
+        corpus = load_corpus()
+        row["data_fp"] = corpus.fingerprint
+        summary["data_s"] = time.perf_counter() - t0
+        logger.info(
+            f"data {corpus.source} | {corpus.n_files} files | train {len(corpus.train):,} B | "
+            f"val {len(corpus.val):,} B | fp {corpus.fingerprint} | {summary['data_s']:.1f} s"
+        )
+        # --- train ---
+        torch.manual_seed(args.seed)
+        if device.type == "cuda":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        t0 = time.perf_counter()
+        stream = TrainStream(corpus.train, budget, args.seed, device, time.monotonic() + wall_cap_s)
+        try:
+            with wall_cap(wall_cap_s):
+                model = train.train(cfg, stream, device)
+        finally:
+            wall_s = time.perf_counter() - t0
+            row.update(train_tokens=stream.tokens_served, wall_s=wall_s, tokens_per_s=stream.tokens_served / wall_s)
+        row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
+        if stream.seq_len is not None:
+            flops = model.flops_per_token(stream.seq_len) * stream.tokens_served
+            row["mfu"] = flops / wall_s / device_peak_flops(device)
+        torch.save({"model": model.state_dict(), "train_config": dataclasses.asdict(cfg)}, run_dir / "model.pt")
+        # --- score ---
+        t0 = time.perf_counter()
+        model.eval()
+        problem = causality_violation(model, corpus.val, preset.eval_seq_len, device)
+        if problem is not None:
+            raise ValueError(f"model is not causal, refused: {problem}")
+        val_bpb = evaluate(model, corpus.val, preset.eval_seq_len, device)
+        summary["eval_s"] = time.perf_counter() - t0
+        if not math.isfinite(val_bpb):
+            raise FloatingPointError(f"val_bpb is {val_bpb}")
+        row.update(val_bpb=val_bpb, status="ok")
+        exit_code = 0
+    except WallClockExceeded as e:
+        row.update(status="timeout", error=str(e))
+        logger.error(f"timeout: {e}")
+    except (Exception, KeyboardInterrupt, Terminated) as e:
+        row["error"] = f"{type(e).__name__}: {e}"[:500]
+        logger.opt(exception=e).error(f"crash: {row['error']}")
+        exit_code = 130 if isinstance(e, KeyboardInterrupt) else 1
+    finally:
+        row["peak_mem_gb"] = peak_memory_gb(device)
+        append_result(row, root / "results.tsv")
+        summary = {**row, **summary}
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print("---")
+        for key in ("val_bpb", "train_tokens", "wall_s", "tokens_per_s", "mfu", "peak_mem_gb", "params_m"):
+            value = row.get(key)
+            text = repr(value) if key == "val_bpb" else f"{value:.6g}" if isinstance(value, float) else value
+            print(f"{key}: {'' if text is None else text}")
+        print(f"eval_s: {summary.get('eval_s', 0.0):.1f}")
+        print(f"status: {row['status']}")
+        print(f"run_id: {run_id}")
+        if row.get("error"):
+            print(f"error: {row['error']}")
+    return exit_code
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ValueError as e:  # bad input before a run starts: a one-line error and no row
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,56 @@
+"""Shared fixtures: a real copy of this project in a temporary git repo, and a way to run its recipes."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # import eval, harness, model, train from the checkout under test
+JUST = shutil.which("just") or str(ROOT / ".venv" / "bin" / "just")
+
+
+def git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def make_project(dst: Path) -> Path:
+    """The checkout's tracked files (as they are on disk) committed on `main` of a new repo at `dst`,
+    with the checkout's virtual environment shared through a symlink."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for rel in git("ls-files", "-z", cwd=ROOT).split("\0"):
+        if rel and (ROOT / rel).is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dst / rel)
+    (dst / ".venv").symlink_to(ROOT / ".venv")
+    git("init", "-q", "-b", "main", cwd=dst)
+    git("config", "user.email", "test@example.com", cwd=dst)
+    git("config", "user.name", "test", cwd=dst)
+    git("add", "-A", cwd=dst)
+    git("commit", "-q", "-m", "init", cwd=dst)
+    return dst
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return make_project(tmp_path / "project")
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    # The caller's META_MODE or RESEARCH_LABEL must not leak into a test's runs.
+    inherited = {k: v for k, v in os.environ.items() if k not in ("META_MODE", "RESEARCH_LABEL")}
+    full_env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+def just(cwd: Path, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return run([JUST, *args], cwd=cwd, env=env, timeout=timeout)
+
+
+def block(stdout: str) -> dict[str, str]:
+    """The `key: value` summary block a run prints after its `---` line."""
+    tail = stdout.rsplit("---\n", 1)[-1]
+    return dict(line.split(": ", 1) if ": " in line else (line.rstrip(":"), "") for line in tail.splitlines() if line)

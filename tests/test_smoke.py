@@ -1,0 +1,154 @@
+"""End to end: the real `just eval` / `just smoke` as subprocesses in a temporary copy of the project,
+on tiny budgets. Asserts the printed block, the ledger row and the run folder."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+import eval as referee
+from conftest import JUST, block, git, just, run
+
+TINY = ["tiny", "--budget-tokens", "6000"]
+
+
+def rows(project):
+    return referee.read_results(project / "results.tsv")
+
+
+def test_eval_prints_the_block_writes_one_row_and_a_run_folder(project):
+    result = just(project, "eval", *TINY, "--description", "a first run, with spaces")
+    assert result.returncode == 0, result.stderr
+    out = block(result.stdout)
+    assert {"val_bpb", "train_tokens", "wall_s", "tokens_per_s", "mfu", "peak_mem_gb", "run_id"} <= set(out)
+    df = rows(project)
+    assert df.height == 1
+    r = df.row(0, named=True)
+    assert r["status"] == "ok" and r["experiment"] == "main" and r["config"] == "tiny" and r["device"] == "cpu"
+    assert r["run_id"] == out["run_id"] and repr(r["val_bpb"]) == out["val_bpb"] and 2.0 < r["val_bpb"] < 8.0
+    assert r["train_tokens"] == int(out["train_tokens"]) == 5632  # whole batches of 8 x 64 within 6000
+    assert r["commit"] == git("rev-parse", "--short=12", "HEAD", cwd=project)
+    assert r["eval_sha"] == git("hash-object", "eval.py", cwd=project)
+    assert r["data_fp"] == referee.load_corpus().fingerprint
+    assert r["description"] == "a first run, with spaces" and r["label"] is None
+    assert r["mfu"] > 0 and r["tokens_per_s"] > 0 and r["params_m"] > 0 and r["peak_mem_gb"] > 0
+    run_dir = project / "runs" / r["run_id"]
+    assert {"train.log", "train_config.json", "summary.json", "model.pt"} <= {p.name for p in run_dir.iterdir()}
+    assert json.loads((run_dir / "train_config.json").read_text())["n_layer"] == 2
+    assert "step 0/11 | loss" in (run_dir / "train.log").read_text()
+
+
+def test_same_seed_same_metric_other_seed_other_metric(project):
+    for seed in ("0", "0", "1"):
+        assert just(project, "eval", *TINY, "--seed", seed).returncode == 0
+    a, b, c = rows(project)["val_bpb"].to_list()
+    assert a == b and a != c
+
+
+def test_overrides_a_config_file_and_the_label_are_recorded(project):
+    env = {"RESEARCH_LABEL": "Q: wider? H: -0.01 bpb"}
+    assert just(project, "eval", *TINY, "--d-model", "96", env=env).returncode == 0
+    first = rows(project).row(0, named=True)
+    assert first["config"] == "tiny:d_model=96" and first["label"] == env["RESEARCH_LABEL"]
+    saved = project / "runs" / first["run_id"] / "train_config.json"
+    assert just(project, "eval", f"--config={saved}", "--budget-tokens", "6000").returncode == 0
+    second = rows(project).row(1, named=True)
+    assert second["config"] == str(saved) and second["val_bpb"] == first["val_bpb"]
+
+
+def commit_change(project, path, old, new):
+    text = (project / path).read_text()
+    assert old in text
+    (project / path).write_text(text.replace(old, new))
+    git("commit", "-qam", f"edit {path}", cwd=project)
+
+
+def test_a_nan_loss_writes_one_crash_row(project):
+    commit_change(project, "train.py", "loss.backward()", "loss = loss * float('nan')\n        loss.backward()")
+    result = just(project, "eval", *TINY)
+    assert result.returncode == 1
+    r = rows(project).row(0, named=True)
+    assert r["status"] == "crash" and "non-finite loss nan at step 0" in r["error"] and r["val_bpb"] is None
+    assert block(result.stdout)["status"] == "crash"
+
+
+def test_a_model_that_peeks_ahead_is_refused(project):
+    commit_change(project, "model.py", "is_causal=True", "is_causal=False")
+    assert just(project, "eval", *TINY).returncode == 1
+    r = rows(project).row(0, named=True)
+    assert r["status"] == "crash" and "not causal" in r["error"] and r["val_bpb"] is None
+
+
+def test_the_wall_clock_cap_writes_a_timeout_row(project):
+    result = just(project, "eval", "tiny", "--budget-tokens", "100000000", "--wall-cap-s", "2")
+    assert result.returncode == 1
+    r = rows(project).row(0, named=True)
+    assert r["status"] == "timeout" and "wall-clock cap" in r["error"] and 0 <= r["train_tokens"] < 10**8
+
+
+@pytest.mark.parametrize("sig, error", [(signal.SIGINT, "KeyboardInterrupt"), (signal.SIGTERM, "Terminated")])
+def test_ctrl_c_or_a_kill_still_writes_exactly_one_row(project, sig, error):
+    proc = subprocess.Popen(
+        [JUST, "eval", "tiny", "--budget-tokens", "100000000"], cwd=project, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    log = None
+    for _ in range(600):
+        time.sleep(0.1)
+        log = next((project / "runs").glob("*/train.log"), None) if (project / "runs").exists() else None
+        if log is not None and "step 10/" in log.read_text():
+            break
+    assert log is not None, "the run never started training"
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)  # what a terminal's Ctrl-C does: the whole foreground group
+    else:
+        # what `pueue kill` or a scheduler does: SIGTERM to the Python process alone
+        python = subprocess.run(["pgrep", "-s", str(proc.pid), "python"], capture_output=True, text=True)
+        subprocess.run(["kill", "-TERM", *python.stdout.split()], check=True)
+    proc.communicate(timeout=120)
+    df = rows(project)
+    assert df.height == 1
+    r = df.row(0, named=True)
+    assert r["status"] == "crash" and r["error"].startswith(error)
+    lines = (project / "results.tsv").read_text().splitlines()
+    assert len(lines) == 2 and all(len(line.split("\t")) == len(referee.RESULTS_COLUMNS) for line in lines)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--device", "tpu"], "tpu"),
+        (["--budget-tokens", "-5"], "--budget-tokens -5: must be a positive"),
+        (["--bogus-flag", "1"], "--bogus-flag"),
+        (["nosuchconfig"], "unknown config 'nosuchconfig'; train.CONFIGS has ['cpu', 'cuda', 'mps', 'tiny']"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_no_row(project, args, message):
+    result = run(["python", "eval.py", *args], cwd=project)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (project / "results.tsv").exists()
+
+
+def test_uncommitted_code_is_refused_before_anything_runs(project):
+    (project / "train.py").write_text((project / "train.py").read_text() + "\n# an uncommitted idea\n")
+    result = just(project, "eval", *TINY)
+    assert result.returncode == 2 and "uncommitted Python code" in result.stderr and "train.py" in result.stderr
+    assert not (project / "results.tsv").exists()
+
+
+def test_smoke_checks_shapes_and_the_loss_and_writes_no_row(project):
+    result = just(project, "smoke", "tiny")
+    assert result.returncode == 0, result.stderr
+    out = block(result.stdout)
+    assert out["smoke"] == "ok" and float(out["loss_last"]) < float(out["loss_first"])
+    assert not (project / "results.tsv").exists()
+
+
+def test_smoke_catches_a_shape_bug_through_the_type_annotations(project):
+    commit_change(project, "model.py", 'return self.head(self.norm(x))', 'return self.head(self.norm(x))[:, 1:]')
+    result = just(project, "smoke", "tiny")
+    assert result.returncode != 0 and "forward" in result.stderr
