@@ -48,7 +48,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Literal, Protocol
@@ -487,7 +487,11 @@ def resolve_train_config(train_module, name: str | None, path: Path | None, devi
 
 def describe_config(name: str, base, cfg) -> str:
     """`cpu`, or `cpu:lr=0.003,n_layer=6` when fields were overridden on the command line."""
-    changed = [f"{f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(base, f.name)]
+    changed = [
+        f"{f.name}={getattr(cfg, f.name)}"
+        for f in dataclasses.fields(cfg)
+        if getattr(cfg, f.name) != getattr(base, f.name)
+    ]
     return name + (":" + ",".join(changed) if changed else "")
 
 
@@ -530,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import harness  # root's harness: the guard an experiment cannot edit
 
+    harness.install_hooks(root)
     harness.require_scoring_allowed(code_dir, root)
 
     train = load_experiment(code_dir)
@@ -542,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
     experiment = "main" if code_dir == root else code_dir.name
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     run_id = f"{started:%Y%m%d-%H%M%S}-{experiment}-{secrets.token_hex(2)}"
     run_dir = root / "runs" / run_id
     run_dir.mkdir(parents=True)

@@ -1,23 +1,69 @@
-"""Workflow CLI: the taxonomy guard, worktrees, ledger queries. FROZEN (infrastructure).
+"""Workflow CLI: worktrees, the taxonomy guard, journal, ideas, reports, ledger queries, smoke.
+FROZEN (infrastructure): edit only with META_MODE=1.
 
-Usage: uv run just check    (and the other recipes; see `just --list`)
+Usage: uv run just RECIPE   (each recipe calls one subcommand here; `uv run just` lists them)
+       python harness.py SUBCOMMAND --help
 """
 
 import dataclasses
+import json as jsonlib
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+
+import tyro
+from tyro.conf import Positional
 
 MAIN_BRANCH = "main"
 FROZEN = ("program.md", "eval.py", "meta_journal.md", "harness.py", "justfile")
+GLOBAL = ("RESEARCH_JOURNAL.md", "results.tsv")
+LEDGER = "results.tsv"
+JOURNAL = "RESEARCH_JOURNAL.md"
+WORKTREES = "5_worktrees"
+IDEATE_UNTIL = 30  # the seed's algorithm: ideate while fewer ideas than this exist
+SLUG = re.compile(r"[a-z0-9][a-z0-9-]*")
+COMPARABLE = ("eval_sha", "data_fp", "device", "train_tokens")  # rows compare only within these
+
+
+class Refusal(ValueError):
+    """A command refused: the message says what, which rule, and how to proceed."""
+
+
+# --- git and paths ---
 
 
 def git(*args: str, cwd: Path) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def main_root(cwd: Path | None = None) -> Path:
+    """The main checkout, from anywhere inside it or any of its worktrees."""
+    common = git("rev-parse", "--path-format=absolute", "--git-common-dir", cwd=cwd or Path.cwd())
+    return Path(common).parent
+
+
+def checkout_dir(cwd: Path | None = None) -> Path:
+    return Path(git("rev-parse", "--show-toplevel", cwd=cwd or Path.cwd()))
+
+
+def experiment_name(code_dir: Path, root: Path) -> str:
+    return "main" if code_dir == root else code_dir.name
+
+
+def current_branch(cwd: Path) -> str:
+    return git("rev-parse", "--abbrev-ref", "HEAD", cwd=cwd)
+
+
+def show(rev_path: str, cwd: Path) -> bytes | None:
+    """`git show REV:PATH` (or `:PATH` for the index); None when it does not exist there."""
+    result = subprocess.run(["git", "show", rev_path], cwd=cwd, capture_output=True)
+    return result.stdout if result.returncode == 0 else None
 
 
 def uncommitted_files(cwd: Path, *pathspec: str) -> list[str]:
@@ -33,9 +79,112 @@ def meta_mode() -> bool:
     return os.environ.get("META_MODE") == "1"
 
 
-def main_blob(root: Path, name: str) -> bytes | None:
-    result = subprocess.run(["git", "show", f"{MAIN_BRANCH}:{name}"], cwd=root, capture_output=True)
-    return result.stdout if result.returncode == 0 else None
+def check_slug(slug: str) -> str:
+    if not SLUG.fullmatch(slug):
+        raise Refusal(
+            f"bad slug {slug!r}: use lowercase letters, digits and dashes, starting with a letter or digit (e.g. rotary-base-500)"
+        )
+    return slug
+
+
+def worktree_dir(root: Path, slug: str) -> Path:
+    return root / WORKTREES / check_slug(slug)
+
+
+def install_hooks(root: Path) -> None:
+    """Point git at the tracked hooks folder of the main checkout (shared by every worktree).
+    Every recipe does this; two doing it at once race for git's config lock, and the loser is
+    fine as long as the value it wanted is there."""
+    hooks = str(root / ".githooks")
+
+    def current() -> str:
+        return subprocess.run(
+            ["git", "config", "core.hooksPath"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+
+    if current() != hooks:
+        result = subprocess.run(["git", "config", "core.hooksPath", hooks], cwd=root, capture_output=True, text=True)
+        if result.returncode != 0 and current() != hooks:
+            raise Refusal(
+                f"could not install the pre-commit hook (git config core.hooksPath {hooks}): {result.stderr.strip()}"
+            )
+
+
+# --- the taxonomy guard: one implementation for the hook, `just check` and the tests ---
+
+
+def is_journal(path: str) -> bool:
+    return path == JOURNAL or path.endswith("_journal.md")
+
+
+def journal_head(text: str) -> str:
+    """The title and preamble: everything before the first `## ` entry heading."""
+    match = re.search(r"^## ", text, flags=re.MULTILINE)
+    return text if match is None else text[: match.start()]
+
+
+def journal_grows_at_top(old: str, new: str) -> bool:
+    """APPEND-ONLY for journals: new = head + new entries + every old entry, unchanged."""
+    head, entries = journal_head(old), old[len(journal_head(old)) :]
+    return len(new) >= len(old) and new.startswith(head) and new.endswith(entries)
+
+
+def ledger_grows_at_bottom(old: str, new: str) -> bool:
+    """APPEND-ONLY for the ledger: rows are only appended, never edited or removed."""
+    return new.startswith(old) and (not old or old.endswith("\n"))
+
+
+def taxonomy_violations(changes: dict[str, tuple[bytes | None, bytes | None]], on_main: bool, meta: bool) -> list[str]:
+    """The rules broken by a change, given each changed path's (old, new) content (None = absent).
+    Each message names the rule, the file and how to proceed."""
+    problems = []
+    for path, (old, new) in sorted(changes.items()):
+        if old == new:
+            continue
+        if path in FROZEN and not meta:
+            problems.append(
+                f"FROZEN {path}: changes only in meta-mode. Undo it (git checkout {MAIN_BRANCH} -- {path}), or, "
+                f"if a human asked for meta-mode in human_journal.md, run with META_MODE=1."
+            )
+        if path in GLOBAL and not on_main:
+            problems.append(
+                f"GLOBAL {path}: committed only on {MAIN_BRANCH}; a worktree writes the root copy (just journal, "
+                f"just eval). Drop it from this commit: git restore --staged {path} && git checkout HEAD -- {path}"
+            )
+        if old is None:
+            continue
+        if new is None and (is_journal(path) or path == LEDGER):
+            problems.append(f"APPEND-ONLY {path}: may not be deleted. Restore it: git checkout HEAD -- {path}")
+        elif new is not None and is_journal(path) and not journal_grows_at_top(old.decode(), new.decode()):
+            problems.append(
+                f"APPEND-ONLY {path}: an old entry or the title was edited or removed. Add new entries at the top, "
+                f'below the title (just journal "..."), and leave the old ones as they are.'
+            )
+        elif new is not None and path == LEDGER and not ledger_grows_at_bottom(old.decode(), new.decode()):
+            problems.append(f"APPEND-ONLY {path}: rows were edited or removed; rows are only appended (by just eval).")
+    return problems
+
+
+def staged_changes(cwd: Path) -> dict[str, tuple[bytes | None, bytes | None]]:
+    names = git("diff", "--cached", "--name-only", "-z", cwd=cwd).split("\0")
+    return {n: (show(f"HEAD:{n}", cwd), show(f":{n}", cwd)) for n in names if n}
+
+
+def check_violations(cwd: Path) -> list[str]:
+    """What `just check` reports: the branch's commits since it left main, then uncommitted changes."""
+    top, branch = checkout_dir(cwd), current_branch(cwd)
+    problems = []
+    if branch != MAIN_BRANCH:
+        base = git("merge-base", MAIN_BRANCH, "HEAD", cwd=top)
+        names = [n for n in git("diff", "--name-only", "-z", base, "HEAD", cwd=top).split("\0") if n]
+        changes = {n: (show(f"{base}:{n}", top), show(f"HEAD:{n}", top)) for n in names}
+        problems += [f"committed on {branch}: {p}" for p in taxonomy_violations(changes, False, meta_mode())]
+    local = {
+        n: (show(f"HEAD:{n}", top), (top / n).read_bytes() if (top / n).is_file() else None)
+        for n in uncommitted_files(top)
+    }
+    problems += [f"uncommitted: {p}" for p in taxonomy_violations(local, branch == MAIN_BRANCH, meta_mode())]
+    return problems
 
 
 def scoring_violations(code_dir: Path, root: Path) -> list[str]:
@@ -43,7 +192,11 @@ def scoring_violations(code_dir: Path, root: Path) -> list[str]:
     versions (unless META_MODE=1), and uncommitted Python code (a row must name a commit)."""
     problems = []
     if not meta_mode():
-        changed = [f for f in FROZEN if (code_dir / f).exists() and (code_dir / f).read_bytes() != main_blob(root, f)]
+        changed = [
+            f
+            for f in FROZEN
+            if (code_dir / f).exists() and (code_dir / f).read_bytes() != show(f"{MAIN_BRANCH}:{f}", root)
+        ]
         if changed:
             problems.append(
                 f"FROZEN files differ from {MAIN_BRANCH}'s committed versions: {', '.join(changed)}. "
@@ -61,7 +214,384 @@ def scoring_violations(code_dir: Path, root: Path) -> list[str]:
 def require_scoring_allowed(code_dir: Path, root: Path) -> None:
     problems = scoring_violations(code_dir, root)
     if problems:
-        raise ValueError("refusing to score this run:\n  - " + "\n  - ".join(problems))
+        raise Refusal("refusing to score this run:\n  - " + "\n  - ".join(problems))
+
+
+# --- the ledger, read with the referee's schema ---
+
+
+def ledger(root: Path):
+    import eval as referee
+
+    return referee.read_results(root / LEDGER)
+
+
+def best_comparable_main(df, row: dict):
+    """The best ok main row in `row`'s comparable group (same eval_sha, data_fp, device, train_tokens)."""
+    import polars as pl
+
+    same = pl.all_horizontal(pl.col(c) == row[c] for c in COMPARABLE)
+    group = df.filter(same & (pl.col("experiment") == "main") & (pl.col("status") == "ok"))
+    return None if group.is_empty() else group.sort("val_bpb").row(0, named=True)
+
+
+def best_rows(df):
+    """The best ok run of each comparable group, and the bar main must beat: the best main run in
+    the group of the newest main run (None before main has an ok run)."""
+    import polars as pl
+
+    ok = df.filter(pl.col("status") == "ok")
+    best = ok.sort("val_bpb").group_by(COMPARABLE, maintain_order=True).first().sort("started_at")
+    main_ok = ok.filter(pl.col("experiment") == "main")
+    bar = None if main_ok.is_empty() else best_comparable_main(df, main_ok.sort("started_at").row(-1, named=True))
+    return best, bar
+
+
+SHOWN = [
+    "run_id",
+    "experiment",
+    "config",
+    "seed",
+    "device",
+    "status",
+    "val_bpb",
+    "train_tokens",
+    "wall_s",
+    "label",
+    "description",
+]
+
+
+def print_table(df, columns: list[str] = SHOWN) -> None:
+    import polars as pl
+
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=250, tbl_hide_dataframe_shape=True):
+        print(df.select(columns))
+
+
+def print_json(doc) -> None:
+    print(jsonlib.dumps(doc, indent=2, default=str))
+
+
+# --- ideas ---
+
+
+def idea_files(root: Path) -> list[Path]:
+    return sorted(p for p in (root / "1_ideas").glob("*.md") if p.name != "_TEMPLATE.md")
+
+
+def idea_slug(path: Path) -> str:
+    return path.stem.split("_", 1)[1] if "_" in path.stem else path.stem
+
+
+def idea_rating(text: str) -> float | None:
+    ratings = re.findall(r"Rating:\s*([0-9]+(?:\.[0-9]+)?)\s*/\s*10", text)
+    return float(ratings[-1]) if ratings else None
+
+
+def idea_title(path: Path) -> str:
+    return next((line[2:].strip() for line in path.read_text().splitlines() if line.startswith("# ")), idea_slug(path))
+
+
+def ideas_table(root: Path) -> list[dict]:
+    df = ledger(root)
+    counts = dict(df.group_by("experiment").len().iter_rows()) if df.height else {}
+    out = []
+    for path in idea_files(root):
+        text, slug = path.read_text(), idea_slug(path)
+        out.append(
+            dict(
+                date=path.stem.split("_", 1)[0], slug=slug, title=idea_title(path), rating=idea_rating(text),
+                worktree=(root / WORKTREES / slug).is_dir(), results=counts.get(slug, 0),
+                report=any((root / "9_reports").glob(f"*_{slug}.md")), file=str(path.relative_to(root)),
+            )
+        )  # fmt: skip
+    return out
+
+
+# --- subcommands ---
+
+
+def cmd_new(slug: Positional[str]) -> None:
+    """Create worktree 5_worktrees/SLUG on a new branch exp/SLUG from main."""
+    import git as gitpython
+
+    root = main_root()
+    path = worktree_dir(root, slug)
+    repo = gitpython.Repo(root)
+    if path.exists():
+        raise Refusal(f"{path} already exists: pick another slug, or remove it with `just rm {slug}`")
+    if f"exp/{slug}" in [h.name for h in repo.heads]:
+        raise Refusal(f"branch exp/{slug} already exists: pick another slug, or delete it (git branch -D exp/{slug})")
+    repo.git.worktree("add", "-b", f"exp/{slug}", str(path), MAIN_BRANCH)
+    if (root / ".venv").is_dir():  # share the main checkout's environment: a new worktree is ready in seconds
+        (path / ".venv").symlink_to(root / ".venv")
+    print(f"created {path} on branch exp/{slug} (from {MAIN_BRANCH} {repo.heads[MAIN_BRANCH].commit.hexsha[:12]})")
+    idea = next((p for p in idea_files(root) if idea_slug(p) == slug), None)
+    if idea is not None:
+        print(f"idea: {idea.relative_to(root)}")
+    print(f"next: cd {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
+    print("      edit train.py / model.py, git commit -am '...', then: uv run just smoke && uv run just eval")
+
+
+def cmd_rm(slug: Positional[str], force: bool = False) -> None:
+    """Remove a worktree whose branch is merged or whose runs are all recorded (else --force)."""
+    import git as gitpython
+
+    root = main_root()
+    path = worktree_dir(root, slug)
+    if not path.is_dir():
+        raise Refusal(f"no worktree {path}; `git worktree list` shows the ones that exist")
+    repo = gitpython.Repo(root)
+    head = git("rev-parse", "HEAD", cwd=path)
+    merged = subprocess.run(["git", "merge-base", "--is-ancestor", head, MAIN_BRANCH], cwd=root).returncode == 0
+    dirty = uncommitted_files(path)
+    df = ledger(root)
+    scored = any(r["experiment"] == slug and head.startswith(r["commit"] or "-") for r in df.iter_rows(named=True))
+    losses = []
+    if dirty:
+        losses.append(f"uncommitted changes: {', '.join(dirty)}")
+    if not merged and not scored:
+        losses.append(f"commit {head[:12]} is neither merged into {MAIN_BRANCH} nor scored in {LEDGER}")
+    if losses and not force:
+        raise Refusal(
+            f"refusing to remove {path}; it would lose " + "; ".join(losses) + ". Use --force to remove it anyway."
+        )
+    if (path / ".venv").is_symlink():
+        (path / ".venv").unlink()
+    repo.git.worktree("remove", *(["--force"] if force else []), str(path))
+    print(f"removed {path}; branch exp/{slug} is kept (delete it with git branch -D exp/{slug})")
+
+
+def cmd_check() -> None:
+    """List taxonomy violations (FROZEN, GLOBAL, APPEND-ONLY) of this checkout; exit 1 if any."""
+    problems = check_violations(Path.cwd())
+    for p in problems:
+        print(f"- {p}")
+    if problems:
+        raise SystemExit(1)
+    print("check: ok (FROZEN, GLOBAL and APPEND-ONLY rules hold)")
+
+
+def prepend_entry(path: Path, entry: str) -> None:
+    """Insert an entry at the top of a journal, below its title, under a lock."""
+    from filelock import FileLock
+
+    with FileLock(str(path) + ".lock"):
+        text = path.read_text()
+        head = journal_head(text)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(head.rstrip("\n") + "\n\n" + entry.rstrip("\n") + "\n\n" + text[len(head) :])
+        os.replace(tmp, path)
+
+
+def cmd_journal(text: Positional[str], observation: str = "", inference: str = "") -> None:
+    """Prepend a dated entry to the root RESEARCH_JOURNAL.md, from any worktree."""
+    root = main_root()
+    who = experiment_name(checkout_dir(), root)
+    lines = [f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {who}", "", text.strip()]
+    if observation or inference:
+        lines += [""] + [f"- **{k}:** {v}" for k, v in (("Observation", observation), ("Inference", inference)) if v]
+    prepend_entry(root / JOURNAL, "\n".join(lines))
+    print(f"journal: new entry at the top of {root / JOURNAL}")
+
+
+def cmd_idea(slug: Positional[str], title: Positional[str]) -> None:
+    """Create 1_ideas/{YYYY-MM-DD}_{SLUG}.md from the template."""
+    root = main_root()
+    check_slug(slug)
+    existing = [p for p in idea_files(root) if idea_slug(p) == slug]
+    if existing:
+        raise Refusal(f"an idea with slug {slug!r} exists: {existing[0].relative_to(root)}; pick another slug")
+    date = f"{datetime.now():%Y-%m-%d}"
+    path = root / "1_ideas" / f"{date}_{slug}.md"
+    template = (root / "1_ideas" / "_TEMPLATE.md").read_text()
+    path.write_text(template.replace("{title}", title).replace("{slug}", slug).replace("{date}", date))
+    print(f"idea: {path.relative_to(root)} (fill it in, then append the critique with a `Rating: N/10` line)")
+
+
+def cmd_ideas(json: bool = False) -> None:
+    """List ideas: date, slug, title, rating, and whether a worktree, results and a report exist."""
+    table = ideas_table(main_root())
+    if json:
+        return print_json(table)
+    if not table:
+        print('no ideas yet: just idea SLUG "TITLE"')
+    for i in table:
+        rating = "-" if i["rating"] is None else f"{i['rating']:g}/10"
+        flags = f"worktree={'y' if i['worktree'] else 'n'} results={i['results']} report={'y' if i['report'] else 'n'}"
+        print(f"{i['date']}  {i['slug']:<28} {rating:>6}  {flags}  {i['title']}")
+
+
+def where_things_stand(root: Path) -> dict:
+    import polars as pl
+
+    df = ledger(root)
+    worktrees = (
+        sorted(p.name for p in (root / WORKTREES).iterdir() if p.is_dir()) if (root / WORKTREES).is_dir() else []
+    )
+    last = {}
+    for slug in worktrees:
+        rows = df.filter(pl.col("experiment") == slug)
+        last[slug] = None if rows.is_empty() else rows.row(-1, named=True)
+    ok = df.filter(pl.col("status") == "ok")
+    best = None if ok.is_empty() else ok.sort("val_bpb").row(0, named=True)
+    journal = (root / JOURNAL).read_text() if (root / JOURNAL).exists() else ""
+    entries = journal[len(journal_head(journal)) :]
+    newest = re.split(r"\n(?=## )", entries, maxsplit=1)[0].strip() if entries else None
+    return dict(worktrees=last, best=best, newest_journal_entry=newest, rows=df.height)
+
+
+def next_step(root: Path) -> dict:
+    ideas = ideas_table(root)
+    if len(ideas) < IDEATE_UNTIL:
+        return dict(
+            mode="IDEATE", idea=None, why=f"{len(ideas)} ideas in 1_ideas/, fewer than {IDEATE_UNTIL}: brainstorm more"
+        )
+    untried = [i for i in ideas if i["results"] == 0]
+    if not untried:
+        return dict(mode="IDEATE", idea=None, why=f"all {len(ideas)} ideas have results: brainstorm new ones")
+    best = max(untried, key=lambda i: (i["rating"] if i["rating"] is not None else -1.0, [-ord(c) for c in i["date"]]))
+    rating = "unrated" if best["rating"] is None else f"rated {best['rating']:g}/10"
+    why = f"{len(ideas)} ideas; {best['slug']} is the best-rated without results ({rating}, {len(untried)} untried)"
+    return dict(mode="IMPLEMENT", idea=best, why=why)
+
+
+def cmd_next(json: bool = False) -> None:
+    """The seed's algorithm: IDEATE or IMPLEMENT (which idea, and why), and where things stand."""
+    root = main_root()
+    step, state = next_step(root), where_things_stand(root)
+    if json:
+        return print_json({**step, **state})
+    print(f"mode: {step['mode']}\nwhy: {step['why']}")
+    if step["idea"]:
+        print(f"next: uv run just new {step['idea']['slug']}   # {step['idea']['file']}")
+    print(f"\nledger: {state['rows']} rows")
+    if state["best"]:
+        b = state["best"]
+        print(
+            f"best: {b['val_bpb']:.4f} val_bpb, {b['experiment']} ({b['run_id']}, {b['train_tokens']} tokens, {b['device']})"
+        )
+    for slug, r in state["worktrees"].items():
+        print(
+            f"worktree {slug}: "
+            + ("no runs yet" if r is None else f"last {r['status']} {r['val_bpb']} ({r['run_id']})")
+        )
+    print("newest journal entry:\n" + (state["newest_journal_entry"] or "(none)"))
+
+
+def markdown_table(df) -> str:
+    if df.is_empty():
+        return "(none)"
+    cols = df.columns
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join("" if v is None else str(v) for v in r) + " |" for r in df.iter_rows()]
+    return "\n".join(lines)
+
+
+def cmd_report(slug: Positional[str]) -> None:
+    """Create 9_reports/{YYYY-MM-DD}_{SLUG}.md, prefilled with the slug's rows, the bar and the diff stat."""
+    import polars as pl
+
+    root = main_root()
+    check_slug(slug)
+    df = ledger(root)
+    rows = df.filter(pl.col("experiment") == slug)
+    if rows.is_empty():
+        raise Refusal(f"no rows for {slug!r} in {LEDGER}: score it first (cd {WORKTREES}/{slug} && uv run just eval)")
+    date = f"{datetime.now():%Y-%m-%d}"
+    path = root / "9_reports" / f"{date}_{slug}.md"
+    if path.exists():
+        raise Refusal(f"{path.relative_to(root)} exists: edit it")
+    ok = rows.filter(pl.col("status") == "ok")
+    bar = None if ok.is_empty() else best_comparable_main(df, ok.row(-1, named=True))
+    cols = ["run_id", "commit", "seed", "status", "val_bpb", "train_tokens", "wall_s", "tokens_per_s", "label", "error"]
+    diffstat = subprocess.run(
+        ["git", "diff", "--stat", f"{MAIN_BRANCH}...exp/{slug}"], cwd=root, capture_output=True, text=True
+    ).stdout.strip()
+    idea = next((str(p.relative_to(root)) for p in idea_files(root) if idea_slug(p) == slug), "(none)")
+    text = (root / "9_reports" / "_TEMPLATE.md").read_text()
+    for key, value in dict(
+        slug=slug, date=date, idea=idea, rows=markdown_table(rows.select(cols)),
+        baseline="(no comparable main row)" if bar is None else markdown_table(pl.DataFrame([bar]).select(cols)),
+        diffstat=f"```\n{diffstat or '(no diff against ' + MAIN_BRANCH + ')'}\n```",
+    ).items():  # fmt: skip
+        text = text.replace("{" + key + "}", value)
+    path.write_text(text)
+    print(f"report: {path.relative_to(root)}")
+
+
+def cmd_results(n: Positional[int] = 20, json: bool = False) -> None:
+    """The last N ledger rows as a table (or JSON)."""
+    df = ledger(main_root()).tail(n)
+    if json:
+        return print_json(df.to_dicts())
+    print_table(df)
+
+
+def cmd_best(json: bool = False) -> None:
+    """The best ok row of each comparable group (eval_sha, data_fp, device, train_tokens), and the bar."""
+    best, bar = best_rows(ledger(main_root()))
+    if json:
+        return print_json(dict(groups=best.to_dicts(), bar=bar))
+    print_table(best)
+    if bar is None:
+        print("main must beat: nothing yet (no ok main run; score main first: uv run just eval)")
+    else:
+        print(
+            f"main must beat: {bar['val_bpb']!r} val_bpb ({bar['run_id']}, {bar['train_tokens']} tokens, {bar['device']})"
+        )
+
+
+def cmd_submit(slug: Positional[str], message: str = "") -> None:
+    """Commit the worktree's pending changes as exp(SLUG): ..., push exp/SLUG if there is a remote, and
+    open a pull request (or print the command) when its result beats the best comparable main row."""
+    import polars as pl
+
+    root = main_root()
+    path = worktree_dir(root, slug)
+    if not path.is_dir():
+        raise Refusal(f"no worktree {path}: `just new {slug}` creates it")
+    pending = uncommitted_files(path)
+    idea = next((p for p in idea_files(root) if idea_slug(p) == slug), None)
+    summary = message or (idea_title(idea) if idea else "experiment")
+    if pending:
+        git("add", "-A", cwd=path)
+        result = subprocess.run(
+            ["git", "commit", "-m", f"exp({slug}): {summary}"], cwd=path, capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise Refusal(f"commit refused:\n{result.stdout}{result.stderr}")
+        print(f"committed {len(pending)} files as exp({slug}): {summary}")
+    else:
+        print("nothing to commit")
+    remotes = git("remote", cwd=root).split()
+    if "origin" in remotes:
+        git("push", "-u", "origin", f"exp/{slug}", cwd=path)
+        print(f"pushed exp/{slug} to origin")
+    else:
+        print("no remote 'origin': nothing pushed (add one with git remote add origin URL, then rerun)")
+    df = ledger(root)
+    ok = df.filter((pl.col("experiment") == slug) & (pl.col("status") == "ok"))
+    if ok.is_empty():
+        print(f"no ok rows for {slug}: no pull request (score it with just eval first)")
+        return
+    best = ok.sort("val_bpb").row(0, named=True)
+    bar = best_comparable_main(df, best)
+    if bar is not None and not best["val_bpb"] < bar["val_bpb"]:
+        print(f"{slug}: {best['val_bpb']:.4f} does not beat main's {bar['val_bpb']:.4f}: no pull request")
+        return
+    against = "no comparable main row" if bar is None else f"main's {bar['val_bpb']:.4f} ({bar['run_id']})"
+    title = f"exp({slug}): {summary}"
+    body = f"val_bpb {best['val_bpb']:.4f} ({best['run_id']}) against {against}. Merging is for a human."
+    command = ["gh", "pr", "create", "--base", MAIN_BRANCH, "--head", f"exp/{slug}", "--title", title, "--body", body]
+    print(f"{slug}: {best['val_bpb']:.4f} beats {against}")
+    if shutil.which("gh") and "origin" in remotes:
+        subprocess.run(command, cwd=path, check=True)
+    else:
+        import shlex
+
+        print("open the pull request with:\n  " + shlex.join(command))
 
 
 # --- smoke: a fast sanity check of the experiment's code, no ledger row ---
@@ -79,7 +609,7 @@ def smoke(argv: list[str]) -> None:
     falls and stays finite, run the causality probe and the scoring code on a slice of the split."""
     import jaxtyping
 
-    code_dir = Path(git("rev-parse", "--show-toplevel", cwd=Path.cwd()))
+    code_dir = checkout_dir()
     with jaxtyping.install_import_hook(["model", "train"], "beartype.beartype"):
         import eval as referee
 
@@ -123,11 +653,31 @@ def smoke(argv: list[str]) -> None:
     print(f"val_bpb_slice: {bpb:.4f}\ntrain_tokens: {stream.tokens_served}\nwall_s: {time.perf_counter() - t0:.1f}")
 
 
+# --- entry point ---
+
+COMMANDS = dict(
+    new=cmd_new, rm=cmd_rm, check=cmd_check, journal=cmd_journal, idea=cmd_idea, ideas=cmd_ideas,
+    next=cmd_next, report=cmd_report, results=cmd_results, best=cmd_best, submit=cmd_submit,
+)  # fmt: skip
+
+
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["smoke"]:
-        smoke(argv[1:])
+    try:
+        if argv[:1] == ["pre-commit"]:  # the git hook
+            top = checkout_dir()
+            problems = taxonomy_violations(staged_changes(top), current_branch(top) == MAIN_BRANCH, meta_mode())
+            for p in problems:
+                print(f"commit refused: {p}", file=sys.stderr)
+            return 1 if problems else 0
+        install_hooks(main_root())
+        if argv[:1] == ["smoke"]:  # takes eval's arguments as they are
+            smoke(argv[1:])
+            return 0
+        tyro.extras.subcommand_cli_from_dict(COMMANDS, args=argv, prog="harness.py")
         return 0
-    raise SystemExit(f"unknown harness command {argv[:1]}; see `just --list`")
+    except Refusal as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

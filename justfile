@@ -21,8 +21,60 @@ eval *args:
 smoke *args:
     @python {{root}}/harness.py smoke "$@"
 
+# --- experiments ---
+
+# new worktree 5_worktrees/SLUG on branch exp/SLUG: just new rotary-base
+new slug:
+    @python {{root}}/harness.py new -- "$1"
+
+# remove a worktree whose runs are recorded or whose branch is merged: just rm SLUG [--force]
+rm slug *args:
+    @python {{root}}/harness.py rm "$@"
+
+# commit a worktree's changes, push, open a PR if it beats main: just submit SLUG [--message TEXT]
+submit slug *args:
+    @python {{root}}/harness.py submit "$@"
+
+# --- the record ---
+
+# prepend a dated entry to RESEARCH_JOURNAL.md: just journal "TEXT" [--observation ..] [--inference ..]
+journal text *args:
+    @python {{root}}/harness.py journal "$@"
+
+# new idea file from the template: just idea SLUG "TITLE"
+idea slug title:
+    @python {{root}}/harness.py idea -- "$@"
+
+# list ideas with rating, worktree, results, report: just ideas [--json]
+ideas *args:
+    @python {{root}}/harness.py ideas "$@"
+
+# IDEATE or IMPLEMENT, and where things stand: just next [--json]
+next *args:
+    @python {{root}}/harness.py next "$@"
+
+# new report prefilled with the slug's rows and diff: just report SLUG
+report slug:
+    @python {{root}}/harness.py report "$1"
+
+# the last N ledger rows: just results [N] [--json]
+results *args:
+    @python {{root}}/harness.py results "$@"
+
+# the best row per comparable group, and the one main must beat: just best [--json]
+best *args:
+    @python {{root}}/harness.py best "$@"
+
 # --- development ---
+
+# FROZEN / GLOBAL / APPEND-ONLY violations of this checkout (exit 1 if any)
+check:
+    @python {{root}}/harness.py check
 
 # the test suite (CPU, no network): just test [-k name]
 test *args:
     @python -m pytest -q "$@"
+
+# lint and format check
+lint:
+    @ruff check . && ruff format --check .

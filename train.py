@@ -131,4 +131,3 @@ def train(cfg: Config, data: referee.TrainStream, device: torch.device) -> nn.Mo
                 f"tok_per_s {tokens_per_step / dt:.3g} | mfu {flops_per_step / dt / peak_flops:.1%}"
             )
     return model
-

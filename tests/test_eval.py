@@ -100,8 +100,8 @@ def test_train_stream_is_seeded_budgeted_and_train_split_only(tmp_path):
     assert len(batches) == 5 and stream.tokens_served == 100  # stops when the budget is spent
     x, y = batches[0]
     assert x.shape == y.shape == (2, 10) and torch.equal(x[:, 1:], y[:, :-1])
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, take(0)[1]))
-    assert not all(torch.equal(a[0], b[0]) for a, b in zip(batches, take(1)[1]))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, take(0)[1], strict=True))
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(batches, take(1)[1], strict=True))
 
 
 def test_train_stream_stops_at_the_deadline():
@@ -152,7 +152,7 @@ def test_fixed_probabilities_score_what_hand_arithmetic_says(n_val):
 
 def test_an_input_dependent_model_scores_what_hand_arithmetic_says():
     val = torch.tensor(list(b"aaab" * 50 + b"xyz"), dtype=torch.uint8)
-    pairs = list(zip(val[:-1].tolist(), val[1:].tolist()))
+    pairs = list(zip(val[:-1].tolist(), val[1:].tolist(), strict=True))
     expected = sum(1.0 if a == b else -math.log2(0.5 / 255) for a, b in pairs) / len(pairs)
     assert referee.evaluate(PreviousByteBigram(), val, 32, CPU) == pytest.approx(expected, rel=1e-5)
 

@@ -89,26 +89,33 @@ def test_the_wall_clock_cap_writes_a_timeout_row(project):
     assert r["status"] == "timeout" and "wall-clock cap" in r["error"] and 0 <= r["train_tokens"] < 10**8
 
 
+def stop_once_training(project, proc, sig) -> None:
+    for _ in range(600):
+        time.sleep(0.1)
+        log = next((project / "runs").glob("*/train.log"), None) if (project / "runs").exists() else None
+        if log is not None and "step 10/" in log.read_text():
+            break
+    else:
+        raise AssertionError("the run never started training")
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)  # what a terminal's Ctrl-C does: the whole foreground group
+    else:  # what `pueue kill` or a scheduler does: SIGTERM to the Python process alone
+        python = subprocess.run(["pgrep", "-s", str(proc.pid), "python"], capture_output=True, text=True)
+        subprocess.run(["kill", "-TERM", *python.stdout.split()], check=True)
+    proc.communicate(timeout=120)
+
+
 @pytest.mark.parametrize("sig, error", [(signal.SIGINT, "KeyboardInterrupt"), (signal.SIGTERM, "Terminated")])
 def test_ctrl_c_or_a_kill_still_writes_exactly_one_row(project, sig, error):
     proc = subprocess.Popen(
         [JUST, "eval", "tiny", "--budget-tokens", "100000000"], cwd=project, start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    log = None
-    for _ in range(600):
-        time.sleep(0.1)
-        log = next((project / "runs").glob("*/train.log"), None) if (project / "runs").exists() else None
-        if log is not None and "step 10/" in log.read_text():
-            break
-    assert log is not None, "the run never started training"
-    if sig == signal.SIGINT:
-        os.killpg(proc.pid, sig)  # what a terminal's Ctrl-C does: the whole foreground group
-    else:
-        # what `pueue kill` or a scheduler does: SIGTERM to the Python process alone
-        python = subprocess.run(["pgrep", "-s", str(proc.pid), "python"], capture_output=True, text=True)
-        subprocess.run(["kill", "-TERM", *python.stdout.split()], check=True)
-    proc.communicate(timeout=120)
+    try:
+        stop_once_training(project, proc, sig)
+    finally:
+        if proc.poll() is None:  # never leave a training run behind
+            os.killpg(proc.pid, signal.SIGKILL)
     df = rows(project)
     assert df.height == 1
     r = df.row(0, named=True)
@@ -130,14 +137,14 @@ def test_bad_input_is_a_clear_error_and_no_row(project, args, message):
     result = run(["python", "eval.py", *args], cwd=project)
     assert result.returncode == 2
     assert message in result.stderr
-    assert not (project / "results.tsv").exists()
+    assert referee.read_results(project / "results.tsv").is_empty()
 
 
 def test_uncommitted_code_is_refused_before_anything_runs(project):
     (project / "train.py").write_text((project / "train.py").read_text() + "\n# an uncommitted idea\n")
     result = just(project, "eval", *TINY)
     assert result.returncode == 2 and "uncommitted Python code" in result.stderr and "train.py" in result.stderr
-    assert not (project / "results.tsv").exists()
+    assert referee.read_results(project / "results.tsv").is_empty()
 
 
 def test_smoke_checks_shapes_and_the_loss_and_writes_no_row(project):
@@ -145,10 +152,10 @@ def test_smoke_checks_shapes_and_the_loss_and_writes_no_row(project):
     assert result.returncode == 0, result.stderr
     out = block(result.stdout)
     assert out["smoke"] == "ok" and float(out["loss_last"]) < float(out["loss_first"])
-    assert not (project / "results.tsv").exists()
+    assert referee.read_results(project / "results.tsv").is_empty()
 
 
 def test_smoke_catches_a_shape_bug_through_the_type_annotations(project):
-    commit_change(project, "model.py", 'return self.head(self.norm(x))', 'return self.head(self.norm(x))[:, 1:]')
+    commit_change(project, "model.py", "return self.head(self.norm(x))", "return self.head(self.norm(x))[:, 1:]")
     result = just(project, "smoke", "tiny")
     assert result.returncode != 0 and "forward" in result.stderr

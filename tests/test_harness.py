@@ -1,0 +1,343 @@
+"""The workflow on real git repos in temp folders, through the real recipes: worktrees, the taxonomy
+guard, journal, ideas, reports, ledger queries, submit and clean-up."""
+
+import json
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import eval as referee
+import harness
+from conftest import git, just
+
+TINY = ["tiny", "--budget-tokens", "3000"]
+META = {"META_MODE": "1"}
+
+
+def add_rows(project: Path, *rows: dict) -> None:
+    """Hand-made ledger rows, written the way the referee writes them."""
+    base = dict(status="ok", eval_sha="e" * 40, data_fp="f" * 16, device="cpu", train_tokens=1000, seed=0)
+    for i, row in enumerate(rows):
+        referee.append_result(
+            base | dict(run_id=f"r{i}-{row['experiment']}", started_at=f"2026-01-01T00:00:{i:02d}") | row,
+            project / "results.tsv",
+        )
+
+
+def new(project: Path, slug: str) -> Path:
+    result = just(project, "new", slug)
+    assert result.returncode == 0, result.stderr
+    return project / "5_worktrees" / slug
+
+
+def commit(cwd: Path, path: str, text: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Write and commit one file through the pre-commit hook, as the recipes install it."""
+    harness.install_hooks(harness.main_root(cwd))
+    (cwd / path).write_text(text)
+    git("add", path, cwd=cwd)
+    return subprocess.run(
+        ["git", "commit", "-qm", f"edit {path}"], cwd=cwd, capture_output=True, text=True, env=env or hooked_env()
+    )
+
+
+def hooked_env(meta: bool = False) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "META_MODE"}
+    return env | (META if meta else {})
+
+
+# --- new / rm ---
+
+
+def test_new_creates_a_worktree_on_its_branch_sharing_the_environment(project):
+    (project / "1_ideas" / "2026-01-01_rotary.md").write_text("# Rotary\n")
+    result = just(project, "new", "rotary")
+    assert result.returncode == 0
+    wt = project / "5_worktrees" / "rotary"
+    assert git("rev-parse", "--abbrev-ref", "HEAD", cwd=wt) == "exp/rotary"
+    assert (wt / ".venv").is_symlink() and (wt / ".venv").resolve() == (project / ".venv").resolve()
+    assert "1_ideas/2026-01-01_rotary.md" in result.stdout and "just smoke" in result.stdout
+    assert git("status", "--porcelain", cwd=wt) == ""  # the symlink is ignored
+    assert git("config", "core.hooksPath", cwd=project) == str(project / ".githooks")
+
+
+@pytest.mark.parametrize("slug", ["Rotary", "-x", "a_b", "a b", ""])
+def test_new_refuses_a_bad_slug(project, slug):
+    result = just(project, "new", slug)
+    assert result.returncode != 0 and "bad slug" in result.stderr
+
+
+def test_new_refuses_an_existing_slug_or_branch(project):
+    new(project, "dup")
+    assert "already exists" in just(project, "new", "dup").stderr
+    git("branch", "exp/taken", cwd=project)
+    result = just(project, "new", "taken")
+    assert result.returncode == 1 and "branch exp/taken already exists" in result.stderr
+
+
+def test_rm_refuses_to_lose_work_and_says_what(project):
+    wt = new(project, "risky")
+    (wt / "model.py").write_text((wt / "model.py").read_text() + "\n# unsaved\n")
+    result = just(project, "rm", "risky")
+    assert result.returncode == 1 and "uncommitted changes: model.py" in result.stderr
+    git("commit", "-qam", "idea", cwd=wt)
+    result = just(project, "rm", "risky")
+    assert result.returncode == 1 and "neither merged into main nor scored" in result.stderr
+    assert wt.is_dir()
+    assert just(project, "rm", "risky", "--force").returncode == 0
+    assert not wt.exists() and "exp/risky" in git("branch", cwd=project)  # the branch stays
+
+
+def test_rm_removes_a_scored_or_merged_worktree(project):
+    scored, merged = new(project, "scored"), new(project, "merged")
+    add_rows(project, dict(experiment="scored", commit=git("rev-parse", "--short=12", "HEAD", cwd=scored)))
+    assert just(project, "rm", "scored").returncode == 0 and not scored.exists()
+    assert just(project, "rm", "merged").returncode == 0 and not merged.exists()  # its HEAD is main's
+
+
+# --- the taxonomy guard ---
+
+
+def test_a_frozen_edit_in_a_worktree_is_refused_and_accepted_in_meta_mode(project):
+    wt = new(project, "frozen")
+    text = (wt / "eval.py").read_text() + "\n# bend the metric\n"
+    refused = commit(wt, "eval.py", text, env=hooked_env())
+    assert refused.returncode != 0 and "FROZEN eval.py" in refused.stderr and "META_MODE=1" in refused.stderr
+    assert commit(wt, "eval.py", text, env=hooked_env(meta=True)).returncode == 0
+
+
+def test_scoring_a_worktree_whose_frozen_files_differ_is_refused(project):
+    wt = new(project, "bent")
+    commit(wt, "harness.py", (wt / "harness.py").read_text() + "\n# x\n", env=hooked_env(meta=True))
+    result = just(wt, "eval", *TINY)
+    assert result.returncode == 2 and "FROZEN files differ" in result.stderr and "harness.py" in result.stderr
+    assert referee.read_results(project / "results.tsv").is_empty()
+
+
+@pytest.mark.parametrize("path", ["RESEARCH_JOURNAL.md", "results.tsv"])
+def test_a_global_file_committed_on_a_branch_is_refused(project, path):
+    wt = new(project, "global")
+    result = commit(wt, path, (wt / path).read_text() + "## 2026 · global\n\nan entry\n", env=hooked_env(meta=True))
+    assert result.returncode != 0 and f"GLOBAL {path}" in result.stderr
+
+
+def test_journal_entries_are_prepended_never_edited(project):
+    assert just(project, "journal", "first entry", "--observation", "bpb 2.0").returncode == 0
+    assert just(project, "journal", "second entry").returncode == 0
+    text = (project / "RESEARCH_JOURNAL.md").read_text()
+    assert text.startswith("# Research Journal") and text.index("second entry") < text.index("first entry")
+    assert "- **Observation:** bpb 2.0" in text
+    assert commit(project, "RESEARCH_JOURNAL.md", text, env=hooked_env()).returncode == 0  # prepending: fine
+    edited = commit(
+        project, "RESEARCH_JOURNAL.md", text.replace("first entry", "a better first entry"), env=hooked_env()
+    )
+    assert edited.returncode != 0 and "APPEND-ONLY RESEARCH_JOURNAL.md" in edited.stderr
+    git("checkout", "HEAD", "--", "RESEARCH_JOURNAL.md", cwd=project)
+    assert just(project, "journal", "third").returncode == 0
+    assert (
+        commit(
+            project, "RESEARCH_JOURNAL.md", (project / "RESEARCH_JOURNAL.md").read_text(), env=hooked_env()
+        ).returncode
+        == 0
+    )
+
+
+def test_ledger_rows_are_only_appended(project):
+    add_rows(project, dict(experiment="main", val_bpb=2.0))
+    assert commit(project, "results.tsv", (project / "results.tsv").read_text(), env=hooked_env()).returncode == 0
+    edited = (project / "results.tsv").read_text().replace("\t2.0\t", "\t1.0\t")
+    result = commit(project, "results.tsv", edited, env=hooked_env())
+    assert result.returncode != 0 and "APPEND-ONLY results.tsv" in result.stderr
+
+
+def test_check_lists_violations_and_exits_1(project):
+    wt = new(project, "checked")
+    assert just(wt, "check").returncode == 0
+    commit(wt, "program.md", "# rewritten\n", env=hooked_env(meta=True))
+    (wt / "human_journal.md").write_text("# Human Journal\n")  # the intro removed, uncommitted
+    result = just(wt, "check")
+    assert result.returncode == 1
+    assert "committed on exp/checked: FROZEN program.md" in result.stdout
+    assert "uncommitted: APPEND-ONLY human_journal.md" in result.stdout
+
+
+@given(
+    head=st.text(min_size=1).map(lambda t: "# " + t.replace("\n## ", "\n") + "\n\n"),
+    entries=st.lists(st.text().map(lambda t: "## " + t.replace("\n## ", "\n") + "\n"), max_size=4),
+    added=st.lists(st.text().map(lambda t: "## " + t.replace("\n## ", "\n") + "\n"), max_size=3),
+)
+def test_prepending_entries_is_always_accepted(head, entries, added):
+    old = head + "".join(entries)
+    assert harness.journal_grows_at_top(old, head + "".join(added) + "".join(entries))
+
+
+@given(
+    entries=st.lists(st.text(min_size=1).map(lambda t: "## " + t + "\n"), min_size=1, max_size=4),
+    data=st.data(),
+)
+def test_any_edit_or_removal_of_an_old_entry_is_refused(entries, data):
+    old = "# Journal\n\n" + "".join(entries)
+    start = len("# Journal\n\n")
+    i = data.draw(st.integers(start, len(old) - 1))
+    replacement = data.draw(st.characters().filter(lambda c: c != old[i]))
+    assert not harness.journal_grows_at_top(old, old[:i] + replacement + old[i + 1 :])
+    j = data.draw(st.integers(i + 1, len(old)))
+    assert not harness.journal_grows_at_top(old, old[:i] + old[j:])
+
+
+@given(rows=st.lists(st.text(alphabet="abc\t1.", min_size=1), min_size=1, max_size=5), data=st.data())
+def test_ledger_appends_pass_and_rewrites_fail(rows, data):
+    old = "".join(r + "\n" for r in rows)
+    assert harness.ledger_grows_at_bottom(old, old + "new\trow\n")
+    i = data.draw(st.integers(0, len(old) - 1))
+    assert not harness.ledger_grows_at_bottom(old, old[:i] + old[i + 1 :] + "x\n")
+
+
+# --- scoring from worktrees ---
+
+
+def test_two_worktrees_scoring_at_once_both_land_in_the_root_ledger(project):
+    a, b = new(project, "left"), new(project, "right")
+    commit(b, "train.py", (b / "train.py").read_text().replace("lr=3e-3, log_every=10", "lr=2e-3, log_every=10"))
+    results = {}
+    threads = [threading.Thread(target=lambda w=w: results.update({w.name: just(w, "eval", *TINY)})) for w in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.returncode == 0 for r in results.values()), {k: r.stderr[-500:] for k, r in results.items()}
+    df = referee.read_results(project / "results.tsv")
+    assert sorted(df["experiment"].to_list()) == ["left", "right"]
+    assert all((project / "runs" / rid).is_dir() for rid in df["run_id"])
+    assert not (a / "results.tsv").read_text().count("\n") > 1  # the worktree's copy is untouched
+    assert df.filter(df["experiment"] == "right")["commit"][0] == git("rev-parse", "--short=12", "HEAD", cwd=b)
+
+
+# --- ideas, next, reports, queries ---
+
+
+def write_ideas(project: Path, n: int, rated: dict[str, float] | None = None) -> None:
+    for i in range(n):
+        slug = f"idea-{i:02d}"
+        rating = (rated or {}).get(slug)
+        body = f"# Idea {i}\n\n## Critique\n" + (f"Rating: {rating:g}/10\n" if rating is not None else "Rating: ?/10\n")
+        (project / "1_ideas" / f"2026-01-{i % 28 + 1:02d}_{slug}.md").write_text(body)
+
+
+def test_idea_uses_the_template_and_refuses_a_duplicate(project):
+    result = just(project, "idea", "muon", "Muon for the matrices")
+    assert result.returncode == 0
+    path = next((project / "1_ideas").glob("*_muon.md"))
+    text = path.read_text()
+    assert text.startswith("# Muon for the matrices") and "{slug}" not in text and "- slug: muon" in text
+    assert "exists" in just(project, "idea", "muon", "again").stderr
+
+
+def test_next_ideates_below_30_ideas_then_implements_the_best_rated_untried(project):
+    write_ideas(project, 29, rated={"idea-03": 8, "idea-07": 9.5, "idea-11": 6})
+    before = json.loads(just(project, "next", "--json").stdout)
+    assert before["mode"] == "IDEATE" and "29 ideas" in before["why"]
+    assert just(project, "idea", "thirtieth", "The thirtieth idea").returncode == 0
+    add_rows(project, dict(experiment="idea-07", val_bpb=2.0, commit="abc"))  # the top idea has results
+    after = json.loads(just(project, "next", "--json").stdout)
+    assert after["mode"] == "IMPLEMENT" and after["idea"]["slug"] == "idea-03"
+    assert "best-rated without results" in after["why"]
+    text = just(project, "next").stdout
+    assert "mode: IMPLEMENT" in text and "just new idea-03" in text and "best: 2.0000" in text
+
+
+def test_ideas_lists_worktree_results_and_report(project):
+    write_ideas(project, 2, rated={"idea-01": 7})
+    new(project, "idea-01")
+    add_rows(project, dict(experiment="idea-01", val_bpb=2.0, commit="abc"))
+    table = {i["slug"]: i for i in json.loads(just(project, "ideas", "--json").stdout)}
+    assert table["idea-01"]["rating"] == 7.0
+    assert table["idea-01"]["worktree"] and table["idea-01"]["results"] == 1 and not table["idea-01"]["report"]
+    assert not table["idea-00"]["worktree"] and table["idea-00"]["rating"] is None
+
+
+def test_report_contains_the_slugs_rows_the_bar_and_the_diff(project):
+    wt = new(project, "wider")
+    commit(wt, "model.py", (wt / "model.py").read_text() + "\n# wider\n")
+    add_rows(
+        project,
+        dict(experiment="main", val_bpb=2.5, commit="m1"),
+        dict(experiment="wider", val_bpb=2.25, commit="w1", label="Q: wider? H: -0.2"),
+        dict(experiment="main", val_bpb=2.75, commit="m2", train_tokens=999),  # not comparable
+    )
+    assert just(project, "report", "wider").returncode == 0
+    text = next((project / "9_reports").glob("*_wider.md")).read_text()
+    assert "r1-wider" in text and "Q: wider? H: -0.2" in text
+    assert "r0-main" in text and "r2-main" not in text
+    assert "model.py" in text and "1 file changed" in text
+    assert "no rows" in just(project, "report", "nothing-here").stderr
+
+
+def test_results_and_best_for_people_and_for_agents(project):
+    add_rows(
+        project,
+        dict(experiment="main", val_bpb=2.5, commit="m1"),
+        dict(experiment="main", val_bpb=2.4, commit="m2"),
+        dict(experiment="exp-a", val_bpb=2.3, commit="a1"),
+        dict(experiment="exp-b", status="crash", commit="b1", error="ValueError: x"),
+        dict(experiment="main", val_bpb=3.0, commit="m3", train_tokens=5),
+    )
+    rows = json.loads(just(project, "results", "3", "--json").stdout)
+    assert [r["run_id"] for r in rows] == ["r2-exp-a", "r3-exp-b", "r4-main"]
+    assert "r3-exp-b" in just(project, "results").stdout
+    best = json.loads(just(project, "best", "--json").stdout)
+    assert sorted(g["run_id"] for g in best["groups"]) == ["r2-exp-a", "r4-main"]
+    assert best["bar"]["run_id"] == "r4-main"  # the newest main run's group
+    assert "main must beat: 3.0" in just(project, "best").stdout
+
+
+# --- submit ---
+
+
+def test_submit_commits_pushes_and_proposes_a_pr_only_when_it_beats_main(project, tmp_path):
+    wt = new(project, "better")
+    (wt / "train.py").write_text((wt / "train.py").read_text() + "\n# better\n")
+    result = just(project, "submit", "better", "--message", "a better schedule")
+    assert result.returncode == 0
+    assert git("log", "-1", "--format=%s", cwd=wt) == "exp(better): a better schedule"
+    assert "no remote 'origin': nothing pushed" in result.stdout and "no ok rows" in result.stdout
+    main_head = git("rev-parse", "main", cwd=project)
+
+    remote = tmp_path / "remote.git"
+    git("init", "-q", "--bare", str(remote), cwd=tmp_path)
+    git("remote", "add", "origin", str(remote), cwd=project)
+    add_rows(
+        project, dict(experiment="main", val_bpb=2.5, commit="m1"), dict(experiment="better", val_bpb=2.0, commit="b1")
+    )
+    result = just(project, "submit", "better")
+    assert "nothing to commit" in result.stdout and "pushed exp/better to origin" in result.stdout
+    assert "beats main's 2.5000" in result.stdout and "gh pr create --base main --head exp/better" in result.stdout
+    assert git("rev-parse", "exp/better", cwd=remote) == git("rev-parse", "HEAD", cwd=wt)
+    assert git("rev-parse", "main", cwd=project) == main_head  # never touches main
+
+
+def test_submit_does_not_propose_a_pr_that_does_not_beat_main(project):
+    new(project, "worse")
+    add_rows(
+        project, dict(experiment="main", val_bpb=2.0, commit="m1"), dict(experiment="worse", val_bpb=2.1, commit="w1")
+    )
+    assert "does not beat main's 2.0000: no pull request" in just(project, "submit", "worse").stdout
+
+
+def test_submit_goes_through_the_guard(project):
+    wt = new(project, "sneaky")
+    (wt / "eval.py").write_text((wt / "eval.py").read_text() + "\n# sneaky\n")
+    result = just(project, "submit", "sneaky")
+    assert result.returncode == 1 and "FROZEN eval.py" in result.stderr
+
+
+def test_recipes_find_the_root_from_a_subfolder_of_a_worktree(project):
+    wt = new(project, "deep")
+    (wt / "0_docs" / "papers").mkdir(parents=True, exist_ok=True)
+    result = just(wt / "0_docs" / "papers", "journal", "from deep inside")
+    assert result.returncode == 0 and "from deep inside" in (project / "RESEARCH_JOURNAL.md").read_text()
+    assert "· deep" in (project / "RESEARCH_JOURNAL.md").read_text()
