@@ -10,6 +10,7 @@ import json as jsonlib
 import math
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -589,9 +590,229 @@ def cmd_submit(slug: Positional[str], message: str = "") -> None:
     if shutil.which("gh") and "origin" in remotes:
         subprocess.run(command, cwd=path, check=True)
     else:
-        import shlex
-
         print("open the pull request with:\n  " + shlex.join(command))
+
+
+# --- queue: pueue through its CLI (contract: shared/pueue-reference.md, 4.x and 3.x) ---
+
+LABEL = re.compile(r"^\s*Q:\s*(?P<q>\S.*?)\s*H:\s*(?P<h>\S.*?)\s*$", re.DOTALL)
+LABEL_EXAMPLE = '"Q: does rotary help? H: expect -0.05 val_bpb"'
+PUEUE_INSTALL = (
+    "install pueue (cargo install --locked pueue, brew install pueue, or a release binary from "
+    "https://github.com/Nukesor/pueue/releases), then start its daemon: pueued -d"
+)
+
+
+def parse_label(label: str) -> tuple[str, str]:
+    match = LABEL.match(label)
+    if match is None:
+        raise Refusal(f"bad label {label!r}: it must read 'Q: <question> H: <hypothesis>', e.g. {LABEL_EXAMPLE}")
+    return match["q"], match["h"]
+
+
+def pueue(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the pueue client; a missing client or a daemon that does not answer is a clear refusal."""
+    if shutil.which("pueue", path=(env or os.environ).get("PATH")) is None:
+        raise Refusal(f"pueue is not installed: {PUEUE_INSTALL}")
+    result = subprocess.run(["pueue", *args], capture_output=True, text=True, env=env)
+    if result.returncode != 0 and "Did you start" in result.stderr:
+        raise Refusal("the pueue daemon does not answer: start it with `pueued -d` (then check with `pueue status`)")
+    if result.returncode != 0:
+        raise Refusal(f"pueue {' '.join(args[:2])} failed ({result.returncode}): {result.stderr.strip()}")
+    return result
+
+
+def pueue_state() -> dict:
+    return jsonlib.loads(pueue("status", "--json").stdout)
+
+
+def task_state(task: dict) -> tuple[str, str | None, str | None, str | None]:
+    """(state, start, end, result) of a task, from the 4.x or the 3.x status format."""
+    status = task["status"]
+    if isinstance(status, str):  # 3.x: "Queued", "Running", "Paused", "Locked"
+        return status, task.get("start"), task.get("end"), None
+    name, inner = next(iter(status.items()))
+    if name == "Done" and not (isinstance(inner, dict) and "result" in inner):
+        # 3.x: {"Done": "Success"} or {"Done": {"Failed": 1}}, with the times as top-level keys
+        inner = {"result": inner, "start": task.get("start"), "end": task.get("end")}
+    inner = inner if isinstance(inner, dict) else {}
+    result = inner.get("result")
+    if isinstance(result, dict):  # {"Failed": 1} -> "Failed(1)"
+        result = "{}({})".format(*next(iter(result.items())))
+    return name, inner.get("start", task.get("start")), inner.get("end", task.get("end")), result
+
+
+def pick_group(state: dict) -> tuple[str, str | None]:
+    """The gpuN group with the fewest queued and running tasks (its GPU index for
+    CUDA_VISIBLE_DEVICES), or the default group when `just gpus` made none."""
+    gpus = sorted((g for g in state["groups"] if re.fullmatch(r"gpu\d+", g)), key=lambda g: int(g[3:]))
+    if not gpus:
+        return "default", None
+    load = {g: 0 for g in gpus}
+    for task in state["tasks"].values():
+        if task["group"] in load and task_state(task)[0] in ("Queued", "Running", "Paused", "Locked"):
+            load[task["group"]] += 1
+    group = min(gpus, key=lambda g: (load[g], int(g[3:])))
+    return group, group[3:]
+
+
+def queue(argv: list[str]) -> None:
+    """just queue LABEL SLUG [EVAL_ARGS...]: put a scored run of a worktree (or `main`) on pueue."""
+    if len(argv) < 2:
+        raise Refusal(f"usage: just queue LABEL SLUG [EVAL_ARGS...], e.g. just queue {LABEL_EXAMPLE} rotary --seed 1")
+    label, slug, eval_args = argv[0], argv[1], argv[2:]
+    parse_label(label)
+    root = main_root()
+    path = root if slug == "main" else worktree_dir(root, slug)
+    if not path.is_dir():
+        raise Refusal(f"no worktree for {slug!r} ({path}): create it with `just new {slug}`, or queue `main`")
+    require_scoring_allowed(path, root)  # refuse now what eval.py would refuse hours later
+    state = pueue_state()
+    group, gpu = pick_group(state)
+    env = {**os.environ, "RESEARCH_LABEL": label}
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    command = shlex.join(["just", "eval", *eval_args])
+    result = pueue(
+        "add",
+        "--print-task-id",
+        "--label",
+        label,
+        "--working-directory",
+        str(path),
+        "--group",
+        group,
+        "--",
+        command,
+        env=env,
+    )
+    task_id = result.stdout.strip()
+    gpu_note = f", CUDA_VISIBLE_DEVICES={gpu}" if gpu is not None else ""
+    print(f"queued task {task_id}: {command} in {slug} (group {group}{gpu_note})")
+    print(f"label: {label}\nfollow it: uv run just follow {task_id}   status: uv run just status")
+
+
+def cmd_gpus() -> None:
+    """Create one pueue group per visible GPU (gpu0, gpu1, ...), one task at a time each."""
+    import torch
+
+    count = torch.cuda.device_count()
+    if count == 0:
+        pueue_state()  # still say so if pueue is missing or down
+        print("no CUDA device visible: just queue uses pueue's default group (one task at a time)")
+        return
+    existing = pueue_state()["groups"]
+    for i in range(count):
+        if f"gpu{i}" not in existing:
+            pueue("group", "add", f"gpu{i}", "--parallel", "1")
+        pueue("parallel", "1", "--group", f"gpu{i}")
+        print(f"group gpu{i}: {torch.cuda.get_device_name(i)}, one task at a time")
+
+
+def queued_runs(root: Path) -> list[dict]:
+    """Labelled pueue tasks joined with their ledger rows (same label and worktree, started after the task)."""
+    import polars as pl
+
+    df = ledger(root)
+    out = []
+    for task in pueue_state()["tasks"].values():
+        label = task.get("label") or ""
+        if LABEL.match(label) is None:
+            continue
+        q, h = parse_label(label)
+        name, start, end, result = task_state(task)
+        slug = experiment_name(Path(task["path"]), root)
+        rows = df.filter((pl.col("label") == label) & (pl.col("experiment") == slug)).sort("started_at")
+        if start is not None:
+            begun = datetime.fromisoformat(start).astimezone(UTC).replace(microsecond=0)
+            rows = rows.filter(pl.col("started_at") >= begun.isoformat(timespec="seconds"))
+        row = None if rows.is_empty() or name != "Done" and name != "Running" else rows.row(0, named=True)
+        bar = best_comparable_main(df, row) if row is not None and row["status"] == "ok" else None
+        delta = row["val_bpb"] - bar["val_bpb"] if bar is not None and row["val_bpb"] is not None else None
+        state = result if name == "Done" else name
+        out.append(dict(id=task["id"], state=state, q=q, h=h, slug=slug, done=name == "Done", row=row, delta=delta))
+    return out
+
+
+def cmd_status(json: bool = False) -> None:
+    """pueue's labelled tasks joined with their ledger rows: id, state, Q, H, slug, val_bpb, delta vs main."""
+    runs = queued_runs(main_root())
+    if json:
+        return print_json(runs)
+    import polars as pl
+
+    table = pl.DataFrame(
+        [
+            dict(
+                id=r["id"], state=r["state"], Q=r["q"], H=r["h"], slug=r["slug"],
+                val_bpb=None if r["row"] is None else r["row"]["val_bpb"], delta_vs_main=r["delta"],
+            )
+            for r in runs
+        ],
+        schema=dict(id=pl.Int64, state=pl.String, Q=pl.String, H=pl.String, slug=pl.String, val_bpb=pl.Float64, delta_vs_main=pl.Float64),
+    )  # fmt: skip
+    print_table(table, table.columns)
+
+
+def cmd_log(task_id: Positional[int]) -> None:
+    """The full output of a pueue task."""
+    pueue_state()
+    os.execvp("pueue", ["pueue", "log", str(task_id), "--full"])
+
+
+def cmd_follow(task_id: Positional[int]) -> None:
+    """Stream the output of a pueue task as it runs."""
+    pueue_state()
+    os.execvp("pueue", ["pueue", "follow", str(task_id)])
+
+
+REVIEWED = re.compile(r"<!-- reviewed: (\S+) -->")
+
+
+def cmd_review() -> None:
+    """Prepend a journal entry for every finished labelled run not reviewed yet: Q, H, what was
+    observed, and an empty inference line to fill in before committing."""
+    root = main_root()
+    journal = root / JOURNAL
+    done = set(REVIEWED.findall(journal.read_text()))
+    written = 0
+    for run in queued_runs(root):
+        row = run["row"]
+        key = row["run_id"] if row is not None else f"task-{run['id']}-{run['slug']}"
+        if not run["done"] or key in done:
+            continue
+        if row is None:
+            observed = f"pueue task {run['id']} ended {run['state']} without a ledger row (see: just log {run['id']})"
+        elif row["status"] != "ok":
+            observed = f"run {row['run_id']} ended `{row['status']}`: {row['error']}"
+        else:
+            vs = (
+                "no comparable main row"
+                if run["delta"] is None
+                else f"{run['delta']:+.4f} vs the best comparable main row"
+            )
+            observed = (
+                f"val_bpb {row['val_bpb']:.4f} ({vs}); {row['train_tokens']:,} tokens in {row['wall_s']:.0f} s, "
+                f"{row['tokens_per_s']:,.0f} tokens/s, run {row['run_id']}"
+            )
+        entry = "\n".join(
+            [
+                f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {run['slug']} · review of pueue task {run['id']}",
+                "",
+                f"- **Question:** {run['q']}",
+                f"- **Hypothesis:** {run['h']}",
+                f"- **Observation:** {observed}",
+                "- **Inference:** ",
+                f"<!-- reviewed: {key} -->",
+            ]
+        )
+        prepend_entry(journal, entry)
+        done.add(key)
+        written += 1
+    print(
+        f"review: {written} new journal entries"
+        + (" (fill in each Inference line before committing)" if written else "")
+    )
 
 
 # --- smoke: a fast sanity check of the experiment's code, no ledger row ---
@@ -658,6 +879,7 @@ def smoke(argv: list[str]) -> None:
 COMMANDS = dict(
     new=cmd_new, rm=cmd_rm, check=cmd_check, journal=cmd_journal, idea=cmd_idea, ideas=cmd_ideas,
     next=cmd_next, report=cmd_report, results=cmd_results, best=cmd_best, submit=cmd_submit,
+    gpus=cmd_gpus, status=cmd_status, log=cmd_log, follow=cmd_follow, review=cmd_review,
 )  # fmt: skip
 
 
@@ -672,6 +894,9 @@ def main(argv: list[str]) -> int:
         install_hooks(main_root())
         if argv[:1] == ["smoke"]:  # takes eval's arguments as they are
             smoke(argv[1:])
+            return 0
+        if argv[:1] == ["queue"]:  # LABEL SLUG, then eval's arguments as they are
+            queue(argv[1:])
             return 0
         tyro.extras.subcommand_cli_from_dict(COMMANDS, args=argv, prog="harness.py")
         return 0

@@ -35,6 +35,32 @@ rm slug *args:
 submit slug *args:
     @python {{root}}/harness.py submit "$@"
 
+# --- the queue (pueue) ---
+
+# queue a labelled scored run: just queue "Q: does X help? H: expect -0.05 val_bpb" SLUG [EVAL_ARGS...]
+queue label slug *args:
+    @python {{root}}/harness.py queue "$@"
+
+# one pueue group per visible GPU (gpu0, gpu1, ...), one task at a time each
+gpus:
+    @python {{root}}/harness.py gpus
+
+# queued and finished labelled runs with their results: just status [--json]
+status *args:
+    @python {{root}}/harness.py status "$@"
+
+# full output of a pueue task: just log ID
+log id:
+    @python {{root}}/harness.py log "$1"
+
+# live tail of a pueue task: just follow ID
+follow id:
+    @python {{root}}/harness.py follow "$1"
+
+# journal entry (Q, H, observed) for each finished labelled run not reviewed yet
+review:
+    @python {{root}}/harness.py review
+
 # --- the record ---
 
 # prepend a dated entry to RESEARCH_JOURNAL.md: just journal "TEXT" [--observation ..] [--inference ..]
