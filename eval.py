@@ -1,8 +1,8 @@
 """The referee: data, budget, metric and ledger. FROZEN: edit only in meta-mode (META_MODE=1).
 
 Usage:
-    uv run just eval [CONFIG] [--config PATH] [--seed 0] [--device cpu|cuda|mps]
-                     [--budget-tokens N] [--description TEXT] [--<train.Config field> VALUE ...]
+    uv run just eval [CONFIG] [--config PATH] [--seed 0] [--device cpu|cuda|mps] [--budget-tokens N]
+                     [--wall-cap-s S] [--description TEXT] [--<train.Config field> VALUE ...]
 
 CONFIG names an entry of `train.CONFIGS` (default: the one named after the device class);
 `--config PATH` reads a JSON object of `train.Config` fields instead (a run's `train_config.json`

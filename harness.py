@@ -532,16 +532,23 @@ def cmd_results(n: Positional[int] = 20, json: bool = False) -> None:
 
 def cmd_best(json: bool = False) -> None:
     """The best ok row of each comparable group (eval_sha, data_fp, device, train_tokens), and the bar."""
+    import polars as pl
+
     best, bar = best_rows(ledger(main_root()))
     if json:
         return print_json(dict(groups=best.to_dicts(), bar=bar))
     print_table(best)
     if bar is None:
         print("main must beat: nothing yet (no ok main run; score main first: uv run just eval)")
-    else:
-        print(
-            f"main must beat: {bar['val_bpb']!r} val_bpb ({bar['run_id']}, {bar['train_tokens']} tokens, {bar['device']})"
-        )
+        return
+    print(
+        f"main must beat: {bar['val_bpb']!r} val_bpb ({bar['run_id']}, {bar['train_tokens']} tokens, {bar['device']})"
+    )
+    df = ledger(main_root())
+    contenders = df.filter(same_group(bar) & (pl.col("status") == "ok") & (pl.col("experiment") != "main"))
+    for slug in contenders["experiment"].unique(maintain_order=True):
+        result = compare_slug(df, slug)
+        print(f"  {slug}: {result.verdict} — {result.why}")
 
 
 def cmd_submit(slug: Positional[str], message: str = "") -> None:
@@ -573,24 +580,335 @@ def cmd_submit(slug: Positional[str], message: str = "") -> None:
     else:
         print("no remote 'origin': nothing pushed (add one with git remote add origin URL, then rerun)")
     df = ledger(root)
-    ok = df.filter((pl.col("experiment") == slug) & (pl.col("status") == "ok"))
-    if ok.is_empty():
+    if df.filter((pl.col("experiment") == slug) & (pl.col("status") == "ok")).is_empty():
         print(f"no ok rows for {slug}: no pull request (score it with just eval first)")
         return
-    best = ok.sort("val_bpb").row(0, named=True)
-    bar = best_comparable_main(df, best)
-    if bar is not None and not best["val_bpb"] < bar["val_bpb"]:
-        print(f"{slug}: {best['val_bpb']:.4f} does not beat main's {bar['val_bpb']:.4f}: no pull request")
+    result = compare_slug(df, slug)
+    print(f"{slug}: {result.verdict} — {result.why}")
+    if result.verdict != "improved":
+        print("no pull request: only a result that beats main's baseline beyond seed noise gets one (just compare)")
         return
-    against = "no comparable main row" if bar is None else f"main's {bar['val_bpb']:.4f} ({bar['run_id']})"
     title = f"exp({slug}): {summary}"
-    body = f"val_bpb {best['val_bpb']:.4f} ({best['run_id']}) against {against}. Merging is for a human."
+    body = f"just compare {slug}: {result.verdict} ({result.why}). Merging is for a human."
     command = ["gh", "pr", "create", "--base", MAIN_BRANCH, "--head", f"exp/{slug}", "--title", title, "--body", body]
-    print(f"{slug}: {best['val_bpb']:.4f} beats {against}")
     if shutil.which("gh") and "origin" in remotes:
         subprocess.run(command, cwd=path, check=True)
     else:
         print("open the pull request with:\n  " + shlex.join(command))
+
+
+# --- trustworthy comparisons: noise floor, determinism, verdicts, re-verification, plots ---
+
+MEANINGFUL_EFFECT = 0.01  # val_bpb: the smallest improvement worth a claim; the noise floor must resolve it
+BASELINE = "baseline"  # description prefix of the rows `just baseline` writes
+
+
+def is_baseline(description: str | None) -> bool:
+    return (description or "").startswith(BASELINE)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, math.sqrt(var)
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b), by its continued fraction
+    (Numerical Recipes, 2nd ed., section 6.4: betai and betacf)."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast only below this point
+        return 1.0 - betainc(b, a, 1.0 - x)
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        for aa in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(1 - x)
+    return math.exp(log_front) * h / a
+
+
+def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """Welch's t-test: (t, degrees of freedom, two-sided p) for mean(a) - mean(b)."""
+    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+    va, vb = sa**2 / len(a), sb**2 / len(b)
+    if va + vb == 0:
+        return (math.inf if ma != mb else 0.0), math.inf, (0.0 if ma != mb else 1.0)
+    t = (ma - mb) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return t, df, betainc(df / 2, 0.5, df / (df + t * t))
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    verdict: str  # improved, worse or inconclusive
+    why: str
+    runs: list[float]
+    baseline: list[float]
+
+
+def verdict(runs: list[float], baseline: list[float]) -> Verdict:
+    """The noise-aware rule for "better than main" (lower val_bpb is better). One run must beat the
+    baseline mean by more than 2 baseline std; several runs are judged by Welch's t-test at p < 0.05."""
+    if len(baseline) < 2:
+        return Verdict(
+            "inconclusive",
+            f"{len(baseline)} baseline rows: run `just baseline` first (at least 2 seeds)",
+            runs,
+            baseline,
+        )
+    mean, std = mean_std(baseline)
+    if len(runs) == 1:
+        delta = runs[0] - mean
+        numbers = f"{runs[0]:.4f} vs baseline {mean:.4f} ± {std:.4f} (n={len(baseline)}): delta {delta:+.4f}, 2 std = {2 * std:.4f}"
+        if abs(delta) > 2 * std:
+            return Verdict("improved" if delta < 0 else "worse", numbers, runs, baseline)
+        more = max(1, math.ceil((2 * std / abs(delta)) ** 2) - 1) if delta else 3
+        return Verdict(f"inconclusive — run {min(more, 10)} more seeds", numbers, runs, baseline)
+    t, df, p = welch(runs, baseline)
+    m = mean_std(runs)[0]
+    numbers = f"mean {m:.4f} (n={len(runs)}) vs baseline {mean:.4f} ± {std:.4f} (n={len(baseline)}): Welch t={t:.2f}, df={df:.1f}, p={p:.3g}"
+    if p < 0.05:
+        return Verdict("improved" if t < 0 else "worse", numbers, runs, baseline)
+    return Verdict(f"inconclusive — run {len(runs)} more seeds", numbers, runs, baseline)
+
+
+def same_group(row: dict):
+    import polars as pl
+
+    return pl.all_horizontal(pl.col(c) == row[c] for c in COMPARABLE)
+
+
+def compare_slug(df, slug: str) -> Verdict:
+    """The slug's ok rows in the group of its newest one, against main's baseline rows there."""
+    import polars as pl
+
+    ok = df.filter(pl.col("status") == "ok")
+    mine = ok.filter(pl.col("experiment") == slug)
+    if mine.is_empty():
+        raise Refusal(f"no ok rows for {slug!r}: score it first (cd {WORKTREES}/{slug} && uv run just eval)")
+    group = ok.filter(same_group(mine.sort("started_at").row(-1, named=True)))
+    runs = group.filter(pl.col("experiment") == slug)["val_bpb"].to_list()
+    base = group.filter(
+        (pl.col("experiment") == "main") & pl.col("description").map_elements(is_baseline, return_dtype=pl.Boolean)
+    )
+    return verdict(runs, base["val_bpb"].to_list())
+
+
+def run_eval(cwd: Path, args: list[str]) -> dict:
+    """One scored run as a subprocess of main's eval.py; its printed block as a dict."""
+    root = main_root()
+    result = subprocess.run([sys.executable, str(root / "eval.py"), *args], cwd=cwd, stdout=subprocess.PIPE, text=True)
+    block = result.stdout.rsplit("---\n", 1)[-1]
+    out = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+    if result.returncode != 0 or out.get("status") != "ok":
+        raise Refusal(
+            f"eval.py {' '.join(args)} failed ({out.get('status', result.returncode)}): {out.get('error', 'see its log above')}"
+        )
+    return out
+
+
+def baseline(argv: list[str]) -> None:
+    """just baseline [N=3] [EVAL_ARGS...]: score main's code with seeds 0..N-1, then print mean, std,
+    the smallest effect a single run resolves, and whether that is below a meaningful improvement."""
+    import polars as pl
+
+    n, eval_args = (int(argv[0]), argv[1:]) if argv[:1] and argv[0].isdigit() else (3, argv)
+    root = main_root()
+    if n < 2:
+        raise Refusal(f"N={n}: a std needs at least 2 seeds")
+    for seed in range(n):
+        out = run_eval(root, [*eval_args, "--seed", str(seed), "--description", f"{BASELINE} seed {seed}/{n}"])
+        print(f"baseline seed {seed}: val_bpb {float(out['val_bpb']):.6f} ({out['run_id']})")
+    df = ledger(root)
+    newest = df.filter(pl.col("run_id") == out["run_id"]).row(0, named=True)
+    base = df.filter(same_group(newest) & (pl.col("experiment") == "main") & (pl.col("status") == "ok"))
+    values = [r["val_bpb"] for r in base.iter_rows(named=True) if is_baseline(r["description"])]
+    mean, std = mean_std(values)
+    print(f"---\nbaseline_n: {len(values)}\nmean: {mean:.6f}\nstd: {std:.6f}")
+    print(f"resolvable_effect: {2 * std:.6f}  (a single run must beat the mean by more than 2 std)")
+    if 2 * std < MEANINGFUL_EFFECT:
+        print(
+            f"verdict: ok — seed noise (2 std = {2 * std:.4f}) is below a meaningful improvement ({MEANINGFUL_EFFECT})"
+        )
+    else:
+        print(
+            f"verdict: too noisy — 2 std = {2 * std:.4f} exceeds a meaningful improvement ({MEANINGFUL_EFFECT}): "
+            "use more eval data, a smaller model, or a proxy metric with less noise"
+        )
+
+
+def determinism(argv: list[str]) -> None:
+    """just determinism [EVAL_ARGS...]: score this checkout's code twice with the same seed; exit 1
+    unless the two val_bpb are bitwise identical."""
+    here = checkout_dir()
+    first, second = (run_eval(here, [*argv, "--description", f"determinism check {i}/2"]) for i in (1, 2))
+    a, b = float(first["val_bpb"]), float(second["val_bpb"])
+    print(f"---\nfirst: {a!r} ({first['run_id']})\nsecond: {b!r} ({second['run_id']})")
+    if a != b:
+        print(f"deterministic: no (difference {b - a:+.3g})")
+        raise SystemExit(1)
+    print("deterministic: yes (bitwise identical val_bpb)")
+
+
+def cmd_compare(slug: Positional[str], json: bool = False) -> None:
+    """improved / worse / inconclusive for SLUG against main's baseline rows of the same group."""
+    result = compare_slug(ledger(main_root()), slug)
+    if json:
+        return print_json(dataclasses.asdict(result))
+    print(f"{slug}: {result.verdict}\n{result.why}")
+
+
+def cmd_verify(run_id: Positional[str]) -> None:
+    """Rebuild a run's model from its checkpoint with the model.py/train.py of its commit (from git),
+    re-score it with the current referee, and exit 1 unless it reproduces the row's val_bpb."""
+    import tempfile
+
+    import polars as pl
+    import torch
+
+    import eval as referee
+
+    root = main_root()
+    rows = ledger(root).filter(pl.col("run_id") == run_id)
+    if rows.is_empty():
+        raise Refusal(f"no run {run_id!r} in {LEDGER}: `just results` lists them")
+    row = rows.row(0, named=True)
+    if row["status"] != "ok":
+        raise Refusal(f"run {run_id} ended {row['status']}: there is no metric to verify")
+    checkpoint = root / "runs" / run_id / "model.pt"
+    if not checkpoint.exists():
+        raise Refusal(f"{checkpoint} is missing: runs/ is local to the machine that scored the run")
+    code = Path(tempfile.mkdtemp(prefix=f"verify-{run_id}-"))
+    for name in ("model.py", "train.py"):
+        blob = show(f"{row['commit']}:{name}", root)
+        if blob is None:
+            raise Refusal(f"commit {row['commit']} (or its {name}) is not in this repository: was its branch deleted?")
+        (code / name).write_bytes(blob)
+    train = referee.load_experiment(code)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    model = train.build_model(train.Config(**state["train_config"]))
+    model.load_state_dict(state["model"])
+    device = referee.resolve_device(row["device"])
+    corpus = referee.load_corpus()
+    if corpus.fingerprint != row["data_fp"]:
+        raise Refusal(f"the corpus changed: fingerprint {corpus.fingerprint}, the row has {row['data_fp']}")
+    val_bpb = referee.evaluate(model.to(device).eval(), corpus.val, referee.PRESETS[device.type].eval_seq_len, device)
+    tolerance = 1e-6 if device.type == "cpu" else 1e-4
+    referee_note = (
+        "same eval.py" if referee.git_blob_sha(root / "eval.py") == row["eval_sha"] else "eval.py changed since"
+    )
+    print(
+        f"---\nrecorded: {row['val_bpb']!r}\nrescored: {val_bpb!r}\ndifference: {val_bpb - row['val_bpb']:+.3g}\nreferee: {referee_note}"
+    )
+    if abs(val_bpb - row["val_bpb"]) > tolerance:
+        print(f"verify: MISMATCH — run {run_id} does not reproduce its recorded val_bpb (tolerance {tolerance:g})")
+        raise SystemExit(1)
+    print(f"verify: ok (within {tolerance:g})")
+
+
+def plot_group(df):
+    """The runs worth plotting together: the ok runs comparable with the bar (else with the newest ok
+    run), and the crashes and timeouts of the same device and referee."""
+    import polars as pl
+
+    ok = df.filter(pl.col("status") == "ok")
+    if ok.is_empty():
+        return df.filter(pl.col("status") != "ok")
+    anchor = best_rows(df)[1] or ok.sort("started_at").row(-1, named=True)
+    failed = (
+        (pl.col("status") != "ok") & (pl.col("device") == anchor["device"]) & (pl.col("eval_sha") == anchor["eval_sha"])
+    )
+    return df.filter(((pl.col("status") == "ok") & same_group(anchor)) | failed)
+
+
+def save_figure(fig, ax, xlabel: str, ylabel: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def cmd_plot() -> None:
+    """progress.png (val_bpb per run, running best, kept runs labelled, crashes marked) and
+    runs/{run_id}/loss.png (training loss from the run's log) for every run that lacks one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    root = main_root()
+    df = ledger(root)
+    rows = plot_group(df).sort("started_at").to_dicts()
+    fig, ax = plt.subplots(figsize=(12, 7), dpi=100)
+    xs = list(range(1, len(rows) + 1))
+    ok = [(x, r) for x, r in zip(xs, rows, strict=True) if r["status"] == "ok"]
+    ax.scatter([x for x, _ in ok], [r["val_bpb"] for _, r in ok], color="tab:blue", s=18, label="scored run (ok)")
+    best, best_line, kept = math.inf, [], []
+    for x, r in ok:
+        if r["val_bpb"] < best:
+            best = r["val_bpb"]
+            kept.append((x, r))
+        best_line.append((x, best))
+    if best_line:
+        ax.step(
+            [x for x, _ in best_line], [b for _, b in best_line], where="post", color="tab:green", label="running best"
+        )
+    for x, r in kept:
+        ax.annotate(
+            r["label"] or r["experiment"], (x, r["val_bpb"]), textcoords="offset points", xytext=(4, 6), fontsize=8
+        )
+    crashes = [x for x, r in zip(xs, rows, strict=True) if r["status"] != "ok"]
+    if crashes:
+        ax.scatter(
+            crashes,
+            [best if math.isfinite(best) else 0] * len(crashes),
+            marker="x",
+            color="tab:red",
+            s=40,
+            label="crash / timeout",
+        )
+    group = rows[0] if rows else {}
+    ax.set_title(
+        f"val_bpb per run — {group.get('device', '?')}, {group.get('train_tokens', '?'):,} training tokens"
+        if rows
+        else "val_bpb per run (no runs yet)"
+    )
+    save_figure(fig, ax, "run (in order of start)", "val_bpb (bits per byte, lower is better)", root / "progress.png")
+    print(f"plot: {root / 'progress.png'} ({len(rows)} runs)")
+    made = 0
+    for r in df.to_dicts():
+        run_dir = root / "runs" / r["run_id"]
+        if not (run_dir / "train.log").exists() or (run_dir / "loss.png").exists():
+            continue
+        losses = step_losses((run_dir / "train.log").read_text())
+        fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+        ax.plot(
+            [s for s, _ in losses], [loss / math.log(2) for _, loss in losses], color="tab:blue", label="training loss"
+        )
+        if r["val_bpb"] is not None:
+            ax.axhline(r["val_bpb"], color="tab:green", linestyle="--", label=f"val_bpb {r['val_bpb']:.4f}")
+        ax.set_title(f"{r['run_id']} ({r['status']})")
+        save_figure(fig, ax, "step", "training loss (bits per byte)", run_dir / "loss.png")
+        made += 1
+    print(f"plot: {made} new loss curves in runs/*/loss.png")
 
 
 # --- queue: pueue through its CLI (contract: shared/pueue-reference.md, 4.x and 3.x) ---
@@ -880,7 +1198,11 @@ COMMANDS = dict(
     new=cmd_new, rm=cmd_rm, check=cmd_check, journal=cmd_journal, idea=cmd_idea, ideas=cmd_ideas,
     next=cmd_next, report=cmd_report, results=cmd_results, best=cmd_best, submit=cmd_submit,
     gpus=cmd_gpus, status=cmd_status, log=cmd_log, follow=cmd_follow, review=cmd_review,
+    compare=cmd_compare, verify=cmd_verify, plot=cmd_plot,
 )  # fmt: skip
+
+
+RAW_COMMANDS = dict(smoke=smoke, queue=queue, baseline=baseline, determinism=determinism)
 
 
 def main(argv: list[str]) -> int:
@@ -892,11 +1214,8 @@ def main(argv: list[str]) -> int:
                 print(f"commit refused: {p}", file=sys.stderr)
             return 1 if problems else 0
         install_hooks(main_root())
-        if argv[:1] == ["smoke"]:  # takes eval's arguments as they are
-            smoke(argv[1:])
-            return 0
-        if argv[:1] == ["queue"]:  # LABEL SLUG, then eval's arguments as they are
-            queue(argv[1:])
+        if argv[:1] and argv[0] in RAW_COMMANDS:  # these pass eval's arguments through as they are
+            RAW_COMMANDS[argv[0]](argv[1:])
             return 0
         tyro.extras.subcommand_cli_from_dict(COMMANDS, args=argv, prog="harness.py")
         return 0

@@ -91,6 +91,28 @@ results *args:
 best *args:
     @python {{root}}/harness.py best "$@"
 
+# --- trustworthy comparisons ---
+
+# score main with N seeds, print mean, std and the noise verdict: just baseline [N=3] [EVAL_ARGS...]
+baseline *args:
+    @python {{root}}/harness.py baseline "$@"
+
+# score this checkout twice with one seed; exit 1 unless identical: just determinism [EVAL_ARGS...]
+determinism *args:
+    @python {{root}}/harness.py determinism "$@"
+
+# improved / worse / inconclusive against main's baseline: just compare SLUG [--json]
+compare slug *args:
+    @python {{root}}/harness.py compare "$@"
+
+# rebuild a run from its checkpoint and commit, re-score it, exit 1 on mismatch: just verify RUN_ID
+verify run_id:
+    @python {{root}}/harness.py verify "$1"
+
+# progress.png (metric per run, running best) and runs/*/loss.png
+plot:
+    @python {{root}}/harness.py plot
+
 # --- development ---
 
 # FROZEN / GLOBAL / APPEND-ONLY violations of this checkout (exit 1 if any)

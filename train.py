@@ -64,7 +64,7 @@ CONFIGS = {
     "mps": Config(n_layer=6, d_model=256, d_head=64, batch_size=32, lr=3e-3),
     "cuda": Config(n_layer=8, d_model=512, d_head=64, seq_len=1024, batch_size=64, lr=2e-3, log_every=100),
     # For tests and smoke runs: seconds on any CPU.
-    "tiny": Config(n_layer=2, d_model=64, d_head=32, seq_len=64, batch_size=8, lr=3e-3, log_every=10),
+    "tiny": Config(n_layer=2, d_model=32, d_head=16, seq_len=64, batch_size=8, lr=3e-3, log_every=10),
 }
 
 

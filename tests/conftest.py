@@ -10,6 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # import eval, harness, model, train from the checkout under test
+import eval as referee  # noqa: E402  (after the path is set)
+
 JUST = shutil.which("just") or str(ROOT / ".venv" / "bin" / "just")
 
 
@@ -54,3 +56,19 @@ def block(stdout: str) -> dict[str, str]:
     """The `key: value` summary block a run prints after its `---` line."""
     tail = stdout.rsplit("---\n", 1)[-1]
     return dict(line.split(": ", 1) if ": " in line else (line.rstrip(":"), "") for line in tail.splitlines() if line)
+
+
+def add_rows(project: Path, *rows: dict) -> None:
+    """Hand-made ledger rows, written the way the referee writes them."""
+    base = dict(status="ok", eval_sha="e" * 40, data_fp="f" * 16, device="cpu", train_tokens=1000, seed=0)
+    for i, row in enumerate(rows):
+        referee.append_result(
+            base | dict(run_id=f"r{i}-{row['experiment']}", started_at=f"2026-01-01T00:00:{i:02d}") | row,
+            project / "results.tsv",
+        )
+
+
+def new(project: Path, slug: str) -> Path:
+    result = just(project, "new", slug)
+    assert result.returncode == 0, result.stderr
+    return project / "5_worktrees" / slug

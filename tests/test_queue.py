@@ -26,7 +26,11 @@ class Pueue:
         folder.mkdir(parents=True, exist_ok=True)
         self.config = folder / "pueue.yml"
         self.config.write_text(f"shared:\n  pueue_directory: {folder}\n  runtime_directory: {folder}\n")
-        self.env = {"PUEUE_CONFIG_PATH": str(self.config), "PATH": f"{HERE / 'bin'}:{os.environ['PATH']}"}
+        self.env = {
+            "PUEUE_CONFIG_PATH": str(self.config),
+            "PATH": f"{HERE / 'bin'}:{os.environ['PATH']}",
+            "OMP_NUM_THREADS": "1",  # runs in two GPU groups go side by side on two cores
+        }
         self.folder, self.daemon = folder, None
 
     def start(self) -> "Pueue":
@@ -55,22 +59,20 @@ def pueue(tmp_path):
     daemon.stop()
 
 
-def test_three_labelled_runs_from_two_worktrees_meet_their_results(tmp_path, pueue):
+def test_labelled_runs_from_two_checkouts_meet_their_results(tmp_path, pueue):
     project = make_project(tmp_path / "project")
-    for slug in ("rotary", "wider"):
-        assert just(project, "new", slug).returncode == 0
+    assert just(project, "new", "wider").returncode == 0
     wider = project / "5_worktrees" / "wider"
     (wider / "train.py").write_text(
         (wider / "train.py")
         .read_text()
-        .replace("d_model=64, d_head=32, seq_len=64", "d_model=96, d_head=32, seq_len=64")
+        .replace("d_model=32, d_head=16, seq_len=64", "d_model=48, d_head=16, seq_len=64")
     )
     git("commit", "-qam", "wider", cwd=wider)
     assert pueue("group", "add", "gpu0").returncode == 0 and pueue("group", "add", "gpu1").returncode == 0
 
     labels = {
         "main": "Q: where is the baseline? H: about 3.5 bpb at 3k tokens",
-        "rotary": "Q: same code, other worktree? H: identical val_bpb",
         "wider": "Q: does width help? H: expect -0.05 val_bpb",
     }
     for slug, label in labels.items():
@@ -79,12 +81,13 @@ def test_three_labelled_runs_from_two_worktrees_meet_their_results(tmp_path, pue
         assert result.stdout.startswith(f"queued task {list(labels).index(slug)}: just eval tiny --budget-tokens 3000")
     state = json.loads(pueue("status", "--json").stdout)
     assert [(t["group"], t["envs"]["CUDA_VISIBLE_DEVICES"]) for t in state["tasks"].values()] == [
-        ("gpu0", "0"), ("gpu1", "1"), ("gpu0", "0"),
-    ]  # fmt: skip
+        ("gpu0", "0"),
+        ("gpu1", "1"),
+    ]
     assert all(t["envs"]["RESEARCH_LABEL"] == t["label"] for t in state["tasks"].values())
 
-    waited = pueue("wait", "0", "1", "2", "--status", "success")
-    assert waited.returncode == 0, pueue("log", "0", "1", "2", "--full").stdout
+    waited = pueue("wait", "0", "1", "--status", "success")
+    assert waited.returncode == 0, pueue("log", "0", "1", "--full").stdout
     df = referee.read_results(project / "results.tsv")
     assert dict(zip(df["experiment"], df["label"], strict=True)) == labels
     assert set(df["status"]) == {"ok"} and set(df["description"]) == {"queued run"}
@@ -93,21 +96,20 @@ def test_three_labelled_runs_from_two_worktrees_meet_their_results(tmp_path, pue
     assert [(s["slug"], s["state"], s["row"]["val_bpb"]) for s in status] == [
         (slug, "Success", df.filter(df["experiment"] == slug)["val_bpb"][0]) for slug in labels
     ]
-    by_slug = {s["slug"]: s for s in status}
-    assert by_slug["rotary"]["delta"] == 0.0 and by_slug["wider"]["delta"] != 0.0
+    assert status[0]["delta"] == 0.0 and status[1]["delta"] != 0.0  # main is its own bar
     text = just(project, "status", env=pueue.env).stdout
     assert "does width help?" in text and "expect -0.05 val_bpb" in text and "Success" in text
 
     v3 = json.loads(just(project, "status", "--json", env={**pueue.env, "FAKE_PUEUE_VERSION": "3.4.1"}).stdout)
     assert v3 == status  # the 3.x JSON format reads the same
 
-    assert "review: 3 new journal entries" in just(project, "review", env=pueue.env).stdout
+    assert "review: 2 new journal entries" in just(project, "review", env=pueue.env).stdout
     assert "review: 0 new journal entries" in just(project, "review", env=pueue.env).stdout
     journal = (project / "RESEARCH_JOURNAL.md").read_text()
-    assert journal.count("review of pueue task") == 3 and journal.count("- **Hypothesis:** expect -0.05 val_bpb") == 1
+    assert journal.count("review of pueue task") == 2 and journal.count("- **Hypothesis:** expect -0.05 val_bpb") == 1
     assert "- **Observation:** val_bpb" in journal and "- **Inference:** " in journal
 
-    assert "val_bpb:" in just(project, "log", "2", env=pueue.env).stdout
+    assert "val_bpb:" in just(project, "log", "1", env=pueue.env).stdout
 
 
 @pytest.mark.parametrize(

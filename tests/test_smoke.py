@@ -41,22 +41,17 @@ def test_eval_prints_the_block_writes_one_row_and_a_run_folder(project):
     assert "step 0/11 | loss" in (run_dir / "train.log").read_text()
 
 
-def test_same_seed_same_metric_other_seed_other_metric(project):
-    for seed in ("0", "0", "1"):
-        assert just(project, "eval", *TINY, "--seed", seed).returncode == 0
-    a, b, c = rows(project)["val_bpb"].to_list()
-    assert a == b and a != c
-
-
-def test_overrides_a_config_file_and_the_label_are_recorded(project):
-    env = {"RESEARCH_LABEL": "Q: wider? H: -0.01 bpb"}
-    assert just(project, "eval", *TINY, "--d-model", "96", env=env).returncode == 0
+def test_same_seed_same_metric_a_saved_config_reproduces_and_overrides_are_recorded(project):
+    label = {"RESEARCH_LABEL": "Q: wider? H: -0.01 bpb"}
+    assert just(project, "eval", *TINY, env=label).returncode == 0
     first = rows(project).row(0, named=True)
-    assert first["config"] == "tiny:d_model=96" and first["label"] == env["RESEARCH_LABEL"]
+    assert first["label"] == label["RESEARCH_LABEL"] and first["seed"] == 0
     saved = project / "runs" / first["run_id"] / "train_config.json"
     assert just(project, "eval", f"--config={saved}", "--budget-tokens", "6000").returncode == 0
-    second = rows(project).row(1, named=True)
-    assert second["config"] == str(saved) and second["val_bpb"] == first["val_bpb"]
+    assert just(project, "eval", *TINY, "--seed", "1", "--d-model", "96").returncode == 0
+    _, again, other = rows(project).iter_rows(named=True)
+    assert again["config"] == str(saved) and again["val_bpb"] == first["val_bpb"]  # same seed: bitwise equal
+    assert other["config"] == "tiny:d_model=96" and other["val_bpb"] != first["val_bpb"] and other["label"] is None
 
 
 def commit_change(project, path, old, new):
