@@ -41,7 +41,6 @@ import os
 import resource
 import secrets
 import signal
-import subprocess
 import sys
 import sysconfig
 import time
@@ -57,6 +56,8 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int, UInt8
 from torch import Tensor
+
+import harness  # main's harness, beside this file: the guard an experiment cannot edit
 
 # --- Constants (fixed: changing any of them is meta-mode work and changes eval_sha) ---
 
@@ -431,10 +432,6 @@ def on_sigterm(signum, frame):
     raise Terminated("killed by SIGTERM")
 
 
-def git(*args: str, cwd: Path) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
-
-
 @dataclass(frozen=True)
 class EvalArgs:
     seed: int = 0
@@ -530,10 +527,7 @@ def load_experiment(code_dir: Path):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     root = Path(__file__).resolve().parent
-    code_dir = Path(git("rev-parse", "--show-toplevel", cwd=Path.cwd()))
-
-    import harness  # root's harness: the guard an experiment cannot edit
-
+    code_dir = harness.checkout_dir()
     harness.install_hooks(root)
     harness.require_scoring_allowed(code_dir, root)
 
@@ -558,8 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     logger.remove()
     logger.add(sys.stderr, format="{time:HH:mm:ss} | {message}", backtrace=False, diagnose=False)
     logger.add(run_dir / "train.log", format="{time:YYYY-MM-DD HH:mm:ss.SSS} | {message}", diagnose=False)
-    commit = git("rev-parse", "--short=12", "HEAD", cwd=code_dir)
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no", cwd=code_dir))
+    commit = harness.git("rev-parse", "--short=12", "HEAD", cwd=code_dir)
+    dirty = bool(harness.git("status", "--porcelain", "--untracked-files=no", cwd=code_dir))
     logger.info(f"run {run_id} | experiment {experiment} | commit {commit}{' (dirty)' if dirty else ''}")
     logger.info(f"torch {torch.__version__} | cuda {torch.version.cuda} | device {device} | seed {args.seed}")
     logger.info(f"config {config_desc} | {cfg}")
