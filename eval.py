@@ -540,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":  # deterministic cuBLAS; must be set before the first CUDA call
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-    experiment = "main" if code_dir == root else code_dir.name
+    experiment = harness.experiment_name(code_dir, root)
     started = datetime.now(UTC)
     run_id = f"{started:%Y%m%d-%H%M%S}-{experiment}-{secrets.token_hex(2)}"
     run_dir = root / "runs" / run_id
