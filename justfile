@@ -4,7 +4,7 @@
 
 set positional-arguments
 
-root := `git rev-parse --path-format=absolute --git-common-dir | xargs dirname`
+root := `dirname "$(git rev-parse --path-format=absolute --git-common-dir)"`
 export PATH := root / ".venv/bin" + ":" + env_var("PATH")
 
 # list the recipes
@@ -15,109 +15,109 @@ default:
 
 # train and score one run, append one row to results.tsv: just eval [CONFIG] [--seed 1] [--lr 3e-3 ...]
 eval *args:
-    @python {{root}}/eval.py "$@"
+    @python "{{root}}/eval.py" "$@"
 
 # fast sanity check with shape checks on, no ledger row: just smoke [CONFIG] [--field value ...]
 smoke *args:
-    @python {{root}}/harness.py smoke "$@"
+    @python "{{root}}/harness.py" smoke "$@"
 
 # --- experiments ---
 
 # new worktree 5_worktrees/SLUG on branch exp/SLUG: just new rotary-base
 new slug:
-    @python {{root}}/harness.py new -- "$1"
+    @python "{{root}}/harness.py" new -- "$1"
 
 # remove a worktree whose runs are recorded or whose branch is merged: just rm SLUG [--force]
 rm slug *args:
-    @python {{root}}/harness.py rm "$@"
+    @python "{{root}}/harness.py" rm "$@"
 
 # commit a worktree's changes, push, open a PR if it beats main: just submit SLUG [--message TEXT]
 submit slug *args:
-    @python {{root}}/harness.py submit "$@"
+    @python "{{root}}/harness.py" submit "$@"
 
 # --- the queue (pueue) ---
 
 # queue a labelled scored run: just queue "Q: does X help? H: expect -0.05 val_bpb" SLUG [EVAL_ARGS...]
 queue label slug *args:
-    @python {{root}}/harness.py queue "$@"
+    @python "{{root}}/harness.py" queue "$@"
 
 # one pueue group per visible GPU (gpu0, gpu1, ...), one task at a time each
 gpus:
-    @python {{root}}/harness.py gpus
+    @python "{{root}}/harness.py" gpus
 
 # queued and finished labelled runs with their results: just status [--json]
 status *args:
-    @python {{root}}/harness.py status "$@"
+    @python "{{root}}/harness.py" status "$@"
 
 # full output of a pueue task: just log ID
 log id:
-    @python {{root}}/harness.py log "$1"
+    @python "{{root}}/harness.py" log "$1"
 
 # live tail of a pueue task: just follow ID
 follow id:
-    @python {{root}}/harness.py follow "$1"
+    @python "{{root}}/harness.py" follow "$1"
 
 # journal entry (Q, H, observed) for each finished labelled run not reviewed yet
 review:
-    @python {{root}}/harness.py review
+    @python "{{root}}/harness.py" review
 
 # --- the record ---
 
 # prepend a dated entry to RESEARCH_JOURNAL.md: just journal "TEXT" [--observation ..] [--inference ..]
 journal text *args:
-    @python {{root}}/harness.py journal "$@"
+    @python "{{root}}/harness.py" journal "$@"
 
 # new idea file from the template: just idea SLUG "TITLE"
 idea slug title:
-    @python {{root}}/harness.py idea -- "$@"
+    @python "{{root}}/harness.py" idea -- "$@"
 
 # list ideas with rating, worktree, results, report: just ideas [--json]
 ideas *args:
-    @python {{root}}/harness.py ideas "$@"
+    @python "{{root}}/harness.py" ideas "$@"
 
 # IDEATE or IMPLEMENT, and where things stand: just next [--json]
 next *args:
-    @python {{root}}/harness.py next "$@"
+    @python "{{root}}/harness.py" next "$@"
 
 # new report prefilled with the slug's rows and diff: just report SLUG
 report slug:
-    @python {{root}}/harness.py report "$1"
+    @python "{{root}}/harness.py" report "$1"
 
 # the last N ledger rows: just results [N] [--json]
 results *args:
-    @python {{root}}/harness.py results "$@"
+    @python "{{root}}/harness.py" results "$@"
 
 # the best row per comparable group, and the one main must beat: just best [--json]
 best *args:
-    @python {{root}}/harness.py best "$@"
+    @python "{{root}}/harness.py" best "$@"
 
 # --- trustworthy comparisons ---
 
 # score main with N seeds, print mean, std and the noise verdict: just baseline [N=3] [EVAL_ARGS...]
 baseline *args:
-    @python {{root}}/harness.py baseline "$@"
+    @python "{{root}}/harness.py" baseline "$@"
 
 # score this checkout twice with one seed; exit 1 unless identical: just determinism [EVAL_ARGS...]
 determinism *args:
-    @python {{root}}/harness.py determinism "$@"
+    @python "{{root}}/harness.py" determinism "$@"
 
 # improved / worse / inconclusive against main's baseline: just compare SLUG [--json]
 compare slug *args:
-    @python {{root}}/harness.py compare "$@"
+    @python "{{root}}/harness.py" compare "$@"
 
 # rebuild a run from its checkpoint and commit, re-score it, exit 1 on mismatch: just verify RUN_ID
 verify run_id:
-    @python {{root}}/harness.py verify "$1"
+    @python "{{root}}/harness.py" verify "$1"
 
 # progress.png (metric per run, running best) and runs/*/loss.png
 plot:
-    @python {{root}}/harness.py plot
+    @python "{{root}}/harness.py" plot
 
 # --- development ---
 
 # FROZEN / GLOBAL / APPEND-ONLY violations of this checkout (exit 1 if any)
 check:
-    @python {{root}}/harness.py check
+    @python "{{root}}/harness.py" check
 
 # the test suite (CPU, no network): just test [-k name]
 test *args:
