@@ -350,3 +350,25 @@ def test_recipes_find_the_root_from_a_subfolder_of_a_worktree(project):
     result = just(wt / "0_docs" / "papers", "journal", "from deep inside")
     assert result.returncode == 0 and "from deep inside" in (project / "RESEARCH_JOURNAL.md").read_text()
     assert "· deep" in (project / "RESEARCH_JOURNAL.md").read_text()
+
+
+def prepend_many(path: str, worker: int, n: int) -> None:
+    for i in range(n):
+        harness.prepend_entry(Path(path), f"## entry {worker}-{i}\n\nbody {worker}-{i}")
+
+
+def test_concurrent_journal_entries_are_all_kept(tmp_path):
+    import multiprocessing
+
+    journal = tmp_path / "RESEARCH_JOURNAL.md"
+    journal.write_text("# Research Journal\n\nintro\n\n## old entry\n\nold body\n")
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=prepend_many, args=(str(journal), w, 15)) for w in range(4)]
+    for p in workers:
+        p.start()
+    for p in workers:
+        p.join()
+        assert p.exitcode == 0
+    text = journal.read_text()
+    assert text.startswith("# Research Journal\n\nintro\n\n") and text.endswith("## old entry\n\nold body\n")
+    assert all(f"body {w}-{i}\n" in text for w in range(4) for i in range(15)) and text.count("## entry") == 60
