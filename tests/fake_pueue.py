@@ -201,7 +201,15 @@ def cmd_add(directory: Path, args: list[str]) -> None:
     label = option(args, "-l", "--label")
     group = option(args, "-g", "--group", default="default")
     priority = int(option(args, "-o", "--priority", default="0"))
-    after = option(args, "-a", "--after")
+    after = []
+    for name in ("-a", "--after"):  # one or more ids, consumed greedily (the reason callers end with --)
+        while name in args:
+            i = args.index(name)
+            j = i + 1
+            while j < len(args) and args[j].isdigit():
+                j += 1
+            after += [int(a) for a in args[i + 1 : j]]
+            del args[i:j]
     print_id, stashed = flag(args, "-p", "--print-task-id"), flag(args, "-s", "--stashed")
     if args:
         usage(f"unexpected argument '{args[0]}' found")
@@ -214,7 +222,7 @@ def cmd_add(directory: Path, args: list[str]) -> None:
     with state(directory) as data:
         if group not in data["groups"]:
             fail(f"Group {group} doesn't exists. Use one of these: {json.dumps(sorted(data['groups']))}")
-        deps = sorted({int(a) for a in after.split(",")}) if after else []
+        deps = sorted(set(after))
         missing = [d for d in deps if str(d) not in data["tasks"]]
         if missing:
             fail(f"Unable to setup dependencies : task(s) {missing} not found")
@@ -421,11 +429,14 @@ def main(argv: list[str]) -> None:
     if "--version" in args[:1] or "-V" in args[:1]:
         print(f"pueue {VERSION}")
         return
-    config = option(args, "-c", "--config")
-    option(args, "--color")
-    option(args, "-p", "--profile")
-    while args and args[0].startswith("-v"):
-        args.pop(0)
+    config = None
+    while args and args[0].startswith("-"):  # global options come before the subcommand
+        name = args.pop(0)
+        if name.startswith("-v"):
+            continue
+        value = name.split("=", 1)[1] if "=" in name else args.pop(0)
+        if name.split("=", 1)[0] in ("-c", "--config"):
+            config = value
     command, rest = (args[0], args[1:]) if args else ("status", [])
     if command not in COMMANDS:
         usage(f"unrecognized subcommand '{command}'")
