@@ -1,5 +1,6 @@
 """Shared fixtures: a real copy of this project in a temporary git repo, and a way to run its recipes."""
 
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -72,3 +73,14 @@ def new(project: Path, slug: str) -> Path:
     result = just(project, "new", slug)
     assert result.returncode == 0, result.stderr
     return project / "5_worktrees" / slug
+
+
+def in_processes(target, args_per_process: list[tuple]) -> None:
+    """Run `target` in fresh processes at once (spawned, so each imports the code itself), and wait."""
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=target, args=args) for args in args_per_process]
+    for p in workers:
+        p.start()
+    for p, args in zip(workers, args_per_process, strict=True):
+        p.join()
+        assert p.exitcode == 0, f"{target.__name__}{args} exited {p.exitcode}"

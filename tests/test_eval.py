@@ -2,7 +2,6 @@
 
 import dataclasses
 import math
-import multiprocessing
 import subprocess
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 from torch import nn
 
 import eval as referee
+from conftest import in_processes
 from model import GPT, GPTConfig
 
 CPU = torch.device("cpu")
@@ -232,13 +232,7 @@ def append_many(path: str, worker: int, n: int) -> None:
 
 def test_concurrent_appends_lose_no_row_and_corrupt_none(tmp_path):
     path = tmp_path / "results.tsv"
-    ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=append_many, args=(str(path), w, 40)) for w in range(6)]
-    for p in workers:
-        p.start()
-    for p in workers:
-        p.join()
-        assert p.exitcode == 0
+    in_processes(append_many, [(str(path), w, 40) for w in range(6)])
     df = referee.read_results(path)
     assert df.height == 240 and df["run_id"].n_unique() == 240
     assert (df["description"].str.len_chars() == 2000).all()

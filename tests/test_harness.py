@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import eval as referee
 import harness
-from conftest import add_rows, git, just, new
+from conftest import add_rows, git, in_processes, just, new
 
 TINY = ["tiny", "--budget-tokens", "3000"]
 META = {"META_MODE": "1"}
@@ -358,17 +358,9 @@ def prepend_many(path: str, worker: int, n: int) -> None:
 
 
 def test_concurrent_journal_entries_are_all_kept(tmp_path):
-    import multiprocessing
-
     journal = tmp_path / "RESEARCH_JOURNAL.md"
     journal.write_text("# Research Journal\n\nintro\n\n## old entry\n\nold body\n")
-    ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=prepend_many, args=(str(journal), w, 15)) for w in range(4)]
-    for p in workers:
-        p.start()
-    for p in workers:
-        p.join()
-        assert p.exitcode == 0
+    in_processes(prepend_many, [(str(journal), w, 15) for w in range(4)])
     text = journal.read_text()
     assert text.startswith("# Research Journal\n\nintro\n\n") and text.endswith("## old entry\n\nold body\n")
     assert all(f"body {w}-{i}\n" in text for w in range(4) for i in range(15)) and text.count("## entry") == 60
