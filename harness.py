@@ -1044,7 +1044,7 @@ def queued_runs(root: Path) -> list[dict]:
         if start is not None:
             begun = datetime.fromisoformat(start).astimezone(UTC).replace(microsecond=0)
             rows = rows.filter(pl.col("started_at") >= begun.isoformat(timespec="seconds"))
-        row = None if rows.is_empty() or name != "Done" and name != "Running" else rows.row(0, named=True)
+        row = None if rows.is_empty() or name not in ("Done", "Running") else rows.row(0, named=True)
         bar = best_comparable_main(df, row) if row is not None and row["status"] == "ok" else None
         delta = row["val_bpb"] - bar["val_bpb"] if bar is not None and row["val_bpb"] is not None else None
         state = result if name == "Done" else name
