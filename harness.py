@@ -290,6 +290,11 @@ def idea_rating(text: str) -> float | None:
     return float(ratings[-1]) if ratings else None
 
 
+def idea_file(root: Path, slug: str) -> Path | None:
+    """The idea file `1_ideas/*_{slug}.md`, if one exists."""
+    return next((p for p in idea_files(root) if idea_slug(p) == slug), None)
+
+
 def idea_title(path: Path) -> str:
     return next((line[2:].strip() for line in path.read_text().splitlines() if line.startswith("# ")), idea_slug(path))
 
@@ -328,7 +333,7 @@ def cmd_new(slug: Positional[str]) -> None:
     if (root / ".venv").is_dir():  # share the main checkout's environment: a new worktree is ready in seconds
         (path / ".venv").symlink_to(root / ".venv")
     print(f"created {path} on branch exp/{slug} (from {MAIN_BRANCH} {repo.heads[MAIN_BRANCH].commit.hexsha[:12]})")
-    idea = next((p for p in idea_files(root) if idea_slug(p) == slug), None)
+    idea = idea_file(root, slug)
     if idea is not None:
         print(f"idea: {idea.relative_to(root)}")
     print(f"next: cd {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
@@ -401,9 +406,9 @@ def cmd_idea(slug: Positional[str], title: Positional[str]) -> None:
     """Create 1_ideas/{YYYY-MM-DD}_{SLUG}.md from the template."""
     root = main_root()
     check_slug(slug)
-    existing = [p for p in idea_files(root) if idea_slug(p) == slug]
-    if existing:
-        raise Refusal(f"an idea with slug {slug!r} exists: {existing[0].relative_to(root)}; pick another slug")
+    existing = idea_file(root, slug)
+    if existing is not None:
+        raise Refusal(f"an idea with slug {slug!r} exists: {existing.relative_to(root)}; pick another slug")
     date = f"{datetime.now():%Y-%m-%d}"
     path = root / "1_ideas" / f"{date}_{slug}.md"
     template = (root / "1_ideas" / "_TEMPLATE.md").read_text()
@@ -510,10 +515,10 @@ def cmd_report(slug: Positional[str]) -> None:
     diffstat = subprocess.run(
         ["git", "diff", "--stat", f"{MAIN_BRANCH}...exp/{slug}"], cwd=root, capture_output=True, text=True
     ).stdout.strip()
-    idea = next((str(p.relative_to(root)) for p in idea_files(root) if idea_slug(p) == slug), "(none)")
+    idea = idea_file(root, slug)
     text = (root / "9_reports" / "_TEMPLATE.md").read_text()
     for key, value in dict(
-        slug=slug, date=date, idea=idea, rows=markdown_table(rows.select(cols)),
+        slug=slug, date=date, idea="(none)" if idea is None else str(idea.relative_to(root)), rows=markdown_table(rows.select(cols)),
         baseline="(no comparable main row)" if bar is None else markdown_table(pl.DataFrame([bar]).select(cols)),
         diffstat=f"```\n{diffstat or '(no diff against ' + MAIN_BRANCH + ')'}\n```",
     ).items():  # fmt: skip
@@ -534,7 +539,8 @@ def cmd_best(json: bool = False) -> None:
     """The best ok row of each comparable group (eval_sha, data_fp, device, train_tokens), and the bar."""
     import polars as pl
 
-    best, bar = best_rows(ledger(main_root()))
+    df = ledger(main_root())
+    best, bar = best_rows(df)
     if json:
         return print_json(dict(groups=best.to_dicts(), bar=bar))
     print_table(best)
@@ -544,7 +550,6 @@ def cmd_best(json: bool = False) -> None:
     print(
         f"main must beat: {bar['val_bpb']!r} val_bpb ({bar['run_id']}, {bar['train_tokens']} tokens, {bar['device']})"
     )
-    df = ledger(main_root())
     contenders = df.filter(same_group(bar) & (pl.col("status") == "ok") & (pl.col("experiment") != "main"))
     for slug in contenders["experiment"].unique(maintain_order=True):
         result = compare_slug(df, slug)
@@ -561,7 +566,7 @@ def cmd_submit(slug: Positional[str], message: str = "") -> None:
     if not path.is_dir():
         raise Refusal(f"no worktree {path}: `just new {slug}` creates it")
     pending = uncommitted_files(path)
-    idea = next((p for p in idea_files(root) if idea_slug(p) == slug), None)
+    idea = idea_file(root, slug)
     summary = message or (idea_title(idea) if idea else "experiment")
     if pending:
         git("add", "-A", cwd=path)
