@@ -8,11 +8,14 @@ CONFIG names an entry of `train.CONFIGS` (default: the one named after the devic
 `--config PATH` reads a JSON object of `train.Config` fields instead (a run's `train_config.json`
 reproduces that run). Any `train.Config` field can be overridden on the command line.
 
-The problem: byte-level language modelling (vocabulary 256) on the `.py` source of the running
-interpreter's standard library (site-packages excluded). Files are sorted by relative path; a file
-is in the validation split when sha256(relative path) mod 20 == 0 (about 5% of files), so the
-split never shifts when files are added. The corpus fingerprint (`data_fp`) is a hash of the
-prepared bytes of both splits; rows compare only within one fingerprint.
+The problem: byte-level language modelling (vocabulary 256) on the corpus DATA_SOURCE names; by
+default the `.py` source of the running interpreter's standard library (site-packages excluded).
+Files are sorted by relative path; a file is in the validation split when sha256(relative path)
+mod 20 == 0 (about 5% of files), so the split never shifts when files are added. A single text
+file splits at its last 5%; a Hugging Face dataset keeps its own validation split, or, without
+one, sends a document to validation when sha256(document) mod 20 == 0 (its test split is unused).
+The corpus fingerprint (`data_fp`) is a hash of the prepared bytes of both splits; rows compare
+only within one fingerprint.
 
 The metric, val_bpb (validation bits per byte; lower is better):
     Let v[0..N-1] be the validation files' bytes, concatenated in path order, and T the preset's
@@ -38,8 +41,10 @@ import hashlib
 import json
 import math
 import os
+import re
 import resource
 import secrets
+import shutil
 import signal
 import sys
 import sysconfig
@@ -149,19 +154,55 @@ class Terminated(BaseException):
 
 # --- Data ---
 
+DATA_SOURCE = "stdlib"
+"""The corpus every run trains and is scored on; changing it is meta-mode work, and the fingerprint
+(`data_fp`) of every later row changes with it:
+    "stdlib"                 the running interpreter's standard library `.py` files (no download)
+    "text:PATH"              a folder of text files (every file whose path has no hidden part) or
+                             one text file; PATH absolute or relative to the main checkout
+    "hf:OWNER/NAME[:CONFIG]" a Hugging Face dataset's parquet files, downloaded once by
+                             `just prepare` and read offline after that (column HF_TEXT_COLUMN)
+"""
+HF_TEXT_COLUMN = "text"
+HF_DOC_SEPARATOR = b"\n\n"  # between the documents (rows) of a Hugging Face dataset
+# A dataset file's split is the first of these words found in its path, read from the file name up.
+HF_SPLIT_WORDS = {
+    "train": "train", "training": "train",
+    "validation": "val", "valid": "val", "val": "val", "dev": "val",
+    "test": "test", "testing": "test",
+}  # fmt: skip
+SOURCE_FORMS = "'stdlib', 'text:PATH' or 'hf:OWNER/NAME[:CONFIG]'"
+
 
 def stdlib_dir() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def corpus_files(source_dir: Path) -> list[str]:
-    """Relative paths of the corpus's `.py` files, sorted; installed packages are not corpus."""
-    rel = (p.relative_to(source_dir).as_posix() for p in source_dir.rglob("*.py") if p.is_file())
+def stdlib_files(folder: Path) -> list[str]:
+    """Relative paths of the standard library's `.py` files, sorted; installed packages are not corpus."""
+    rel = (p.relative_to(folder).as_posix() for p in folder.rglob("*.py") if p.is_file())
     return sorted(r for r in rel if not {"site-packages", "dist-packages"} & set(r.split("/")))
 
 
-def is_validation(relpath: str) -> bool:
-    return int.from_bytes(hashlib.sha256(relpath.encode()).digest()[:8], "big") % VAL_MODULUS == 0
+def text_files(folder: Path) -> list[str]:
+    """Relative paths of every file under `folder` with no hidden part (.git, .DS_Store), sorted."""
+    rel = (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return sorted(r for r in rel if not any(part.startswith(".") for part in r.split("/")))
+
+
+def is_validation(name: str | bytes) -> bool:
+    """The split rule for documents: sha256 of the file's relative path (or of the document's
+    bytes, for a dataset without a validation split) mod VAL_MODULUS == 0."""
+    data = name.encode() if isinstance(name, str) else name
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "big") % VAL_MODULUS == 0
+
+
+def split_one_file(data: bytes) -> tuple[bytes, bytes]:
+    """One text file: the validation split is its last 1/VAL_MODULUS, from the line that starts there."""
+    at = len(data) - len(data) // VAL_MODULUS
+    newline = data.find(b"\n", at)
+    cut = newline + 1 if newline != -1 else at
+    return data[:cut], data[cut:]
 
 
 @dataclass(frozen=True)
@@ -171,6 +212,10 @@ class Corpus:
     fingerprint: str
     source: str
     n_files: int
+
+
+class DataNotPrepared(ValueError):
+    """The source must be downloaded first: `just prepare`."""
 
 
 def default_cache_dir() -> Path:
@@ -185,34 +230,177 @@ def fingerprint(train: bytes, val: bytes) -> str:
     return h.hexdigest()[:16]
 
 
-def load_corpus(source_dir: Path | None = None, cache_dir: Path | None = None) -> Corpus:
-    """The prepared corpus, built once per distinct file listing and cached as two byte files.
+def write_atomic(path: Path, data: bytes) -> None:
+    """Concurrent runs and a killed `just prepare` never leave a half-written file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def parse_source(source: str) -> tuple[str, str]:
+    kind, _, arg = source.partition(":")
+    if kind == "stdlib" and not arg or kind in ("text", "hf") and arg:
+        return kind, arg
+    raise ValueError(f"DATA_SOURCE {source!r} is not a data source: use {SOURCE_FORMS} (eval.py, meta-mode)")
+
+
+def text_path(arg: str) -> Path:
+    path = Path(arg).expanduser()
+    path = path if path.is_absolute() else Path(__file__).resolve().parent / path
+    if not path.exists():
+        raise ValueError(f"DATA_SOURCE 'text:{arg}': {path} does not exist; point it at a folder or a file of text")
+    return path.resolve()
+
+
+def load_corpus(source: str = DATA_SOURCE, cache_dir: Path | None = None) -> Corpus:
+    """The prepared corpus. Local sources are prepared here, once per distinct file listing, and
+    cached as two byte files; a Hugging Face source must have been prepared by `just prepare`.
     The fingerprint is recomputed from the bytes on every load, so it always names what was used."""
-    source_dir = (source_dir or stdlib_dir()).resolve()
+    kind, arg = parse_source(source)
     cache_dir = cache_dir or default_cache_dir()
-    files = corpus_files(source_dir)
-    if not files:
-        raise FileNotFoundError(f"no .py files under {source_dir}: the corpus is empty")
-    listing = "\n".join(f"{r}\t{(source_dir / r).stat().st_size}\t{(source_dir / r).stat().st_mtime_ns}" for r in files)
-    key = hashlib.sha256(f"{source_dir}\n{VAL_MODULUS}\n{listing}".encode()).hexdigest()[:16]
-    train_path, val_path = cache_dir / f"{key}.train.bin", cache_dir / f"{key}.val.bin"
-    if not (train_path.exists() and val_path.exists()):
-        parts: dict[bool, list[bytes]] = {True: [], False: []}
-        for r in files:
-            parts[is_validation(r)].append((source_dir / r).read_bytes())
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        for path, chunks in ((train_path, parts[False]), (val_path, parts[True])):
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_bytes(b"".join(chunks))
-            os.replace(tmp, path)  # atomic: concurrent runs never read a half-written cache
-    train, val = train_path.read_bytes(), val_path.read_bytes()
+    if kind == "hf":
+        folder = hf_prepared_dir(arg, cache_dir)
+        manifest = folder / "manifest.json"
+        if not manifest.exists():
+            raise DataNotPrepared(
+                f"DATA_SOURCE {source!r} is not prepared (nothing in {folder}): run `uv run just prepare` once, "
+                "with internet; runs read the prepared copy offline"
+            )
+        info = json.loads(manifest.read_text())
+        if info["text_column"] != HF_TEXT_COLUMN:
+            raise DataNotPrepared(
+                f"{folder} was prepared from column {info['text_column']!r}, eval.py reads {HF_TEXT_COLUMN!r}: "
+                "run `uv run just prepare` again"
+            )
+        train, val = (folder / "train.bin").read_bytes(), (folder / "val.bin").read_bytes()
+        n_files, where = len(info["files"]), f"{source}@{info['commit'][:12]}"
+    elif kind == "text" and text_path(arg).is_file():
+        train, val = split_one_file(text_path(arg).read_bytes())
+        n_files, where = 1, str(text_path(arg))
+    else:
+        folder = stdlib_dir().resolve() if kind == "stdlib" else text_path(arg)
+        files = stdlib_files(folder) if kind == "stdlib" else text_files(folder)
+        if not files:
+            raise ValueError(f"DATA_SOURCE {source!r}: no files under {folder}, the corpus is empty")
+        stats = ((r, (folder / r).stat()) for r in files)
+        listing = "\n".join(f"{r}\t{s.st_size}\t{s.st_mtime_ns}" for r, s in stats)
+        key = hashlib.sha256(f"{folder}\n{VAL_MODULUS}\n{listing}".encode()).hexdigest()[:16]
+        train_path, val_path = cache_dir / f"{key}.train.bin", cache_dir / f"{key}.val.bin"
+        if not (train_path.exists() and val_path.exists()):
+            parts: dict[bool, list[bytes]] = {True: [], False: []}
+            for r in files:
+                parts[is_validation(r)].append((folder / r).read_bytes())
+            write_atomic(train_path, b"".join(parts[False]))
+            write_atomic(val_path, b"".join(parts[True]))
+        train, val = train_path.read_bytes(), val_path.read_bytes()
+        n_files, where = len(files), str(folder)
+    if len(val) < 2 or not train:
+        raise ValueError(
+            f"DATA_SOURCE {source!r} gives {len(train):,} training and {len(val):,} validation bytes; "
+            f"both splits need data (a file is validation when sha256 of its path mod {VAL_MODULUS} is 0: add files)"
+        )
     return Corpus(
         train=torch.frombuffer(bytearray(train), dtype=torch.uint8),
         val=torch.frombuffer(bytearray(val), dtype=torch.uint8),
         fingerprint=fingerprint(train, val),
-        source=str(source_dir),
-        n_files=len(files),
+        source=where,
+        n_files=n_files,
     )
+
+
+def hf_prepared_dir(spec: str, cache_dir: Path) -> Path:
+    return cache_dir / ("hf-" + spec.replace("/", "--").replace(":", "--"))
+
+
+def hf_split(relpath: str) -> str:
+    """train, val or test: the first split word in the file's path, read from the file name up;
+    a file with none is training data."""
+    for part in reversed(relpath.lower().split("/")):
+        for word in re.split(r"[^a-z]+", part):
+            if word in HF_SPLIT_WORDS:
+                return HF_SPLIT_WORDS[word]
+    return "train"
+
+
+def hf_download(repo: str, config: str) -> tuple[Path, list[str]]:
+    """The dataset's parquet files in the local hub cache: downloaded (resuming a partial download)
+    unless HF_HUB_OFFLINE=1, where the cached snapshot is used. Datasets stored in another format
+    are read from the Hub's parquet conversion (revision refs/convert/parquet)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    for revision in ("main", "refs/convert/parquet"):
+        try:
+            folder = Path(snapshot_download(repo, repo_type="dataset", revision=revision, allow_patterns="*.parquet"))
+        except (HfHubHTTPError, LocalEntryNotFoundError) as e:
+            if revision == "main":
+                raise ValueError(f"hf:{repo}: could not download it ({type(e).__name__}: {e})") from e
+            continue
+        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.parquet"))
+        if config:
+            files = [f for f in files if config in f.split("/")[:-1]]
+        if files:
+            return folder, files
+    where = f" in a folder named {config!r}" if config else ""
+    raise ValueError(f"hf:{repo}: no parquet files{where} on its main branch nor in its parquet conversion")
+
+
+def prepare_hf(spec: str, cache_dir: Path) -> Path:
+    """Download a Hugging Face dataset and turn it into train.bin / val.bin. Resumable: each
+    parquet file is converted once into its own part files; a rerun skips the finished ones."""
+    import polars as pl
+    from tqdm import tqdm
+
+    repo, _, config = spec.partition(":")
+    snapshot, files = hf_download(repo, config)
+    splits = {f: hf_split(f) for f in files}
+    files = [f for f in files if splits[f] != "test"]  # the test split stays unseen
+    has_val = "val" in splits.values()
+    out = hf_prepared_dir(spec, cache_dir)
+    parts = out / f"parts-{snapshot.name[:12]}-{HF_TEXT_COLUMN}"
+    for i, name in enumerate(tqdm(files, desc=f"prepare hf:{spec}", unit="file")):
+        if (parts / f"{i:05d}.done").exists():
+            continue
+        try:
+            columns = pl.read_parquet_schema(snapshot / name)
+            texts = pl.read_parquet(snapshot / name, columns=[HF_TEXT_COLUMN]) if HF_TEXT_COLUMN in columns else None
+        except (pl.exceptions.PolarsError, OSError) as e:
+            raise ValueError(
+                f"hf:{spec}: cannot read {snapshot / name} ({type(e).__name__}: {e}); delete the dataset's "
+                "folder from the hub cache (huggingface-cli delete-cache) and run `uv run just prepare` again"
+            ) from e
+        if columns.get(HF_TEXT_COLUMN) != pl.String:
+            raise ValueError(
+                f"hf:{spec}: {name} has no text column {HF_TEXT_COLUMN!r} (its columns: "
+                f"{', '.join(f'{c} ({t})' for c, t in columns.items())}); set HF_TEXT_COLUMN in eval.py (meta-mode)"
+            )
+        chunks: dict[bool, list[bytes]] = {True: [], False: []}
+        for text in texts[HF_TEXT_COLUMN]:
+            if text:
+                doc = text.encode() + HF_DOC_SEPARATOR
+                chunks[splits[name] == "val" if has_val else is_validation(doc)].append(doc)
+        write_atomic(parts / f"{i:05d}.train", b"".join(chunks[False]))
+        write_atomic(parts / f"{i:05d}.val", b"".join(chunks[True]))
+        write_atomic(parts / f"{i:05d}.done", b"")
+    for split in ("train", "val"):
+        write_atomic(
+            out / f"{split}.bin", b"".join((parts / f"{i:05d}.{split}").read_bytes() for i in range(len(files)))
+        )
+    manifest = dict(source=f"hf:{spec}", commit=snapshot.name, text_column=HF_TEXT_COLUMN, files=files)
+    write_atomic(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+    shutil.rmtree(parts)
+    return out
+
+
+def prepare(source: str = DATA_SOURCE, cache_dir: Path | None = None) -> Corpus:
+    """What `just prepare` does: download and convert a Hugging Face source; then load, so a
+    local source is checked and cached as well."""
+    kind, arg = parse_source(source)
+    cache_dir = cache_dir or default_cache_dir()
+    if kind == "hf":
+        prepare_hf(arg, cache_dir)
+    return load_corpus(source, cache_dir)
 
 
 class TrainStream:
@@ -534,6 +722,9 @@ def main(argv: list[str] | None = None) -> int:
     train = load_experiment(code_dir)
     args, config_desc, cfg = parse_args(argv, train)
     device = resolve_device(args.device)
+    t0 = time.perf_counter()
+    corpus = load_corpus()  # before the run starts: a source that is missing or unprepared is refused, no row
+    data_s = time.perf_counter() - t0
     preset = PRESETS[device.type]
     budget = args.budget_tokens or preset.train_tokens
     wall_cap_s = min(args.wall_cap_s or preset.wall_cap_s, preset.wall_cap_s)
@@ -558,26 +749,21 @@ def main(argv: list[str] | None = None) -> int:
     logger.info(f"torch {torch.__version__} | cuda {torch.version.cuda} | device {device} | seed {args.seed}")
     logger.info(f"config {config_desc} | {cfg}")
     logger.info(f"budget {budget:,} tokens | wall cap {wall_cap_s:.0f} s | eval context {preset.eval_seq_len}")
+    logger.info(
+        f"data {corpus.source} | {corpus.n_files} files | train {len(corpus.train):,} B | "
+        f"val {len(corpus.val):,} B | fp {corpus.fingerprint} | {data_s:.1f} s"
+    )
 
     row: dict = dict(
         run_id=run_id, started_at=started.isoformat(timespec="seconds"), experiment=experiment,
         config=config_desc, commit=commit, seed=args.seed, device=device.type, status="crash",
         label=os.environ.get("RESEARCH_LABEL", ""), eval_sha=git_blob_sha(Path(__file__)),
-        description=args.description,
+        description=args.description, data_fp=corpus.fingerprint,
     )  # fmt: skip
-    summary: dict = {}
+    summary: dict = {"data_s": data_s}
     signal.signal(signal.SIGTERM, on_sigterm)
     exit_code = 1
     try:
-        # --- data ---
-        t0 = time.perf_counter()
-        corpus = load_corpus()
-        row["data_fp"] = corpus.fingerprint
-        summary["data_s"] = time.perf_counter() - t0
-        logger.info(
-            f"data {corpus.source} | {corpus.n_files} files | train {len(corpus.train):,} B | "
-            f"val {len(corpus.val):,} B | fp {corpus.fingerprint} | {summary['data_s']:.1f} s"
-        )
         # --- train ---
         torch.manual_seed(args.seed)
         if device.type == "cuda":

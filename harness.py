@@ -1138,6 +1138,21 @@ def cmd_review() -> None:
     )
 
 
+def cmd_prepare() -> None:
+    """Download (a Hugging Face source) and prepare eval.py's DATA_SOURCE, so that runs read it offline."""
+    import eval as referee
+
+    t0 = time.perf_counter()
+    try:
+        corpus = referee.prepare()
+    except ValueError as e:
+        raise Refusal(str(e)) from e
+    print(
+        f"prepare: {corpus.source} | {corpus.n_files} files | train {len(corpus.train):,} B | "
+        f"val {len(corpus.val):,} B | fp {corpus.fingerprint} | {time.perf_counter() - t0:.1f} s"
+    )
+
+
 # --- smoke: a fast sanity check of the experiment's code, no ledger row ---
 
 STEP_LINE = re.compile(r"step (\d+)/(\d+) \| loss ([-+.\w]+)")
@@ -1205,7 +1220,7 @@ COMMANDS = dict(
     new=cmd_new, rm=cmd_rm, check=cmd_check, journal=cmd_journal, idea=cmd_idea, ideas=cmd_ideas,
     next=cmd_next, report=cmd_report, results=cmd_results, best=cmd_best, submit=cmd_submit,
     gpus=cmd_gpus, status=cmd_status, log=cmd_log, follow=cmd_follow, review=cmd_review,
-    compare=cmd_compare, verify=cmd_verify, plot=cmd_plot,
+    compare=cmd_compare, verify=cmd_verify, plot=cmd_plot, prepare=cmd_prepare,
 )  # fmt: skip
 
 

@@ -17,6 +17,10 @@ default:
 eval *args:
     @python "{{root}}/eval.py" "$@"
 
+# download (hf: sources) and prepare eval.py's DATA_SOURCE once; runs then read it offline
+prepare:
+    @python "{{root}}/harness.py" prepare
+
 # fast sanity check with shape checks on, no ledger row: just smoke [CONFIG] [--field value ...]
 smoke *args:
     @python "{{root}}/harness.py" smoke "$@"

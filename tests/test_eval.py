@@ -59,9 +59,9 @@ def test_split_is_deterministic_and_stable_when_files_are_added(tmp_path):
     assert split == {n: referee.is_validation(n) for n in names}
     assert 0.02 < sum(split.values()) / len(names) < 0.09  # about 5%
     src = write_tree(tmp_path / "src", {n: f"x = {i}\n" for i, n in enumerate(names)})
-    before = referee.load_corpus(src, tmp_path / "cache")
+    before = referee.load_corpus(f"text:{src}", tmp_path / "cache")
     write_tree(src, {"zzz/new_module.py": "y = 2\n"})
-    after = referee.load_corpus(src, tmp_path / "cache")
+    after = referee.load_corpus(f"text:{src}", tmp_path / "cache")
     # The new file lands in one split; the other split is byte-for-byte what it was.
     if referee.is_validation("zzz/new_module.py"):
         assert torch.equal(before.train, after.train) and len(after.val) == len(before.val) + 6
@@ -71,15 +71,15 @@ def test_split_is_deterministic_and_stable_when_files_are_added(tmp_path):
 
 def test_site_packages_are_not_corpus(tmp_path):
     src = write_tree(tmp_path, {"a.py": "a\n", "site-packages/b.py": "b\n", "x/dist-packages/c.py": "c\n"})
-    assert referee.corpus_files(src) == ["a.py"]
+    assert referee.stdlib_files(src) == ["a.py"]
 
 
 def test_fingerprint_changes_when_data_changes_and_only_then(tmp_path):
     src = write_tree(tmp_path / "src", {f"m{i}.py": f"v = {i}\n" for i in range(60)})
-    first = referee.load_corpus(src, tmp_path / "cache")
-    assert referee.load_corpus(src, tmp_path / "cache").fingerprint == first.fingerprint
+    first = referee.load_corpus(f"text:{src}", tmp_path / "cache")
+    assert referee.load_corpus(f"text:{src}", tmp_path / "cache").fingerprint == first.fingerprint
     (src / "m3.py").write_text("v = 'changed'\n")
-    assert referee.load_corpus(src, tmp_path / "cache").fingerprint != first.fingerprint
+    assert referee.load_corpus(f"text:{src}", tmp_path / "cache").fingerprint != first.fingerprint
 
 
 def test_default_corpus_is_this_interpreters_stdlib():
