@@ -2,7 +2,7 @@
 
 Usage:
     uv run just eval [CONFIG] [--config PATH] [--seed 0] [--device cpu|cuda|mps] [--budget-tokens N]
-                     [--wall-cap-s S] [--description TEXT] [--<train.Config field> VALUE ...]
+                     [--wall-cap-s S] [--description TEXT] [--nproc N] [--<train.Config field> VALUE ...]
 
 CONFIG names an entry of `train.CONFIGS` (default: the one named after the device class);
 `--config PATH` reads a JSON object of `train.Config` fields instead (a run's `train_config.json`
@@ -406,32 +406,51 @@ def prepare(source: str = DATA_SOURCE, cache_dir: Path | None = None) -> Corpus:
 class TrainStream:
     """The only way train.py gets data: seeded random windows of the training split, served until
     the token budget is spent. The referee counts what it served, so the row's train_tokens is
-    what the model actually saw."""
+    what the model actually saw. Under DDP every rank draws the same global batch and keeps its
+    own rows of it, so the data a run sees depends on the seed alone, not on the process count."""
 
-    def __init__(self, tokens: Tensor, budget_tokens: int, seed: int, device: torch.device, deadline: float):
+    def __init__(
+        self,
+        tokens: Tensor,
+        budget_tokens: int,
+        seed: int,
+        device: torch.device,
+        deadline: float,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.tokens = tokens.to(device)  # the whole split on the device: batches need no host copy
         self.budget_tokens = budget_tokens
-        self.tokens_served = 0
+        self.tokens_served = 0  # by all ranks together
         self.seq_len: int | None = None
         self.device = device
         self.deadline = deadline
+        self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
 
     def batches(
         self, batch_size: int, seq_len: int
     ) -> Iterator[tuple[Int[Tensor, "batch seq"], Int[Tensor, "batch seq"]]]:
-        """(inputs, targets) pairs, targets shifted by one byte, until the budget is spent."""
+        """(inputs, targets) pairs, targets shifted by one byte, until the budget is spent.
+        `batch_size` is the global batch; each of the world_size ranks gets batch_size / world_size rows."""
         if batch_size <= 0 or seq_len <= 0:
             raise ValueError(f"batch_size={batch_size} and seq_len={seq_len} must be positive")
+        if batch_size % self.world_size:
+            raise ValueError(
+                f"batch_size={batch_size} does not split over {self.world_size} processes: "
+                f"use a multiple of {self.world_size} (--batch-size) or another --nproc"
+            )
         if seq_len + 1 > len(self.tokens):
             raise ValueError(f"seq_len={seq_len} is longer than the training split ({len(self.tokens)} bytes)")
         self.seq_len = seq_len
         span = torch.arange(seq_len + 1, device=self.device)
+        rows = batch_size // self.world_size
         while self.tokens_served + batch_size * seq_len <= self.budget_tokens:
             if time.monotonic() > self.deadline:
                 raise WallClockExceeded(f"training passed the wall-clock cap after {self.tokens_served} tokens")
             starts = torch.randint(len(self.tokens) - seq_len, (batch_size, 1), generator=self.generator)
-            window = self.tokens[starts.to(self.device, non_blocking=True) + span].long()
+            mine = starts[self.rank * rows : (self.rank + 1) * rows]
+            window = self.tokens[mine.to(self.device, non_blocking=True) + span].long()
             self.tokens_served += batch_size * seq_len
             yield window[:, :-1], window[:, 1:]
 
@@ -632,6 +651,8 @@ class EvalArgs:
     """one line for the ledger"""
     wall_cap_s: float | None = None
     """lower the preset's training wall-clock cap (never raise it), for quick checks"""
+    nproc: int = 1
+    """processes for this one run, under torchrun with DDP: one per GPU (gloo processes on CPU)"""
 
 
 def split_config_args(argv: list[str]) -> tuple[str | None, Path | None, list[str]]:
@@ -699,7 +720,10 @@ def parse_args(argv: list[str], train_module) -> tuple[EvalArgs, str, object]:
         raise ValueError(f"--budget-tokens {parsed.eval.budget_tokens}: must be a positive number of tokens")
     if parsed.eval.wall_cap_s is not None and parsed.eval.wall_cap_s <= 0:
         raise ValueError(f"--wall-cap-s {parsed.eval.wall_cap_s}: must be a positive number of seconds")
-    return parsed.eval, describe_config(config_name, base, parsed.train), parsed.train
+    description = describe_config(config_name, base, parsed.train)
+    if parsed.eval.nproc != 1:  # the row says how many processes trained it
+        description += ("," if ":" in description else ":") + f"nproc={parsed.eval.nproc}"
+    return parsed.eval, description, parsed.train
 
 
 def load_experiment(code_dir: Path):
@@ -712,8 +736,55 @@ def load_experiment(code_dir: Path):
     return train
 
 
+def check_nproc(nproc: int, device: torch.device) -> None:
+    """One process per GPU; on CPU one per core at most (gloo processes beyond that only contend)."""
+    if nproc == 1:
+        return
+    available = {"cuda": torch.cuda.device_count, "cpu": os.cpu_count}.get(device.type, lambda: 1)() or 1
+    unit = {"cuda": "CUDA devices are visible", "cpu": "CPU cores are here"}.get(device.type, "process runs on mps")
+    if nproc < 1 or nproc > available:
+        raise ValueError(f"--nproc {nproc}: only {available} {unit}; give --nproc between 1 and {available}")
+
+
+def launch_ranks(nproc: int, argv: list[str], run_id: str) -> int:
+    """Run this same command under torchrun, one process per rank; rank 0 writes the row. A SIGTERM
+    (a queue's kill) is passed on, so rank 0 still records the run."""
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", __file__]
+    # The arguments travel in the environment: torchrun's parser would take `--nproc` for its own option.
+    env = {**os.environ, "RESEARCH_RUN_ID": run_id, "RESEARCH_EVAL_ARGS": json.dumps(argv)}
+    ranks = subprocess.Popen(command, env=env)
+    try:
+        return ranks.wait()
+    except (Terminated, KeyboardInterrupt):
+        ranks.send_signal(signal.SIGTERM)
+        return ranks.wait()
+
+
+def print_summary(row: dict, summary: dict) -> None:
+    print("---")
+    for key in ("val_bpb", "train_tokens", "wall_s", "tokens_per_s", "mfu", "peak_mem_gb", "params_m"):
+        value = row.get(key)
+        text = repr(value) if key == "val_bpb" else f"{value:.6g}" if isinstance(value, float) else value
+        print(f"{key}: {'' if text is None else text}")
+    print(f"eval_s: {summary.get('eval_s', 0.0):.1f}")
+    print(f"status: {row['status']}")
+    print(f"run_id: {row['run_id']}")
+    if row.get("error"):
+        print(f"error: {row['error']}")
+
+
+def record(row: dict, summary: dict, root: Path, run_dir: Path) -> None:
+    """The row into the ledger, the summary beside the run's log, the summary block on stdout."""
+    append_result(row, root / "results.tsv")
+    (run_dir / "summary.json").write_text(json.dumps({**row, **summary}, indent=2) + "\n")
+    print_summary(row, summary)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    if argv is None:
+        argv = json.loads(os.environ["RESEARCH_EVAL_ARGS"]) if "LOCAL_RANK" in os.environ else sys.argv[1:]
     root = Path(__file__).resolve().parent
     code_dir = harness.checkout_dir()
     harness.install_hooks(root)
@@ -722,6 +793,7 @@ def main(argv: list[str] | None = None) -> int:
     train = load_experiment(code_dir)
     args, config_desc, cfg = parse_args(argv, train)
     device = resolve_device(args.device)
+    check_nproc(args.nproc, device)
     t0 = time.perf_counter()
     corpus = load_corpus()  # before the run starts: a source that is missing or unprepared is refused, no row
     data_s = time.perf_counter() - t0
@@ -730,38 +802,58 @@ def main(argv: list[str] | None = None) -> int:
     wall_cap_s = min(args.wall_cap_s or preset.wall_cap_s, preset.wall_cap_s)
     if device.type == "cuda":  # deterministic cuBLAS; must be set before the first CUDA call
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    is_launcher = args.nproc > 1 and "LOCAL_RANK" not in os.environ
 
     experiment = harness.experiment_name(code_dir, root)
     started = datetime.now(UTC)
-    run_id = f"{started:%Y%m%d-%H%M%S}-{experiment}-{secrets.token_hex(2)}"
+    run_id = os.environ.get("RESEARCH_RUN_ID") or f"{started:%Y%m%d-%H%M%S}-{experiment}-{secrets.token_hex(2)}"
     run_dir = root / "runs" / run_id
-    run_dir.mkdir(parents=True)
-    (run_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-
-    from loguru import logger
-
-    logger.remove()
-    logger.add(sys.stderr, format="{time:HH:mm:ss} | {message}", backtrace=False, diagnose=False)
-    logger.add(run_dir / "train.log", format="{time:YYYY-MM-DD HH:mm:ss.SSS} | {message}", diagnose=False)
     commit = harness.git("rev-parse", "--short=12", "HEAD", cwd=code_dir)
-    dirty = bool(harness.git("status", "--porcelain", "--untracked-files=no", cwd=code_dir))
-    logger.info(f"run {run_id} | experiment {experiment} | commit {commit}{' (dirty)' if dirty else ''}")
-    logger.info(f"torch {torch.__version__} | cuda {torch.version.cuda} | device {device} | seed {args.seed}")
-    logger.info(f"config {config_desc} | {cfg}")
-    logger.info(f"budget {budget:,} tokens | wall cap {wall_cap_s:.0f} s | eval context {preset.eval_seq_len}")
-    logger.info(
-        f"data {corpus.source} | {corpus.n_files} files | train {len(corpus.train):,} B | "
-        f"val {len(corpus.val):,} B | fp {corpus.fingerprint} | {data_s:.1f} s"
-    )
-
     row: dict = dict(
         run_id=run_id, started_at=started.isoformat(timespec="seconds"), experiment=experiment,
         config=config_desc, commit=commit, seed=args.seed, device=device.type, status="crash",
         label=os.environ.get("RESEARCH_LABEL", ""), eval_sha=git_blob_sha(Path(__file__)),
         description=args.description, data_fp=corpus.fingerprint,
     )  # fmt: skip
-    summary: dict = {"data_s": data_s}
+    summary: dict = {"data_s": data_s, "nproc": args.nproc}
     signal.signal(signal.SIGTERM, on_sigterm)
+    if is_launcher:
+        run_dir.mkdir(parents=True)
+        print(f"run {run_id}: {args.nproc} processes under torchrun (DDP), rank 0 scores and writes the row")
+        exit_code = launch_ranks(args.nproc, argv, run_id)
+        if (run_dir / "summary.json").exists():
+            return exit_code
+        row["error"] = f"torchrun exited {exit_code} before rank 0 wrote the row (its output is above)"
+        record(row, summary, root, run_dir)  # rank 0 died before recording: the run is not lost
+        return exit_code or 1
+    if world_size > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, format="{time:HH:mm:ss} | {message}", level="INFO" if rank == 0 else "ERROR", diagnose=False)
+    if rank == 0:
+        logger.add(run_dir / "train.log", format="{time:YYYY-MM-DD HH:mm:ss.SSS} | {message}", diagnose=False)
+    dirty = bool(harness.git("status", "--porcelain", "--untracked-files=no", cwd=code_dir))
+    logger.info(f"run {run_id} | experiment {experiment} | commit {commit}{' (dirty)' if dirty else ''}")
+    logger.info(f"torch {torch.__version__} | cuda {torch.version.cuda} | device {device} | seed {args.seed}")
+    logger.info(f"config {config_desc} | {cfg}")
+    logger.info(
+        f"budget {budget:,} tokens | wall cap {wall_cap_s:.0f} s | eval context {preset.eval_seq_len}"
+        + (f" | {world_size} processes (DDP)" if world_size > 1 else "")
+    )
+    logger.info(
+        f"data {corpus.source} | {corpus.n_files} files | train {len(corpus.train):,} B | "
+        f"val {len(corpus.val):,} B | fp {corpus.fingerprint} | {data_s:.1f} s"
+    )
+
     exit_code = 1
     try:
         # --- train ---
@@ -769,17 +861,24 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.use_deterministic_algorithms(True, warn_only=True)
         t0 = time.perf_counter()
-        stream = TrainStream(corpus.train, budget, args.seed, device, time.monotonic() + wall_cap_s)
+        deadline = time.monotonic() + wall_cap_s
+        stream = TrainStream(corpus.train, budget, args.seed, device, deadline, rank, world_size)
         try:
             with wall_cap(wall_cap_s):
                 model = train.train(cfg, stream, device)
         finally:
             wall_s = time.perf_counter() - t0
             row.update(train_tokens=stream.tokens_served, wall_s=wall_s, tokens_per_s=stream.tokens_served / wall_s)
+        if world_size > 1:
+            torch.distributed.destroy_process_group()
+            if rank != 0:
+                return 0
+            if device.type == "cpu":  # torchrun gave each rank one thread; rank 0 now scores alone
+                torch.set_num_threads(os.cpu_count() or 1)
         row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
         if stream.seq_len is not None:
             flops = model.flops_per_token(stream.seq_len) * stream.tokens_served
-            row["mfu"] = flops / wall_s / device_peak_flops(device)
+            row["mfu"] = flops / wall_s / (device_peak_flops(device) * world_size)
         torch.save({"model": model.state_dict(), "train_config": dataclasses.asdict(cfg)}, run_dir / "model.pt")
         # --- score ---
         t0 = time.perf_counter()
@@ -801,20 +900,9 @@ def main(argv: list[str] | None = None) -> int:
         logger.opt(exception=e).error(f"crash: {row['error']}")
         exit_code = 130 if isinstance(e, KeyboardInterrupt) else 1
     finally:
-        row["peak_mem_gb"] = peak_memory_gb(device)
-        append_result(row, root / "results.tsv")
-        summary = {**row, **summary}
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        print("---")
-        for key in ("val_bpb", "train_tokens", "wall_s", "tokens_per_s", "mfu", "peak_mem_gb", "params_m"):
-            value = row.get(key)
-            text = repr(value) if key == "val_bpb" else f"{value:.6g}" if isinstance(value, float) else value
-            print(f"{key}: {'' if text is None else text}")
-        print(f"eval_s: {summary.get('eval_s', 0.0):.1f}")
-        print(f"status: {row['status']}")
-        print(f"run_id: {run_id}")
-        if row.get("error"):
-            print(f"error: {row['error']}")
+        if rank == 0:
+            row["peak_mem_gb"] = peak_memory_gb(device)
+            record(row, summary, root, run_dir)
     return exit_code
 
 

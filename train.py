@@ -8,7 +8,9 @@ The contract with eval.py: `train` draws every batch from `data.batches(batch_si
 which stops when the token budget is spent, and returns the trained nn.Module, which maps
 `idx (batch, seq)` to `logits (batch, seq, 256)` and has `flops_per_token(seq_len)`.
 `CONFIGS` names the configs `just eval NAME` can pick; the default is the device class's.
-Config fields must not be named seed, device, budget_tokens, description or config (eval.py's flags).
+Under `just eval --nproc N` the referee has started the process group: wrap the model in DDP.
+Config fields must not be named seed, device, budget_tokens, description, wall_cap_s, nproc or
+config (eval.py's flags).
 """
 
 import math
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from loguru import logger
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 import eval as referee
 from model import GPT, GPTConfig
@@ -96,11 +99,13 @@ def train(cfg: Config, data: referee.TrainStream, device: torch.device) -> nn.Mo
     optimizer = make_optimizer(model, cfg, device)
     use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
     forward = torch.compile(model) if use_compile else model
+    if torch.distributed.is_initialized():  # `just eval --nproc N`: gradients averaged over the ranks
+        forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     tokens_per_step = cfg.batch_size * cfg.seq_len
     total_steps = data.budget_tokens // tokens_per_step
     flops_per_step = model.flops_per_token(cfg.seq_len) * tokens_per_step
-    peak_flops = referee.device_peak_flops(device)
+    peak_flops = referee.device_peak_flops(device) * data.world_size
     logger.info(f"model {model.num_params() / 1e6:.2f}M params | {total_steps} steps of {tokens_per_step} tokens")
 
     # --- loop ---

@@ -1,0 +1,38 @@
+"""One run on several processes: `just eval --nproc N` under torchrun with DDP (gloo on CPU)."""
+
+import os
+
+import eval as referee
+from conftest import block, just
+
+RUN = ("eval", "tiny", "--budget-tokens", "20000")
+
+
+def test_two_processes_write_one_row_and_repeat_the_metric(project):
+    first, second = (just(project, *RUN, "--nproc", "2") for _ in range(2))
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    rows = referee.read_results(project / "results.tsv").to_dicts()
+    assert len(rows) == 2  # rank 1 never writes
+    assert all(r["status"] == "ok" and r["config"] == "tiny:nproc=2" for r in rows)
+    assert rows[0]["val_bpb"] == rows[1]["val_bpb"] == float(block(first.stdout)["val_bpb"])
+    assert rows[0]["train_tokens"] == 19968  # the global budget, counted once for all ranks
+    # Each rank trains on its half of the same global batches: one process sees the same data.
+    single = just(project, *RUN)
+    assert single.returncode == 0, single.stderr
+    assert abs(float(block(single.stdout)["val_bpb"]) - rows[0]["val_bpb"]) < 1e-5
+
+
+def test_more_processes_than_the_machine_has_is_refused(project):
+    n = (os.cpu_count() or 1) + 1
+    result = just(project, *RUN, "--nproc", str(n))
+    assert result.returncode == 2
+    assert f"--nproc {n}: only {n - 1} CPU cores are here" in result.stderr
+    assert not referee.read_results(project / "results.tsv").height
+
+
+def test_a_batch_that_does_not_split_over_the_ranks_is_a_recorded_crash(project):
+    result = just(project, *RUN, "--nproc", "2", "--batch-size", "7")
+    assert result.returncode != 0
+    [row] = referee.read_results(project / "results.tsv").to_dicts()
+    assert row["status"] == "crash" and "batch_size=7 does not split over 2 processes" in row["error"]
