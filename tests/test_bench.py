@@ -1,6 +1,7 @@
 """bench/bench.py runs on CPU and prints one JSON line per config with every figure (no timing asserted)."""
 
 import json
+import sys
 
 from conftest import ROOT, run
 
@@ -19,7 +20,7 @@ def test_bench_prints_one_json_line_per_config_on_cpu():
         "--eval-bytes",
         "20000",
     ]
-    result = run(["python", str(ROOT / "bench" / "bench.py"), *args], cwd=ROOT)
+    result = run([sys.executable, str(ROOT / "bench" / "bench.py"), *args], cwd=ROOT)
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["config"] for line in lines] == ["tiny", "default"]

@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -129,7 +130,7 @@ def test_ctrl_c_or_a_kill_still_writes_exactly_one_row(project, sig, error):
     ],
 )
 def test_bad_input_is_a_clear_error_and_no_row(project, args, message):
-    result = run(["python", "eval.py", *args], cwd=project)
+    result = run([sys.executable, "eval.py", *args], cwd=project)
     assert result.returncode == 2
     assert message in result.stderr
     assert referee.read_results(project / "results.tsv").is_empty()
