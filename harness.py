@@ -979,10 +979,42 @@ def pick_group(state: dict) -> tuple[str, str | None]:
     return group, group[3:]
 
 
+QUEUE_USAGE = (
+    "usage: just queue [--backend pueue|slurm|local] [--partition P] [--gpus N] [--time-min M] [--cpus N] "
+    f"[--mem-gb N] [--account A] LABEL SLUG [EVAL_ARGS...], e.g. just queue {LABEL_EXAMPLE} rotary --seed 1"
+)
+
+
+def split_queue_flags(argv: list[str]) -> tuple[dict, list[str]]:
+    """The `--flag VALUE` pairs before LABEL: the backend, and the cluster's resources."""
+    flags: dict = {}
+    while argv and argv[0].startswith("--"):
+        name, _, value = argv[0][2:].partition("=")
+        if not value and len(argv) < 2:
+            raise Refusal(f"--{name} needs a value; {QUEUE_USAGE}")
+        value, argv = (value, argv[1:]) if value else (argv[1], argv[2:])
+        key = name.replace("-", "_")
+        if key != "backend" and key not in CLUSTER_DEFAULTS:
+            raise Refusal(f"unknown option --{name}; {QUEUE_USAGE}")
+        if key in ("gpus", "time_min", "cpus", "mem_gb"):
+            if not value.isdigit():
+                raise Refusal(f"--{name} {value!r}: give a whole number")
+            value = int(value)
+        flags[key] = value
+    backend = flags.pop("backend", "pueue")
+    if backend not in BACKENDS:
+        raise Refusal(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "pueue" and flags:
+        raise Refusal(f"--{', --'.join(flags)}: cluster resources go with --backend slurm (or local)")
+    return dict(flags, backend=backend), argv
+
+
 def queue(argv: list[str]) -> None:
-    """just queue LABEL SLUG [EVAL_ARGS...]: put a scored run of a worktree (or `main`) on pueue."""
+    """just queue [FLAGS] LABEL SLUG [EVAL_ARGS...]: put a scored run of a worktree (or `main`) on
+    pueue (default) or, with --backend slurm, on a Slurm cluster through submitit."""
+    flags, argv = split_queue_flags(argv)
     if len(argv) < 2:
-        raise Refusal(f"usage: just queue LABEL SLUG [EVAL_ARGS...], e.g. just queue {LABEL_EXAMPLE} rotary --seed 1")
+        raise Refusal(QUEUE_USAGE)
     label, slug, eval_args = argv[0], argv[1], argv[2:]
     parse_label(label)
     root = main_root()
@@ -990,6 +1022,9 @@ def queue(argv: list[str]) -> None:
     if not path.is_dir():
         raise Refusal(f"no worktree for {slug!r} ({path}): create it with `just new {slug}`, or queue `main`")
     require_scoring_allowed(path, root)  # refuse now what eval.py would refuse hours later
+    backend = flags.pop("backend")
+    if backend != "pueue":
+        return submit_cluster(backend, label, slug, path, eval_args, flags)
     state = pueue_state()
     group, gpu = pick_group(state)
     env = {**os.environ, "RESEARCH_LABEL": label}
@@ -1032,28 +1067,51 @@ def cmd_gpus() -> None:
         print(f"group gpu{i}: {torch.cuda.get_device_name(i)}, one task at a time")
 
 
+def pueue_tasks() -> list[dict]:
+    tasks = []
+    for task in pueue_state()["tasks"].values():
+        name, start, _, result = task_state(task)
+        state = result if name == "Done" else name
+        tasks.append(dict(id=task["id"], kind="pueue task", label=task.get("label") or "", path=task["path"],
+                          since=start, state=state, done=name == "Done", started=name in ("Done", "Running")))  # fmt: skip
+    return tasks
+
+
 def queued_runs(root: Path) -> list[dict]:
-    """Labelled pueue tasks joined with their ledger rows (same label and worktree, started after the task)."""
+    """Labelled pueue tasks and cluster jobs joined with their ledger rows (same label and
+    worktree, started after the task started or the job was submitted)."""
     import polars as pl
 
     df = ledger(root)
+    jobs = [dict(job, started=True) for job in cluster_jobs(root)]
+    # A cluster's login node has no pueue: its jobs alone. Elsewhere a pueue that does not answer is an error.
+    tasks = [] if jobs and shutil.which("pueue") is None else pueue_tasks()
     out = []
-    for task in pueue_state()["tasks"].values():
-        label = task.get("label") or ""
-        if LABEL.match(label) is None:
+    for job in tasks + jobs:
+        if LABEL.match(job["label"]) is None:
             continue
-        q, h = parse_label(label)
-        name, start, end, result = task_state(task)
-        slug = experiment_name(Path(task["path"]), root)
-        rows = df.filter((pl.col("label") == label) & (pl.col("experiment") == slug)).sort("started_at")
-        if start is not None:
-            begun = datetime.fromisoformat(start).astimezone(UTC).replace(microsecond=0)
+        q, h = parse_label(job["label"])
+        slug = experiment_name(Path(job["path"]), root)
+        rows = df.filter((pl.col("label") == job["label"]) & (pl.col("experiment") == slug)).sort("started_at")
+        if job["since"] is not None:
+            begun = datetime.fromisoformat(job["since"]).astimezone(UTC).replace(microsecond=0)
             rows = rows.filter(pl.col("started_at") >= begun.isoformat(timespec="seconds"))
-        row = None if rows.is_empty() or name not in ("Done", "Running") else rows.row(0, named=True)
+        row = None if rows.is_empty() or not job["started"] else rows.row(0, named=True)
         bar = best_comparable_main(df, row) if row is not None and row["status"] == "ok" else None
         delta = row["val_bpb"] - bar["val_bpb"] if bar is not None and row["val_bpb"] is not None else None
-        state = result if name == "Done" else name
-        out.append(dict(id=task["id"], state=state, q=q, h=h, slug=slug, done=name == "Done", row=row, delta=delta))
+        out.append(
+            dict(
+                id=job["id"],
+                kind=job["kind"],
+                state=job["state"],
+                q=q,
+                h=h,
+                slug=slug,
+                done=job["done"],
+                row=row,
+                delta=delta,
+            )
+        )
     return out
 
 
@@ -1067,26 +1125,40 @@ def cmd_status(json: bool = False) -> None:
     table = pl.DataFrame(
         [
             dict(
-                id=r["id"], state=r["state"], Q=r["q"], H=r["h"], slug=r["slug"],
+                id=str(r["id"]), state=r["state"], Q=r["q"], H=r["h"], slug=r["slug"],
                 val_bpb=None if r["row"] is None else r["row"]["val_bpb"], delta_vs_main=r["delta"],
             )
             for r in runs
         ],
-        schema=dict(id=pl.Int64, state=pl.String, Q=pl.String, H=pl.String, slug=pl.String, val_bpb=pl.Float64, delta_vs_main=pl.Float64),
+        schema=dict(id=pl.String, state=pl.String, Q=pl.String, H=pl.String, slug=pl.String, val_bpb=pl.Float64, delta_vs_main=pl.Float64),
     )  # fmt: skip
     print_table(table, table.columns)
 
 
-def cmd_log(task_id: Positional[int]) -> None:
-    """The full output of a pueue task."""
+def cmd_log(task_id: Positional[str]) -> None:
+    """The full output of a pueue task (a number) or a cluster job (slurm-N, local-N)."""
+    if not task_id.isdigit():
+        from submitit.core.utils import JobPaths
+
+        record, job_dir = cluster_job(main_root(), task_id)
+        paths = JobPaths(job_dir, record["job_id"])
+        for path in (paths.stdout, paths.stderr):
+            print(f"==> {path} <==\n{path.read_text() if path.exists() else '(not written yet)'}")
+        return
     pueue_state()
-    os.execvp("pueue", ["pueue", "log", str(task_id), "--full"])
+    os.execvp("pueue", ["pueue", "log", task_id, "--full"])
 
 
-def cmd_follow(task_id: Positional[int]) -> None:
-    """Stream the output of a pueue task as it runs."""
+def cmd_follow(task_id: Positional[str]) -> None:
+    """Stream the output of a pueue task (a number) or a cluster job (slurm-N, local-N) as it runs."""
+    if not task_id.isdigit():
+        from submitit.core.utils import JobPaths
+
+        record, job_dir = cluster_job(main_root(), task_id)
+        paths = JobPaths(job_dir, record["job_id"])
+        os.execvp("tail", ["tail", "-n", "+1", "-F", str(paths.stdout), str(paths.stderr)])
     pueue_state()
-    os.execvp("pueue", ["pueue", "follow", str(task_id)])
+    os.execvp("pueue", ["pueue", "follow", task_id])
 
 
 REVIEWED = re.compile(r"<!-- reviewed: (\S+) -->")
@@ -1105,7 +1177,9 @@ def cmd_review() -> None:
         if not run["done"] or key in done:
             continue
         if row is None:
-            observed = f"pueue task {run['id']} ended {run['state']} without a ledger row (see: just log {run['id']})"
+            observed = (
+                f"{run['kind']} {run['id']} ended {run['state']} without a ledger row (see: just log {run['id']})"
+            )
         elif row["status"] != "ok":
             observed = f"run {row['run_id']} ended `{row['status']}`: {row['error']}"
         else:
@@ -1120,7 +1194,7 @@ def cmd_review() -> None:
             )
         entry = "\n".join(
             [
-                f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {run['slug']} · review of pueue task {run['id']}",
+                f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {run['slug']} · review of {run['kind']} {run['id']}",
                 "",
                 f"- **Question:** {run['q']}",
                 f"- **Hypothesis:** {run['h']}",
@@ -1136,6 +1210,124 @@ def cmd_review() -> None:
         f"review: {written} new journal entries"
         + (" (fill in each Inference line before committing)" if written else "")
     )
+
+
+# --- cluster: Slurm through submitit (and submitit's local executor, same code path) ---
+
+CLUSTER_CONFIG = "cluster.toml"  # optional, in the main checkout: defaults for the flags below
+CLUSTER_DEFAULTS = dict(partition=None, gpus=None, time_min=120, cpus=None, mem_gb=None, account=None)
+BACKENDS = ("pueue", "slurm", "local")
+SLURM_DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL"}
+
+
+def cluster_options(root: Path, flags: dict) -> dict:
+    """CLUSTER_DEFAULTS, overridden by cluster.toml, overridden by the command's flags."""
+    import tomllib
+
+    options = dict(CLUSTER_DEFAULTS)
+    path = root / CLUSTER_CONFIG
+    if path.exists():
+        try:
+            config = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise Refusal(f"{path}: not valid TOML ({e})") from e
+        unknown = sorted(set(config) - set(options))
+        if unknown:
+            raise Refusal(f"{path}: unknown keys {unknown}; the keys are {sorted(options)}")
+        options.update(config)
+    options.update(flags)
+    return options
+
+
+def nproc_of(eval_args: list[str]) -> int:
+    for i, arg in enumerate(eval_args):
+        if arg.startswith("--nproc="):
+            return int(arg.split("=", 1)[1])
+        if arg == "--nproc" and i + 1 < len(eval_args):
+            return int(eval_args[i + 1])
+    return 1
+
+
+def slurm_parameters(slug: str, label: str, options: dict, nproc: int) -> dict:
+    """submitit.SlurmExecutor parameters: one task on one node, one GPU per rank by default."""
+    params = dict(
+        job_name=f"eval-{slug}", comment=label, time=options["time_min"], nodes=1, ntasks_per_node=1,
+        gpus_per_node=options["gpus"] if options["gpus"] is not None else nproc, partition=options["partition"],
+        cpus_per_task=options["cpus"], mem=f"{options['mem_gb']}GB" if options["mem_gb"] else None,
+        account=options["account"],
+    )  # fmt: skip
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def submit_cluster(backend: str, label: str, slug: str, path: Path, eval_args: list[str], flags: dict) -> None:
+    """Submit one scored run as a submitit job; its record (runs/cluster/ID/job.json) lets
+    `just status` and `just review` follow it beside the pueue tasks."""
+    import submitit
+
+    root = main_root()
+    options = cluster_options(root, flags)
+    nproc = nproc_of(eval_args)
+    folder = root / "runs" / "cluster" / f"{backend}-%j"
+    if backend == "slurm":
+        if shutil.which("sbatch") is None:
+            raise Refusal("--backend slurm needs Slurm's sbatch on PATH: run this on the cluster's login node")
+        executor = submitit.SlurmExecutor(folder=folder)
+        executor.update_parameters(**slurm_parameters(slug, label, options, nproc))
+    else:
+        import torch
+
+        gpus = options["gpus"] if options["gpus"] is not None else min(nproc, torch.cuda.device_count())
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=options["time_min"], gpus_per_node=gpus)
+    # `env` adds the label to the job's own environment (the node's, not a pickled copy of ours).
+    command = ["env", f"RESEARCH_LABEL={label}", sys.executable, str(root / "eval.py"), *eval_args]
+    job = executor.submit(submitit.helpers.CommandFunction(command, cwd=str(path)))
+    record = dict(
+        id=f"{backend}-{job.job_id}", backend=backend, job_id=str(job.job_id), label=label, slug=slug,
+        path=str(path), command=shlex.join(["just", "eval", *eval_args]),
+        submitted_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )  # fmt: skip
+    job_dir = root / "runs" / "cluster" / record["id"]
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / "job.json").write_text(jsonlib.dumps(record, indent=2) + "\n")
+    print(f"submitted {backend} job {record['id']}: {record['command']} in {slug}")
+    print(f"label: {label}\nlog: uv run just log {record['id']}   status: uv run just status")
+
+
+def cluster_job_state(record: dict, job_dir: Path) -> tuple[str, bool]:
+    """(state, done) of a submitit job: its result file once it ended, else Slurm's accounting
+    (sacct) or, for a local job, whether its process still lives."""
+    import submitit
+    from submitit.core.utils import JobPaths, pickle_load
+
+    paths = JobPaths(job_dir, record["job_id"])
+    if paths.result_pickle.exists():
+        outcome = pickle_load(paths.result_pickle)[0]
+        return ("Success" if outcome == "success" else "Failed"), True
+    if record["backend"] == "local":
+        try:
+            os.kill(int(record["job_id"]), 0)
+            return "Running", False
+        except ProcessLookupError:
+            return "Killed", True
+    state = submitit.SlurmJob(job_dir, record["job_id"]).state
+    return state.title(), state in SLURM_DONE
+
+
+def cluster_jobs(root: Path) -> list[dict]:
+    jobs = []
+    for path in sorted((root / "runs" / "cluster").glob("*/job.json")):
+        record = jsonlib.loads(path.read_text())
+        state, done = cluster_job_state(record, path.parent)
+        jobs.append(dict(record, state=state, done=done, kind=f"{record['backend']} job", since=record["submitted_at"]))
+    return jobs
+
+
+def cluster_job(root: Path, job_id: str) -> tuple[dict, Path]:
+    record_path = root / "runs" / "cluster" / job_id / "job.json"
+    if not record_path.exists():
+        raise Refusal(f"no job {job_id!r}: the ids are pueue task numbers and the slurm-N / local-N of `just status`")
+    return jsonlib.loads(record_path.read_text()), record_path.parent
 
 
 def cmd_prepare() -> None:

@@ -39,25 +39,26 @@ rm slug *args:
 submit slug *args:
     @python "{{root}}/harness.py" submit "$@"
 
-# --- the queue (pueue) ---
+# --- the queue (pueue on one machine, Slurm through submitit on a cluster) ---
 
 # queue a labelled scored run: just queue "Q: does X help? H: expect -0.05 val_bpb" SLUG [EVAL_ARGS...]
-queue label slug *args:
+# on Slurm (submitit): just queue --backend slurm [--partition P --gpus N --time-min M] LABEL SLUG [...]
+queue +args:
     @python "{{root}}/harness.py" queue "$@"
 
 # one pueue group per visible GPU (gpu0, gpu1, ...), one task at a time each
 gpus:
     @python "{{root}}/harness.py" gpus
 
-# queued and finished labelled runs with their results: just status [--json]
+# queued and finished labelled runs (pueue tasks, cluster jobs) with their results: just status [--json]
 status *args:
     @python "{{root}}/harness.py" status "$@"
 
-# full output of a pueue task: just log ID
+# full output of a pueue task or a cluster job: just log ID (a number, slurm-N or local-N)
 log id:
     @python "{{root}}/harness.py" log "$1"
 
-# live tail of a pueue task: just follow ID
+# live tail of a pueue task or a cluster job: just follow ID
 follow id:
     @python "{{root}}/harness.py" follow "$1"
 
