@@ -807,7 +807,7 @@ def cmd_verify(run_id: Positional[str]) -> None:
     model = train.build_model(train.Config(**state["train_config"]))
     model.load_state_dict(state["model"])
     device = referee.resolve_device(row["device"])
-    corpus = referee.load_corpus()
+    corpus = load_corpus(referee)
     if corpus.fingerprint != row["data_fp"]:
         raise Refusal(f"the corpus changed: fingerprint {corpus.fingerprint}, the row has {row['data_fp']}")
     val_bpb = referee.evaluate(model.to(device).eval(), corpus.val, referee.PRESETS[device.type].eval_seq_len, device)
@@ -1330,15 +1330,20 @@ def cluster_job(root: Path, job_id: str) -> tuple[dict, Path]:
     return jsonlib.loads(record_path.read_text()), record_path.parent
 
 
+def load_corpus(referee, prepare: bool = False):
+    """eval.py's corpus; a source that is missing, unknown or not prepared is a one-line refusal."""
+    try:
+        return referee.prepare() if prepare else referee.load_corpus()
+    except ValueError as e:
+        raise Refusal(str(e)) from e
+
+
 def cmd_prepare() -> None:
     """Download (a Hugging Face source) and prepare eval.py's DATA_SOURCE, so that runs read it offline."""
     import eval as referee
 
     t0 = time.perf_counter()
-    try:
-        corpus = referee.prepare()
-    except ValueError as e:
-        raise Refusal(str(e)) from e
+    corpus = load_corpus(referee, prepare=True)
     print(
         f"prepare: {corpus.source} | {corpus.n_files} files | train {len(corpus.train):,} B | "
         f"val {len(corpus.val):,} B | fp {corpus.fingerprint} | {time.perf_counter() - t0:.1f} s"
@@ -1382,7 +1387,7 @@ def smoke(argv: list[str]) -> None:
     logger.info(f"smoke | {code_dir} | config {config_desc} | device {device} | {budget:,} tokens | shape checks on")
 
     t0 = time.perf_counter()
-    corpus = referee.load_corpus()
+    corpus = load_corpus(referee)
     torch.manual_seed(args.seed)
     stream = referee.TrainStream(corpus.train, budget, args.seed, device, time.monotonic() + 600)
     model = train.train(cfg, stream, device)

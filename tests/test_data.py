@@ -219,3 +219,11 @@ def test_hf_split_words():
     assert referee.hf_split("sample/test-0.parquet") == "test"
     assert referee.hf_split("data/00000.parquet") == "train"
     assert referee.hf_split("test_config/train/0000.parquet") == "train"  # the file's own word wins
+
+
+def test_smoke_refuses_an_unprepared_source_in_one_line(meta_project, tmp_path):
+    set_data_source(meta_project, "hf:someone/never-prepared")
+    result = just(meta_project, "smoke", "tiny", env={"RESEARCH_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: DATA_SOURCE 'hf:someone/never-prepared' is not prepared")
+    assert "Traceback" not in result.stderr
