@@ -225,5 +225,5 @@ def test_smoke_refuses_an_unprepared_source_in_one_line(meta_project, tmp_path):
     set_data_source(meta_project, "hf:someone/never-prepared")
     result = just(meta_project, "smoke", "tiny", env={"RESEARCH_CACHE_DIR": str(tmp_path / "cache")})
     assert result.returncode == 1
-    assert result.stderr.startswith("error: DATA_SOURCE 'hf:someone/never-prepared' is not prepared")
+    assert "\nerror: DATA_SOURCE 'hf:someone/never-prepared' is not prepared" in result.stderr
     assert "Traceback" not in result.stderr
