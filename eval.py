@@ -214,10 +214,6 @@ class Corpus:
     n_files: int
 
 
-class DataNotPrepared(ValueError):
-    """The source must be downloaded first: `just prepare`."""
-
-
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(os.environ.get("RESEARCH_CACHE_DIR") or Path(base) / "research-harness")
@@ -263,13 +259,13 @@ def load_corpus(source: str = DATA_SOURCE, cache_dir: Path | None = None) -> Cor
         folder = hf_prepared_dir(arg, cache_dir)
         manifest = folder / "manifest.json"
         if not manifest.exists():
-            raise DataNotPrepared(
+            raise ValueError(
                 f"DATA_SOURCE {source!r} is not prepared (nothing in {folder}): run `uv run just prepare` once, "
                 "with internet; runs read the prepared copy offline"
             )
         info = json.loads(manifest.read_text())
         if info["text_column"] != HF_TEXT_COLUMN:
-            raise DataNotPrepared(
+            raise ValueError(
                 f"{folder} was prepared from column {info['text_column']!r}, eval.py reads {HF_TEXT_COLUMN!r}: "
                 "run `uv run just prepare` again"
             )
@@ -383,10 +379,13 @@ def prepare_hf(spec: str, cache_dir: Path) -> Path:
         write_atomic(parts / f"{i:05d}.train", b"".join(chunks[False]))
         write_atomic(parts / f"{i:05d}.val", b"".join(chunks[True]))
         write_atomic(parts / f"{i:05d}.done", b"")
-    for split in ("train", "val"):
-        write_atomic(
-            out / f"{split}.bin", b"".join((parts / f"{i:05d}.{split}").read_bytes() for i in range(len(files)))
-        )
+    for split in ("train", "val"):  # streamed part by part: a large dataset never sits in memory twice
+        tmp = out / f"{split}.bin.tmp{os.getpid()}"
+        with tmp.open("wb") as whole:
+            for i in range(len(files)):
+                with (parts / f"{i:05d}.{split}").open("rb") as part:
+                    shutil.copyfileobj(part, whole)
+        os.replace(tmp, out / f"{split}.bin")
     manifest = dict(source=f"hf:{spec}", commit=snapshot.name, text_column=HF_TEXT_COLUMN, files=files)
     write_atomic(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
     shutil.rmtree(parts)
@@ -450,6 +449,8 @@ class TrainStream:
                 raise WallClockExceeded(f"training passed the wall-clock cap after {self.tokens_served} tokens")
             starts = torch.randint(len(self.tokens) - seq_len, (batch_size, 1), generator=self.generator)
             mine = starts[self.rank * rows : (self.rank + 1) * rows]
+            if self.device.type == "cuda":  # from pinned memory the copy is asynchronous: no host sync per step
+                mine = mine.pin_memory()
             window = self.tokens[mine.to(self.device, non_blocking=True) + span].long()
             self.tokens_served += batch_size * seq_len
             yield window[:, :-1], window[:, 1:]

@@ -1027,6 +1027,11 @@ def queue(argv: list[str]) -> None:
         return submit_cluster(backend, label, slug, path, eval_args, flags)
     state = pueue_state()
     group, gpu = pick_group(state)
+    if gpu is not None and nproc_of(eval_args) > 1:
+        raise Refusal(
+            f"--nproc {nproc_of(eval_args)} needs several GPUs, and pueue's gpuN groups give a run one: run it "
+            "directly (uv run just eval --nproc N) or on a cluster (just queue --backend slurm ...)"
+        )
     env = {**os.environ, "RESEARCH_LABEL": label}
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu

@@ -96,3 +96,15 @@ def test_bad_cluster_toml_names_the_key(project):
     (project / "cluster.toml").write_text("partitions = 'gpu'\n")
     with pytest.raises(harness.Refusal, match=r"unknown keys \['partitions'\]"):
         harness.cluster_options(project, {})
+
+
+def test_a_multi_gpu_run_is_not_put_in_a_one_gpu_pueue_group(project, tmp_path):
+    pueue = Pueue(tmp_path / "pueue").start()
+    try:
+        assert pueue("group", "add", "gpu0").returncode == 0
+        result = just(project, "queue", LABEL, "main", *TINY, "--nproc", "2", env=pueue.env)
+        tasks = json.loads(pueue("status", "--json").stdout)["tasks"]
+    finally:
+        pueue.stop()
+    assert result.returncode == 1 and "--nproc 2 needs several GPUs" in result.stderr
+    assert tasks == {}
