@@ -1088,7 +1088,7 @@ def queued_runs(root: Path) -> list[dict]:
     import polars as pl
 
     df = ledger(root)
-    jobs = [dict(job, started=True) for job in cluster_jobs(root)]
+    jobs = cluster_jobs(root)
     # A cluster's login node has no pueue: its jobs alone. Elsewhere a pueue that does not answer is an error.
     tasks = [] if jobs and shutil.which("pueue") is None else pueue_tasks()
     out = []
@@ -1104,19 +1104,8 @@ def queued_runs(root: Path) -> list[dict]:
         row = None if rows.is_empty() or not job["started"] else rows.row(0, named=True)
         bar = best_comparable_main(df, row) if row is not None and row["status"] == "ok" else None
         delta = row["val_bpb"] - bar["val_bpb"] if bar is not None and row["val_bpb"] is not None else None
-        out.append(
-            dict(
-                id=job["id"],
-                kind=job["kind"],
-                state=job["state"],
-                q=q,
-                h=h,
-                slug=slug,
-                done=job["done"],
-                row=row,
-                delta=delta,
-            )
-        )
+        out.append(dict(id=job["id"], kind=job["kind"], state=job["state"], q=q, h=h, slug=slug, done=job["done"],
+                        row=row, delta=delta))  # fmt: skip
     return out
 
 
@@ -1245,12 +1234,18 @@ def cluster_options(root: Path, flags: dict) -> dict:
 
 
 def nproc_of(eval_args: list[str]) -> int:
+    """The `--nproc N` among the run's eval.py arguments (1 if absent): the GPUs it needs."""
+    value = None
     for i, arg in enumerate(eval_args):
         if arg.startswith("--nproc="):
-            return int(arg.split("=", 1)[1])
-        if arg == "--nproc" and i + 1 < len(eval_args):
-            return int(eval_args[i + 1])
-    return 1
+            value = arg.split("=", 1)[1]
+        elif arg == "--nproc":
+            value = eval_args[i + 1] if i + 1 < len(eval_args) else ""
+    if value is None:
+        return 1
+    if not value.isdigit() or int(value) < 1:
+        raise Refusal(f"--nproc {value!r}: give a whole number of processes (GPUs), 1 or more")
+    return int(value)
 
 
 def slurm_parameters(slug: str, label: str, options: dict, nproc: int) -> dict:
@@ -1286,11 +1281,12 @@ def submit_cluster(backend: str, label: str, slug: str, path: Path, eval_args: l
         executor.update_parameters(timeout_min=options["time_min"], gpus_per_node=gpus)
     # `env` adds the label to the job's own environment (the node's, not a pickled copy of ours).
     command = ["env", f"RESEARCH_LABEL={label}", sys.executable, str(root / "eval.py"), *eval_args]
+    submitted_at = datetime.now(UTC).isoformat(timespec="seconds")  # before the job can write its row
     job = executor.submit(submitit.helpers.CommandFunction(command, cwd=str(path)))
     record = dict(
         id=f"{backend}-{job.job_id}", backend=backend, job_id=str(job.job_id), label=label, slug=slug,
         path=str(path), command=shlex.join(["just", "eval", *eval_args]),
-        submitted_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        submitted_at=submitted_at,
     )  # fmt: skip
     job_dir = root / "runs" / "cluster" / record["id"]
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -1324,7 +1320,8 @@ def cluster_jobs(root: Path) -> list[dict]:
     for path in sorted((root / "runs" / "cluster").glob("*/job.json")):
         record = jsonlib.loads(path.read_text())
         state, done = cluster_job_state(record, path.parent)
-        jobs.append(dict(record, state=state, done=done, kind=f"{record['backend']} job", since=record["submitted_at"]))
+        kind = f"{record['backend']} job"
+        jobs.append(dict(record, kind=kind, state=state, done=done, since=record["submitted_at"], started=True))
     return jobs
 
 

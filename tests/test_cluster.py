@@ -108,3 +108,10 @@ def test_a_multi_gpu_run_is_not_put_in_a_one_gpu_pueue_group(project, tmp_path):
         pueue.stop()
     assert result.returncode == 1 and "--nproc 2 needs several GPUs" in result.stderr
     assert tasks == {}
+
+
+def test_the_gpus_a_run_needs_come_from_its_nproc():
+    assert harness.nproc_of(["tiny", "--seed", "1"]) == 1
+    assert harness.nproc_of(["--nproc", "4"]) == harness.nproc_of(["--nproc=4"]) == 4
+    with pytest.raises(harness.Refusal, match="--nproc 'four': give a whole number"):
+        harness.nproc_of(["--nproc", "four"])
