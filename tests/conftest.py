@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # import eval, harness, model, train from the checkout under test
 import eval as referee  # noqa: E402  (after the path is set)
+import harness  # noqa: E402
 
 JUST = shutil.which("just") or str(ROOT / ".venv" / "bin" / "just")
 
@@ -20,14 +21,25 @@ def git(*args: str, cwd: Path) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
 
+def is_research_record(rel: str) -> bool:
+    """What a research project accumulates: ideas and reports beyond their templates."""
+    return rel.startswith(("1_ideas/", "9_reports/")) and not rel.endswith("_TEMPLATE.md")
+
+
 def make_project(dst: Path) -> Path:
-    """The checkout's tracked files (as they are on disk) committed on `main` of a new repo at `dst`,
-    with the checkout's virtual environment shared through a symlink."""
+    """The checkout's tracked code (as it is on disk) committed on `main` of a new repo at `dst`,
+    with the checkout's virtual environment shared through a symlink. The research record starts
+    empty, as in a fresh clone of the template: the ledger's header, the journals' heads, no ideas
+    or reports, whatever this checkout has recorded so far."""
     dst.mkdir(parents=True, exist_ok=True)
     for rel in git("ls-files", "-z", cwd=ROOT).split("\0"):
-        if rel and (ROOT / rel).is_file():
+        if rel and (ROOT / rel).is_file() and not is_research_record(rel):
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, dst / rel)
+    (dst / "results.tsv").write_text("\t".join(referee.RESULTS_COLUMNS) + "\n")
+    for journal in dst.glob("*journal*.md"):
+        if harness.is_journal(journal.name):
+            journal.write_text(harness.journal_head(journal.read_text()))
     (dst / ".venv").symlink_to(ROOT / ".venv")
     git("init", "-q", "-b", "main", cwd=dst)
     git("config", "user.email", "test@example.com", cwd=dst)
