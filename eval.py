@@ -637,6 +637,7 @@ def read_results(path: Path):
 
 
 def on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: a second must not interrupt the row
     raise Terminated("killed by SIGTERM")
 
 
@@ -855,14 +856,13 @@ def main(argv: list[str] | None = None) -> int:
         f"val {len(corpus.val):,} B | fp {corpus.fingerprint} | {data_s:.1f} s"
     )
 
-    exit_code = 1
+    exit_code, deadline, trained = 1, math.inf, False
     try:
         # --- train ---
         torch.manual_seed(args.seed)
         if device.type == "cuda":
             torch.use_deterministic_algorithms(True, warn_only=True)
-        t0 = time.perf_counter()
-        deadline = time.monotonic() + wall_cap_s
+        t0, deadline = time.perf_counter(), time.monotonic() + wall_cap_s
         stream = TrainStream(corpus.train, budget, args.seed, device, deadline, rank, world_size)
         try:
             with wall_cap(wall_cap_s):
@@ -870,6 +870,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             wall_s = time.perf_counter() - t0
             row.update(train_tokens=stream.tokens_served, wall_s=wall_s, tokens_per_s=stream.tokens_served / wall_s)
+        trained = True
         if world_size > 1:
             torch.distributed.destroy_process_group()
             if rank != 0:
@@ -897,10 +898,16 @@ def main(argv: list[str] | None = None) -> int:
         row.update(status="timeout", error=str(e))
         logger.error(f"timeout: {e}")
     except (Exception, KeyboardInterrupt, Terminated) as e:
-        row["error"] = f"{type(e).__name__}: {e}"[:500]
-        logger.opt(exception=e).error(f"crash: {row['error']}")
+        if world_size > 1 and not trained and time.monotonic() > deadline:
+            # another rank hit the wall-clock cap a moment sooner, and its exit ended this one
+            row.update(status="timeout", error=f"training passed the wall-clock cap of {wall_cap_s:.0f} s")
+            logger.error(f"timeout: {row['error']} ({type(e).__name__}: {e})")
+        else:
+            row["error"] = f"{type(e).__name__}: {e}"[:500]
+            logger.opt(exception=e).error(f"crash: {row['error']}")
         exit_code = 130 if isinstance(e, KeyboardInterrupt) else 1
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the run is over: a kill now must not lose its row
         if rank == 0:
             row["peak_mem_gb"] = peak_memory_gb(device)
             record(row, summary, root, run_dir)

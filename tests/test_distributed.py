@@ -36,3 +36,12 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_a_recorded_crash(project)
     assert result.returncode != 0
     [row] = referee.read_results(project / "results.tsv").to_dicts()
     assert row["status"] == "crash" and "batch_size=7 does not split over 2 processes" in row["error"]
+
+
+def test_the_wall_clock_cap_under_ddp_is_one_timeout_row(project):
+    # Both ranks reach the cap; whichever exits first makes torchrun stop the other, which must
+    # still record the run as a timeout (not as the kill it received).
+    result = just(project, "eval", "tiny", "--nproc", "2", "--wall-cap-s", "3", "--budget-tokens", "10000000")
+    assert result.returncode == 1
+    [row] = referee.read_results(project / "results.tsv").to_dicts()
+    assert row["status"] == "timeout" and row["error"].startswith("training passed the wall-clock cap")
