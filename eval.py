@@ -326,9 +326,10 @@ def hf_download(repo: str, config: str) -> tuple[Path, list[str]]:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    patterns = [f"{config}/*.parquet", f"*/{config}/*.parquet"] if config else ["*.parquet"]  # that config only
     for revision in ("main", "refs/convert/parquet"):
         try:
-            folder = Path(snapshot_download(repo, repo_type="dataset", revision=revision, allow_patterns="*.parquet"))
+            folder = Path(snapshot_download(repo, repo_type="dataset", revision=revision, allow_patterns=patterns))
         except (HfHubHTTPError, LocalEntryNotFoundError) as e:
             if revision == "main":
                 raise ValueError(f"hf:{repo}: could not download it ({type(e).__name__}: {e})") from e

@@ -175,6 +175,26 @@ def test_hf_without_validation_split_uses_the_document_hash_rule(meta_project, t
     assert (folder / "val.bin").read_bytes() == expected_val and 0 < len(expected_val) < len(docs) * 150 / 5
 
 
+def test_hf_config_reads_that_configs_files_only(meta_project, tmp_path):
+    hub_dataset(
+        tmp_path / "hub",
+        "owner/multi",
+        {
+            "en/train-00000-of-00001.parquet": parquet_bytes(stories(30)),
+            "en/validation-00000-of-00001.parquet": parquet_bytes(stories(5, 30)),
+            "fr/train-00000-of-00001.parquet": parquet_bytes([f"Il était une fois {i}. " * 5 for i in range(30)]),
+            "fr/validation-00000-of-00001.parquet": parquet_bytes(["Fin de l'histoire. " * 5] * 5),
+        },
+    )
+    set_data_source(meta_project, "hf:owner/multi:fr")
+    prepared = just(meta_project, "prepare", env=hf_env(tmp_path))
+    assert prepared.returncode == 0, prepared.stderr
+    assert "2 files" in prepared.stdout
+    folder = referee.hf_prepared_dir("owner/multi:fr", tmp_path / "cache")
+    assert (folder / "train.bin").read_bytes().startswith("Il était une fois 0.".encode())
+    assert b"Once upon a time" not in (folder / "train.bin").read_bytes() + (folder / "val.bin").read_bytes()
+
+
 def test_hf_missing_text_column_names_the_columns(meta_project, tmp_path):
     hub_dataset(tmp_path / "hub", "owner/no-text", {"data/train.parquet": parquet_bytes(stories(5), column="story")})
     set_data_source(meta_project, "hf:owner/no-text")
