@@ -41,8 +41,7 @@ submit slug *args:
 
 # --- the queue (pueue on one machine, Slurm through submitit on a cluster) ---
 
-# queue a labelled scored run: just queue "Q: does X help? H: expect -0.05 val_bpb" SLUG [EVAL_ARGS...]
-# on Slurm (submitit): just queue --backend slurm [--partition P --gpus N --time-min M] LABEL SLUG [...]
+# queue a labelled scored run on pueue (or --backend slurm): just queue [--backend slurm ...] "Q: .. H: .." SLUG [EVAL_ARGS]
 queue +args:
     @python "{{root}}/harness.py" queue "$@"
 
