@@ -32,5 +32,11 @@ python bench/bench.py --wall-s 150 --configs default gpt2-small baby | tee "$out
 step "a short scored run: just eval --budget-tokens 100000000"
 just eval --budget-tokens 100000000 2>&1 | tail -12
 
+gpus="$(python -c 'import torch; print(torch.cuda.device_count())')"
+if [ "$gpus" -ge 2 ]; then
+  step "one run on 2 GPUs (torchrun, DDP), twice: same val_bpb expected"
+  for _ in 1 2; do just eval --nproc 2 --budget-tokens 20000000 2>&1 | grep -E '^(val_bpb|tokens_per_s|mfu|status):'; done
+fi
+
 cp results.tsv "$out/results.tsv"
 echo "figures: $out/bench.jsonl, $out/results.tsv"
