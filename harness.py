@@ -227,12 +227,18 @@ def ledger(root: Path):
     return referee.read_results(root / LEDGER)
 
 
-def best_comparable_main(df, row: dict):
-    """The best ok main row in `row`'s comparable group (same eval_sha, data_fp, device, train_tokens)."""
+def same_group(row: dict):
+    """A polars filter: the rows comparable with `row` (same eval_sha, data_fp, device, train_tokens)."""
     import polars as pl
 
-    same = pl.all_horizontal(pl.col(c) == row[c] for c in COMPARABLE)
-    group = df.filter(same & (pl.col("experiment") == "main") & (pl.col("status") == "ok"))
+    return pl.all_horizontal(pl.col(c) == row[c] for c in COMPARABLE)
+
+
+def best_comparable_main(df, row: dict):
+    """The best ok main row in `row`'s comparable group."""
+    import polars as pl
+
+    group = df.filter(same_group(row) & (pl.col("experiment") == "main") & (pl.col("status") == "ok"))
     return None if group.is_empty() else group.sort("val_bpb").row(0, named=True)
 
 
@@ -690,12 +696,6 @@ def verdict(runs: list[float], baseline: list[float]) -> Verdict:
     return Verdict(f"inconclusive — run {len(runs)} more seeds", numbers, runs, baseline)
 
 
-def same_group(row: dict):
-    import polars as pl
-
-    return pl.all_horizontal(pl.col(c) == row[c] for c in COMPARABLE)
-
-
 def compare_slug(df, slug: str) -> Verdict:
     """The slug's ok rows in the group of its newest one, against main's baseline rows there."""
     import polars as pl
@@ -1024,12 +1024,12 @@ def queue(argv: list[str]) -> None:
     require_scoring_allowed(path, root)  # refuse now what eval.py would refuse hours later
     backend = flags.pop("backend")
     if backend != "pueue":
-        return submit_cluster(backend, label, slug, path, eval_args, flags)
+        return submit_cluster(backend, label, slug, path, eval_args, nproc_of(eval_args), flags)
     state = pueue_state()
     group, gpu = pick_group(state)
-    if gpu is not None and nproc_of(eval_args) > 1:
+    if gpu is not None and (nproc := nproc_of(eval_args)) > 1:
         raise Refusal(
-            f"--nproc {nproc_of(eval_args)} needs several GPUs, and pueue's gpuN groups give a run one: run it "
+            f"--nproc {nproc} needs several GPUs, and pueue's gpuN groups give a run one: run it "
             "directly (uv run just eval --nproc N) or on a cluster (just queue --backend slurm ...)"
         )
     env = {**os.environ, "RESEARCH_LABEL": label}
@@ -1132,10 +1132,7 @@ def cmd_status(json: bool = False) -> None:
 def cmd_log(task_id: Positional[str]) -> None:
     """The full output of a pueue task (a number) or a cluster job (slurm-N, local-N)."""
     if not task_id.isdigit():
-        from submitit.core.utils import JobPaths
-
-        record, job_dir = cluster_job(main_root(), task_id)
-        paths = JobPaths(job_dir, record["job_id"])
+        paths = cluster_job_paths(main_root(), task_id)
         for path in (paths.stdout, paths.stderr):
             print(f"==> {path} <==\n{path.read_text() if path.exists() else '(not written yet)'}")
         return
@@ -1146,10 +1143,7 @@ def cmd_log(task_id: Positional[str]) -> None:
 def cmd_follow(task_id: Positional[str]) -> None:
     """Stream the output of a pueue task (a number) or a cluster job (slurm-N, local-N) as it runs."""
     if not task_id.isdigit():
-        from submitit.core.utils import JobPaths
-
-        record, job_dir = cluster_job(main_root(), task_id)
-        paths = JobPaths(job_dir, record["job_id"])
+        paths = cluster_job_paths(main_root(), task_id)
         os.execvp("tail", ["tail", "-n", "+1", "-F", str(paths.stdout), str(paths.stderr)])
     pueue_state()
     os.execvp("pueue", ["pueue", "follow", task_id])
@@ -1259,14 +1253,15 @@ def slurm_parameters(slug: str, label: str, options: dict, nproc: int) -> dict:
     return {k: v for k, v in params.items() if v is not None}
 
 
-def submit_cluster(backend: str, label: str, slug: str, path: Path, eval_args: list[str], flags: dict) -> None:
+def submit_cluster(
+    backend: str, label: str, slug: str, path: Path, eval_args: list[str], nproc: int, flags: dict
+) -> None:
     """Submit one scored run as a submitit job; its record (runs/cluster/ID/job.json) lets
     `just status` and `just review` follow it beside the pueue tasks."""
     import submitit
 
     root = main_root()
     options = cluster_options(root, flags)
-    nproc = nproc_of(eval_args)
     folder = root / "runs" / "cluster" / f"{backend}-%j"
     if backend == "slurm":
         if shutil.which("sbatch") is None:
@@ -1325,11 +1320,14 @@ def cluster_jobs(root: Path) -> list[dict]:
     return jobs
 
 
-def cluster_job(root: Path, job_id: str) -> tuple[dict, Path]:
+def cluster_job_paths(root: Path, job_id: str):
+    """submitit's files (stdout, stderr, result) of the job `just status` lists as `job_id`."""
+    from submitit.core.utils import JobPaths
+
     record_path = root / "runs" / "cluster" / job_id / "job.json"
     if not record_path.exists():
         raise Refusal(f"no job {job_id!r}: the ids are pueue task numbers and the slurm-N / local-N of `just status`")
-    return jsonlib.loads(record_path.read_text()), record_path.parent
+    return JobPaths(record_path.parent, jsonlib.loads(record_path.read_text())["job_id"])
 
 
 def load_corpus(referee, prepare: bool = False):
