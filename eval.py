@@ -271,11 +271,10 @@ def load_corpus(source: str = DATA_SOURCE, cache_dir: Path | None = None) -> Cor
             )
         train, val = (folder / "train.bin").read_bytes(), (folder / "val.bin").read_bytes()
         n_files, where = len(info["files"]), f"{source}@{info['commit'][:12]}"
-    elif kind == "text" and text_path(arg).is_file():
-        train, val = split_one_file(text_path(arg).read_bytes())
-        n_files, where = 1, str(text_path(arg))
+    elif (folder := stdlib_dir().resolve() if kind == "stdlib" else text_path(arg)).is_file():
+        train, val = split_one_file(folder.read_bytes())  # text:PATH naming one file
+        n_files, where = 1, str(folder)
     else:
-        folder = stdlib_dir().resolve() if kind == "stdlib" else text_path(arg)
         files = stdlib_files(folder) if kind == "stdlib" else text_files(folder)
         if not files:
             raise ValueError(f"DATA_SOURCE {source!r}: no files under {folder}, the corpus is empty")
@@ -743,8 +742,12 @@ def check_nproc(nproc: int, device: torch.device) -> None:
     """One process per GPU; on CPU one per core at most (gloo processes beyond that only contend)."""
     if nproc == 1:
         return
-    available = {"cuda": torch.cuda.device_count, "cpu": os.cpu_count}.get(device.type, lambda: 1)() or 1
-    unit = {"cuda": "CUDA devices are visible", "cpu": "CPU cores are here"}.get(device.type, "process runs on mps")
+    if device.type == "cuda":
+        available, unit = torch.cuda.device_count(), "CUDA devices are visible"
+    elif device.type == "cpu":
+        available, unit = os.cpu_count() or 1, "CPU cores are here"
+    else:
+        available, unit = 1, "process runs on mps"
     if nproc < 1 or nproc > available:
         raise ValueError(f"--nproc {nproc}: only {available} {unit}; give --nproc between 1 and {available}")
 
