@@ -71,6 +71,11 @@ def block(stdout: str) -> dict[str, str]:
     return dict(line.split(": ", 1) if ": " in line else (line.rstrip(":"), "") for line in tail.splitlines() if line)
 
 
+def ledger(project: Path):
+    """The project's results.tsv, read with the referee's schema."""
+    return referee.read_results(project / "results.tsv")
+
+
 def add_rows(project: Path, *rows: dict) -> None:
     """Hand-made ledger rows, written the way the referee writes them."""
     base = dict(status="ok", eval_sha="e" * 40, data_fp="f" * 16, device="cpu", train_tokens=1000, seed=0)

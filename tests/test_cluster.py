@@ -9,9 +9,8 @@ import pytest
 from submitit.slurm.slurm import _make_sbatch_string
 from test_queue import TINY, Pueue
 
-import eval as referee
 import harness
-from conftest import just
+from conftest import just, ledger
 
 LABEL = "Q: does the cluster path score? H: one row, label kept"
 
@@ -45,7 +44,7 @@ def test_local_backend_runs_a_labelled_job_into_the_ledger_beside_pueue(project,
     assert {(r["kind"], r["state"]) for r in runs} == {("local job", "Success"), ("pueue task", "Success")}
     [job] = [r for r in runs if r["kind"] == "local job"]
     assert job["id"] == job_id and job["q"] == "does the cluster path score?" and job["slug"] == "main"
-    rows = referee.read_results(project / "results.tsv").to_dicts()
+    rows = ledger(project).to_dicts()
     assert sorted(r["label"] for r in rows) == sorted([LABEL, "Q: and pueue? H: the same row shape"])
     assert job["row"]["label"] == LABEL and job["row"]["val_bpb"] == rows[0]["val_bpb"] == rows[1]["val_bpb"]
     log = just(project, "log", job_id)

@@ -7,15 +7,10 @@ import struct
 import pytest
 import torch
 
-import eval as referee
 import harness
-from conftest import add_rows, git, just, new
+from conftest import add_rows, git, just, ledger, new
 
 TINY = ["tiny", "--budget-tokens", "3000"]
-
-
-def rows(project):
-    return referee.read_results(project / "results.tsv")
 
 
 # --- verdicts on hand-made numbers ---
@@ -78,7 +73,7 @@ def test_compare_reads_the_ledger(project):
 def test_baseline_writes_n_rows_and_prints_the_noise_floor(project):
     result = just(project, "baseline", "2", *TINY)
     assert result.returncode == 0, result.stderr
-    df = rows(project)
+    df = ledger(project)
     assert df["description"].to_list() == ["baseline seed 0/2", "baseline seed 1/2"] and df["seed"].to_list() == [0, 1]
     out = dict(line.split(": ", 1) for line in result.stdout.rsplit("---\n", 1)[1].splitlines())
     mean, std = harness.mean_std(df["val_bpb"].to_list())
@@ -89,7 +84,7 @@ def test_baseline_writes_n_rows_and_prints_the_noise_floor(project):
 def test_determinism_passes_on_cpu(project):
     result = just(project, "determinism", *TINY, "--seed", "3")
     assert result.returncode == 0 and "deterministic: yes" in result.stdout
-    assert rows(project)["seed"].to_list() == [3, 3]
+    assert ledger(project)["seed"].to_list() == [3, 3]
 
 
 def png_size(path) -> tuple[int, int]:
@@ -103,7 +98,7 @@ def test_verify_reproduces_a_run_from_any_worktree_and_flags_tampering(project):
     (wt / "model.py").write_text((wt / "model.py").read_text().replace("std=0.02)", "std=0.03)"))
     git("commit", "-qam", "another init", cwd=wt)
     assert just(wt, "eval", *TINY).returncode == 0
-    run_id = rows(project)["run_id"][0]
+    run_id = ledger(project)["run_id"][0]
     assert just(project, "rm", "verified").returncode == 0  # scored, so removable; the branch stays
 
     result = just(project, "verify", run_id)
@@ -113,13 +108,13 @@ def test_verify_reproduces_a_run_from_any_worktree_and_flags_tampering(project):
     assert png_size(project / "progress.png") == (1200, 700)
     assert png_size(project / "runs" / run_id / "loss.png") == (800, 500)
 
-    ledger = project / "results.tsv"
-    original = ledger.read_text()
-    recorded = rows(project)["val_bpb"][0]
-    ledger.write_text(original.replace(repr(recorded), repr(recorded - 0.01)))
+    results = project / "results.tsv"
+    original = results.read_text()
+    recorded = ledger(project)["val_bpb"][0]
+    results.write_text(original.replace(repr(recorded), repr(recorded - 0.01)))
     tampered_row = just(project, "verify", run_id)
     assert tampered_row.returncode == 1 and "MISMATCH" in tampered_row.stdout
-    ledger.write_text(original)
+    results.write_text(original)
 
     checkpoint = project / "runs" / run_id / "model.pt"
     state = torch.load(checkpoint, weights_only=True)

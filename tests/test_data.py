@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 import eval as referee
-from conftest import block, git, just
+from conftest import block, git, just, ledger
 
 TINY_RUN = ("eval", "tiny", "--budget-tokens", "4000")
 
@@ -39,10 +39,6 @@ def text_folder(folder: Path, n: int = 60) -> Path:
     return folder
 
 
-def ledger_rows(project: Path) -> list[dict]:
-    return referee.read_results(project / "results.tsv").to_dicts()
-
-
 def test_text_folder_end_to_end(meta_project, tmp_path):
     folder = text_folder(tmp_path / "corpus")
     set_data_source(meta_project, f"text:{folder}")
@@ -53,7 +49,7 @@ def test_text_folder_end_to_end(meta_project, tmp_path):
     result = just(meta_project, *TINY_RUN, env=env)
     assert result.returncode == 0, result.stderr
     assert block(result.stdout)["status"] == "ok"
-    [row] = ledger_rows(meta_project)
+    [row] = ledger(meta_project).to_dicts()
     corpus = referee.load_corpus(f"text:{folder}", tmp_path / "other-cache")
     assert row["data_fp"] == corpus.fingerprint != referee.load_corpus().fingerprint
     assert corpus.n_files == 60  # .git/HEAD is not corpus
@@ -156,7 +152,7 @@ def test_hf_dataset_is_prepared_offline_then_scored(meta_project, tmp_path):
     assert "3 files" in prepared.stdout  # two train files and the validation file; test is unused
     result = just(meta_project, *TINY_RUN, env=env)
     assert result.returncode == 0, result.stderr
-    [row] = ledger_rows(meta_project)
+    [row] = ledger(meta_project).to_dicts()
     sep = referee.HF_DOC_SEPARATOR.decode()
     expected_train = "".join(t + sep for t in train_a + train_b).encode()
     expected_val = "".join(t + sep for t in val).encode()

@@ -2,8 +2,7 @@
 
 import os
 
-import eval as referee
-from conftest import block, just
+from conftest import block, just, ledger
 
 RUN = ("eval", "tiny", "--budget-tokens", "20000")
 
@@ -12,7 +11,7 @@ def test_two_processes_write_one_row_and_repeat_the_metric(project):
     first, second = (just(project, *RUN, "--nproc", "2") for _ in range(2))
     assert first.returncode == 0, first.stderr
     assert second.returncode == 0, second.stderr
-    rows = referee.read_results(project / "results.tsv").to_dicts()
+    rows = ledger(project).to_dicts()
     assert len(rows) == 2  # rank 1 never writes
     assert all(r["status"] == "ok" and r["config"] == "tiny:nproc=2" for r in rows)
     assert rows[0]["val_bpb"] == rows[1]["val_bpb"] == float(block(first.stdout)["val_bpb"])
@@ -28,13 +27,13 @@ def test_more_processes_than_the_machine_has_is_refused(project):
     result = just(project, *RUN, "--nproc", str(n))
     assert result.returncode == 2
     assert f"--nproc {n}: only {n - 1} CPU cores are here" in result.stderr
-    assert not referee.read_results(project / "results.tsv").height
+    assert not ledger(project).height
 
 
 def test_a_batch_that_does_not_split_over_the_ranks_is_a_recorded_crash(project):
     result = just(project, *RUN, "--nproc", "2", "--batch-size", "7")
     assert result.returncode != 0
-    [row] = referee.read_results(project / "results.tsv").to_dicts()
+    [row] = ledger(project).to_dicts()
     assert row["status"] == "crash" and "batch_size=7 does not split over 2 processes" in row["error"]
 
 
@@ -43,5 +42,5 @@ def test_the_wall_clock_cap_under_ddp_is_one_timeout_row(project):
     # still record the run as a timeout (not as the kill it received).
     result = just(project, "eval", "tiny", "--nproc", "2", "--wall-cap-s", "3", "--budget-tokens", "10000000")
     assert result.returncode == 1
-    [row] = referee.read_results(project / "results.tsv").to_dicts()
+    [row] = ledger(project).to_dicts()
     assert row["status"] == "timeout" and row["error"].startswith("training passed the wall-clock cap")

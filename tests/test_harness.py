@@ -11,9 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import eval as referee
 import harness
-from conftest import add_rows, git, in_processes, just, new
+from conftest import add_rows, git, in_processes, just, ledger, new
 
 TINY = ["tiny", "--budget-tokens", "3000"]
 META = {"META_MODE": "1"}
@@ -99,7 +98,7 @@ def test_scoring_a_worktree_whose_frozen_files_differ_is_refused(project):
     commit(wt, "harness.py", (wt / "harness.py").read_text() + "\n# x\n", env=hooked_env(meta=True))
     result = just(wt, "eval", *TINY)
     assert result.returncode == 2 and "FROZEN files differ" in result.stderr and "harness.py" in result.stderr
-    assert referee.read_results(project / "results.tsv").is_empty()
+    assert ledger(project).is_empty()
 
 
 @pytest.mark.parametrize("path", ["RESEARCH_JOURNAL.md", "results.tsv"])
@@ -198,7 +197,7 @@ def test_two_worktrees_scoring_at_once_both_land_in_the_root_ledger(project):
     for t in threads:
         t.join()
     assert all(r.returncode == 0 for r in results.values()), {k: r.stderr[-500:] for k, r in results.items()}
-    df = referee.read_results(project / "results.tsv")
+    df = ledger(project)
     assert sorted(df["experiment"].to_list()) == ["left", "right"]
     assert all((project / "runs" / rid).is_dir() for rid in df["run_id"])
     assert not (a / "results.tsv").read_text().count("\n") > 1  # the worktree's copy is untouched

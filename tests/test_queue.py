@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import eval as referee
 import harness
-from conftest import git, just, make_project, run
+from conftest import git, just, ledger, make_project, run
 
 HERE = Path(__file__).resolve().parent
 TINY = ["tiny", "--budget-tokens", "3000"]
@@ -88,7 +87,7 @@ def test_labelled_runs_from_two_checkouts_meet_their_results(tmp_path, pueue):
 
     waited = pueue("wait", "0", "1", "--status", "success")
     assert waited.returncode == 0, pueue("log", "0", "1", "--full").stdout
-    df = referee.read_results(project / "results.tsv")
+    df = ledger(project)
     assert dict(zip(df["experiment"], df["label"], strict=True)) == labels
     assert set(df["status"]) == {"ok"} and set(df["description"]) == {"queued run"}
 

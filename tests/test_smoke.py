@@ -11,13 +11,9 @@ import time
 import pytest
 
 import eval as referee
-from conftest import JUST, block, git, just, run
+from conftest import JUST, block, git, just, ledger, run
 
 TINY = ["tiny", "--budget-tokens", "6000"]
-
-
-def rows(project):
-    return referee.read_results(project / "results.tsv")
 
 
 def test_eval_prints_the_block_writes_one_row_and_a_run_folder(project):
@@ -25,7 +21,7 @@ def test_eval_prints_the_block_writes_one_row_and_a_run_folder(project):
     assert result.returncode == 0, result.stderr
     out = block(result.stdout)
     assert {"val_bpb", "train_tokens", "wall_s", "tokens_per_s", "mfu", "peak_mem_gb", "run_id"} <= set(out)
-    df = rows(project)
+    df = ledger(project)
     assert df.height == 1
     r = df.row(0, named=True)
     assert r["status"] == "ok" and r["experiment"] == "main" and r["config"] == "tiny" and r["device"] == "cpu"
@@ -45,12 +41,12 @@ def test_eval_prints_the_block_writes_one_row_and_a_run_folder(project):
 def test_same_seed_same_metric_a_saved_config_reproduces_and_overrides_are_recorded(project):
     label = {"RESEARCH_LABEL": "Q: wider? H: -0.01 bpb"}
     assert just(project, "eval", *TINY, env=label).returncode == 0
-    first = rows(project).row(0, named=True)
+    first = ledger(project).row(0, named=True)
     assert first["label"] == label["RESEARCH_LABEL"] and first["seed"] == 0
     saved = project / "runs" / first["run_id"] / "train_config.json"
     assert just(project, "eval", f"--config={saved}", "--budget-tokens", "6000").returncode == 0
     assert just(project, "eval", *TINY, "--seed", "1", "--d-model", "96").returncode == 0
-    _, again, other = rows(project).iter_rows(named=True)
+    _, again, other = ledger(project).iter_rows(named=True)
     assert again["config"] == str(saved) and again["val_bpb"] == first["val_bpb"]  # same seed: bitwise equal
     assert other["config"] == "tiny:d_model=96" and other["val_bpb"] != first["val_bpb"] and other["label"] is None
 
@@ -66,7 +62,7 @@ def test_a_nan_loss_writes_one_crash_row(project):
     commit_change(project, "train.py", "loss.backward()", "loss = loss * float('nan')\n        loss.backward()")
     result = just(project, "eval", *TINY)
     assert result.returncode == 1
-    r = rows(project).row(0, named=True)
+    r = ledger(project).row(0, named=True)
     assert r["status"] == "crash" and "non-finite loss nan at step 0" in r["error"] and r["val_bpb"] is None
     assert block(result.stdout)["status"] == "crash"
 
@@ -74,14 +70,14 @@ def test_a_nan_loss_writes_one_crash_row(project):
 def test_a_model_that_peeks_ahead_is_refused(project):
     commit_change(project, "model.py", "is_causal=True", "is_causal=False")
     assert just(project, "eval", *TINY).returncode == 1
-    r = rows(project).row(0, named=True)
+    r = ledger(project).row(0, named=True)
     assert r["status"] == "crash" and "not causal" in r["error"] and r["val_bpb"] is None
 
 
 def test_the_wall_clock_cap_writes_a_timeout_row(project):
     result = just(project, "eval", "tiny", "--budget-tokens", "100000000", "--wall-cap-s", "2")
     assert result.returncode == 1
-    r = rows(project).row(0, named=True)
+    r = ledger(project).row(0, named=True)
     assert r["status"] == "timeout" and "wall-clock cap" in r["error"] and 0 <= r["train_tokens"] < 10**8
 
 
@@ -112,7 +108,7 @@ def test_ctrl_c_or_a_kill_still_writes_exactly_one_row(project, sig, error):
     finally:
         if proc.poll() is None:  # never leave a training run behind
             os.killpg(proc.pid, signal.SIGKILL)
-    df = rows(project)
+    df = ledger(project)
     assert df.height == 1
     r = df.row(0, named=True)
     assert r["status"] == "crash" and r["error"].startswith(error)
@@ -133,14 +129,14 @@ def test_bad_input_is_a_clear_error_and_no_row(project, args, message):
     result = run([sys.executable, "eval.py", *args], cwd=project)
     assert result.returncode == 2
     assert message in result.stderr
-    assert referee.read_results(project / "results.tsv").is_empty()
+    assert ledger(project).is_empty()
 
 
 def test_uncommitted_code_is_refused_before_anything_runs(project):
     (project / "train.py").write_text((project / "train.py").read_text() + "\n# an uncommitted idea\n")
     result = just(project, "eval", *TINY)
     assert result.returncode == 2 and "uncommitted Python code" in result.stderr and "train.py" in result.stderr
-    assert referee.read_results(project / "results.tsv").is_empty()
+    assert ledger(project).is_empty()
 
 
 def test_smoke_checks_shapes_and_the_loss_and_writes_no_row(project):
@@ -148,7 +144,7 @@ def test_smoke_checks_shapes_and_the_loss_and_writes_no_row(project):
     assert result.returncode == 0, result.stderr
     out = block(result.stdout)
     assert out["smoke"] == "ok" and float(out["loss_last"]) < float(out["loss_first"])
-    assert referee.read_results(project / "results.tsv").is_empty()
+    assert ledger(project).is_empty()
 
 
 def test_smoke_catches_a_shape_bug_through_the_type_annotations(project):
