@@ -112,6 +112,7 @@ RESULTS_SCHEMA = {  # the ledger's columns, in order, with their polars dtypes
     "data_fp": "String",
     "description": "String",
     "error": "String",
+    "budget_tokens": "Int64",  # added 2026-11: the budget asked for (train_tokens is what whole batches served)
 }
 RESULTS_COLUMNS = tuple(RESULTS_SCHEMA)
 STATUSES = ("ok", "crash", "timeout")
@@ -601,13 +602,37 @@ def format_row(row: dict) -> str:
     return "\t".join(cell(c) for c in RESULTS_COLUMNS) + "\n"
 
 
+def ledger_header(path: Path) -> tuple[str, ...]:
+    """The column names of the ledger's first line; checked to be today's columns or an older prefix."""
+    with open(path) as f:
+        header = tuple(f.readline().rstrip("\n").split("\t"))
+    if header != RESULTS_COLUMNS[: len(header)]:
+        raise ValueError(
+            f"{path}: header {list(header)} is not {list(RESULTS_COLUMNS)} or an older prefix of it; "
+            "restore the first line (git checkout HEAD -- results.tsv)"
+        )
+    return header
+
+
+def migrated(text: str) -> str:
+    """An older ledger's text in today's format: today's header, and each row padded with empty cells
+    for the columns added since (they read as null). Rows are otherwise byte for byte as they were."""
+    lines = text.splitlines(keepends=True)
+    missing = len(RESULTS_COLUMNS) - len(lines[0].rstrip("\n").split("\t"))
+    rows = [line.rstrip("\n") + "\t" * missing + "\n" for line in lines[1:] if line.strip()]
+    return "\t".join(RESULTS_COLUMNS) + "\n" + "".join(rows)
+
+
 def append_result(row: dict, path: Path) -> None:
     """Append one row under a lock, writing the header first if the file is new or empty. The line
-    goes out in one write of an O_APPEND file, so a reader never sees half a row."""
+    goes out in one write of an O_APPEND file, so a reader never sees half a row. A ledger written
+    before a column was added is first migrated (`migrated`), atomically, under the same lock."""
     from filelock import FileLock
 
     line = format_row(row).encode()
     with FileLock(str(path) + ".lock"):
+        if path.exists() and path.stat().st_size and len(ledger_header(path)) < len(RESULTS_COLUMNS):
+            write_atomic(path, migrated(path.read_text()).encode())
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             if os.fstat(fd).st_size == 0:
@@ -626,9 +651,7 @@ def read_results(path: Path):
     schema = {name: getattr(pl, dtype) for name, dtype in RESULTS_SCHEMA.items()}
     if not path.exists() or path.stat().st_size == 0:
         return pl.DataFrame(schema=schema)
-    header = path.read_text().split("\n", 1)[0].split("\t")
-    if tuple(header) != RESULTS_COLUMNS[: len(header)]:
-        raise ValueError(f"{path}: header {header} is not a prefix of {RESULTS_COLUMNS}")
+    header = ledger_header(path)
     df = pl.read_csv(path, separator="\t", schema={k: schema[k] for k in header}, quote_char=None)
     return df.with_columns(pl.lit(None, dtype=schema[c]).alias(c) for c in RESULTS_COLUMNS[len(header) :])
 
@@ -752,14 +775,14 @@ def check_nproc(nproc: int, device: torch.device) -> None:
         raise ValueError(f"--nproc {nproc}: only {available} {unit}; give --nproc between 1 and {available}")
 
 
-def launch_ranks(nproc: int, argv: list[str], run_id: str) -> int:
+def launch_ranks(nproc: int, argv: list[str], run_id: str, label: str) -> int:
     """Run this same command under torchrun, one process per rank; rank 0 writes the row. A SIGTERM
     (a queue's kill) is passed on, so rank 0 still records the run."""
     import subprocess
 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", __file__]
     # The arguments travel in the environment: torchrun's parser would take `--nproc` for its own option.
-    env = {**os.environ, "RESEARCH_RUN_ID": run_id, "RESEARCH_EVAL_ARGS": json.dumps(argv)}
+    env = {**os.environ, "RESEARCH_RUN_ID": run_id, "RESEARCH_LABEL": label, "RESEARCH_EVAL_ARGS": json.dumps(argv)}
     ranks = subprocess.Popen(command, env=env)
     try:
         return ranks.wait()
@@ -813,13 +836,15 @@ def main(argv: list[str] | None = None) -> int:
 
     experiment = harness.experiment_name(code_dir, root)
     started = datetime.now(UTC)
-    run_id = os.environ.get("RESEARCH_RUN_ID") or f"{started:%Y%m%d-%H%M%S}-{experiment}-{secrets.token_hex(2)}"
+    run_id = os.environ.get("RESEARCH_RUN_ID") or harness.new_run_id(experiment)
+    if "LOCAL_RANK" not in os.environ and (root / "runs" / run_id).exists():
+        run_id += f"-{secrets.token_hex(2)}"  # a queued id used before: `pueue restart` keeps the task's environment
     run_dir = root / "runs" / run_id
     commit = harness.git("rev-parse", "--short=12", "HEAD", cwd=code_dir)
     row: dict = dict(
         run_id=run_id, started_at=started.isoformat(timespec="seconds"), experiment=experiment,
         config=config_desc, commit=commit, seed=args.seed, device=device.type, status="crash",
-        label=os.environ.get("RESEARCH_LABEL", ""), eval_sha=git_blob_sha(Path(__file__)),
+        label=harness.run_label(), eval_sha=git_blob_sha(Path(__file__)), budget_tokens=budget,
         description=args.description, data_fp=corpus.fingerprint,
     )  # fmt: skip
     summary: dict = {"data_s": data_s, "nproc": args.nproc}
@@ -827,7 +852,7 @@ def main(argv: list[str] | None = None) -> int:
     if is_launcher:
         run_dir.mkdir(parents=True)
         print(f"run {run_id}: {args.nproc} processes under torchrun (DDP), rank 0 scores and writes the row")
-        exit_code = launch_ranks(args.nproc, argv, run_id)
+        exit_code = launch_ranks(args.nproc, argv, run_id, row["label"])
         if (run_dir / "summary.json").exists():
             return exit_code
         row["error"] = f"torchrun exited {exit_code} before rank 0 wrote the row (its output is above)"

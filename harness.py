@@ -6,12 +6,16 @@ Usage: uv run just RECIPE   (each recipe calls one subcommand here; `uv run just
 """
 
 import dataclasses
+import enum
+import itertools
 import json as jsonlib
 import math
 import os
 import re
+import secrets
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -29,7 +33,7 @@ JOURNAL = "RESEARCH_JOURNAL.md"
 WORKTREES = "5_worktrees"
 IDEATE_UNTIL = 30  # the seed's algorithm: ideate while fewer ideas than this exist
 SLUG = re.compile(r"[a-z0-9][a-z0-9-]*")
-COMPARABLE = ("eval_sha", "data_fp", "device", "train_tokens")  # rows compare only within these
+COMPARABLE = ("eval_sha", "data_fp", "device", "budget")  # rows compare only within these
 
 
 class Refusal(ValueError):
@@ -55,6 +59,11 @@ def checkout_dir(cwd: Path | None = None) -> Path:
 
 def experiment_name(code_dir: Path, root: Path) -> str:
     return "main" if code_dir == root else code_dir.name
+
+
+def new_run_id(experiment: str) -> str:
+    """A ledger row's id: start time, experiment, and 4 random hex digits so parallel runs differ."""
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{experiment}-{secrets.token_hex(2)}"
 
 
 def current_branch(cwd: Path) -> str:
@@ -131,8 +140,15 @@ def journal_grows_at_top(old: str, new: str) -> bool:
 
 
 def ledger_grows_at_bottom(old: str, new: str) -> bool:
-    """APPEND-ONLY for the ledger: rows are only appended, never edited or removed."""
-    return new.startswith(old) and (not old or old.endswith("\n"))
+    """APPEND-ONLY for the ledger: rows are only appended, never edited or removed; a ledger from
+    before a column was added may have been migrated first (eval.migrated: header and padding only)."""
+    if not old or new.startswith(old):
+        return not old or old.endswith("\n")
+    import eval as referee
+
+    header = old.split("\n", 1)[0].split("\t")
+    older = len(header) < len(referee.RESULTS_COLUMNS) and tuple(header) == referee.RESULTS_COLUMNS[: len(header)]
+    return older and old.endswith("\n") and new.startswith(referee.migrated(old))
 
 
 def taxonomy_violations(changes: dict[str, tuple[bytes | None, bytes | None]], on_main: bool, meta: bool) -> list[str]:
@@ -222,36 +238,50 @@ def require_scoring_allowed(code_dir: Path, root: Path) -> None:
 
 
 def ledger(root: Path):
+    """The ledger, and `budget`: the token budget asked for, which decides comparability. Rows written
+    before the ledger had budget_tokens compare by the tokens they were served, as they did then."""
+    import polars as pl
+
     import eval as referee
 
-    return referee.read_results(root / LEDGER)
+    df = referee.read_results(root / LEDGER)
+    return df.with_columns(budget=pl.coalesce("budget_tokens", "train_tokens"))
 
 
 def same_group(row: dict):
-    """A polars filter: the rows comparable with `row` (same eval_sha, data_fp, device, train_tokens)."""
+    """A polars filter: the rows comparable with `row` (same eval_sha, data_fp, device, budget)."""
     import polars as pl
 
     return pl.all_horizontal(pl.col(c) == row[c] for c in COMPARABLE)
 
 
-def best_comparable_main(df, row: dict):
-    """The best ok main row in `row`'s comparable group."""
+def group_name(row: dict) -> str:
+    """A comparable group in words: device, budget, data fingerprint, eval.py hash."""
+    return f"{row['device']}, {row['budget']:,} tokens, data {row['data_fp']}, eval.py {row['eval_sha'][:10]}"
+
+
+def the_bar(df) -> dict | None:
+    """What an experiment must beat: main's baseline in the group of the newest baseline row, as
+    {group, mean, std, n, row}; None before `just baseline` ran."""
     import polars as pl
 
-    group = df.filter(same_group(row) & (pl.col("experiment") == "main") & (pl.col("status") == "ok"))
-    return None if group.is_empty() else group.sort("val_bpb").row(0, named=True)
+    base = df.filter(
+        (pl.col("experiment") == "main") & (pl.col("status") == "ok") & pl.col("description").str.starts_with(BASELINE)
+    )
+    if base.is_empty():
+        return None
+    newest = base.sort("started_at").row(-1, named=True)
+    mean, std = mean_std(baseline_rows(df, newest)["val_bpb"].to_list())
+    n = baseline_rows(df, newest).height
+    return dict(group=group_name(newest), mean=mean, std=std, n=n, row=newest)
 
 
 def best_rows(df):
-    """The best ok run of each comparable group, and the bar main must beat: the best main run in
-    the group of the newest main run (None before main has an ok run)."""
+    """The best ok run of each comparable group."""
     import polars as pl
 
     ok = df.filter(pl.col("status") == "ok")
-    best = ok.sort("val_bpb").group_by(COMPARABLE, maintain_order=True).first().sort("started_at")
-    main_ok = ok.filter(pl.col("experiment") == "main")
-    bar = None if main_ok.is_empty() else best_comparable_main(df, main_ok.sort("started_at").row(-1, named=True))
-    return best, bar
+    return ok.sort("val_bpb").group_by(COMPARABLE, maintain_order=True).first().sort("started_at")
 
 
 SHOWN = [
@@ -516,8 +546,8 @@ def cmd_report(slug: Positional[str]) -> None:
     if path.exists():
         raise Refusal(f"{path.relative_to(root)} exists: edit it")
     ok = rows.filter(pl.col("status") == "ok")
-    bar = None if ok.is_empty() else best_comparable_main(df, ok.row(-1, named=True))
-    cols = ["run_id", "commit", "seed", "status", "val_bpb", "train_tokens", "wall_s", "tokens_per_s", "label", "error"]
+    base = None if ok.is_empty() else baseline_rows(df, ok.sort("started_at").row(-1, named=True))
+    cols = ["run_id", "commit", "seed", "status", "val_bpb", "train_tokens", "wall_s", "label", "description", "error"]
     diffstat = subprocess.run(
         ["git", "diff", "--stat", f"{MAIN_BRANCH}...exp/{slug}"], cwd=root, capture_output=True, text=True
     ).stdout.strip()
@@ -525,7 +555,7 @@ def cmd_report(slug: Positional[str]) -> None:
     text = (root / "9_reports" / "_TEMPLATE.md").read_text()
     for key, value in dict(
         slug=slug, date=date, idea="(none)" if idea is None else str(idea.relative_to(root)), rows=markdown_table(rows.select(cols)),
-        baseline="(no comparable main row)" if bar is None else markdown_table(pl.DataFrame([bar]).select(cols)),
+        baseline="(no baseline rows in its group: just baseline)" if base is None or base.is_empty() else markdown_table(base.select(cols)),
         diffstat=f"```\n{diffstat or '(no diff against ' + MAIN_BRANCH + ')'}\n```",
     ).items():  # fmt: skip
         text = text.replace("{" + key + "}", value)
@@ -542,29 +572,33 @@ def cmd_results(n: Positional[int] = 20, json: bool = False) -> None:
 
 
 def cmd_best(json: bool = False) -> None:
-    """The best ok row of each comparable group (eval_sha, data_fp, device, train_tokens), and the bar."""
+    """The best ok row of each comparable group (eval_sha, data_fp, device, budget); main's baseline,
+    the bar; and the verdict of every experiment in the bar's group."""
     import polars as pl
 
     df = ledger(main_root())
-    best, bar = best_rows(df)
+    best, bar = best_rows(df), the_bar(df)
+    contenders = []
+    if bar is not None:
+        group = df.filter(same_group(bar["row"]) & (pl.col("status") == "ok") & (pl.col("experiment") != "main"))
+        contenders = group["experiment"].unique(maintain_order=True).to_list()
+    verdicts = {slug: compare_slug(df, slug) for slug in contenders}
     if json:
-        return print_json(dict(groups=best.to_dicts(), bar=bar))
+        return print_json(
+            dict(groups=best.to_dicts(), bar=bar, verdicts={k: dataclasses.asdict(v) for k, v in verdicts.items()})
+        )
     print_table(best)
     if bar is None:
-        print("main must beat: nothing yet (no ok main run; score main first: uv run just eval)")
+        print("the bar: none yet (no baseline; score main's seeds first: uv run just baseline)")
         return
-    print(
-        f"main must beat: {bar['val_bpb']!r} val_bpb ({bar['run_id']}, {bar['train_tokens']} tokens, {bar['device']})"
-    )
-    contenders = df.filter(same_group(bar) & (pl.col("status") == "ok") & (pl.col("experiment") != "main"))
-    for slug in contenders["experiment"].unique(maintain_order=True):
-        result = compare_slug(df, slug)
-        print(f"  {slug}: {result.verdict} — {result.why}")
+    print(f"the bar: main's baseline {bar['mean']:.6f} ± {bar['std']:.6f} (n={bar['n']}) in {bar['group']}")
+    for slug, result in verdicts.items():
+        print(f"  {slug}: {result.outcome} — {result.why}")
 
 
 def cmd_submit(slug: Positional[str], message: str = "") -> None:
     """Commit the worktree's pending changes as exp(SLUG): ..., push exp/SLUG if there is a remote, and
-    open a pull request (or print the command) when its result beats the best comparable main row."""
+    open a pull request (or print the command) when `just confirm SLUG` confirmed it on fresh seeds."""
     import polars as pl
 
     root = main_root()
@@ -594,13 +628,22 @@ def cmd_submit(slug: Positional[str], message: str = "") -> None:
     if df.filter((pl.col("experiment") == slug) & (pl.col("status") == "ok")).is_empty():
         print(f"no ok rows for {slug}: no pull request (score it with just eval first)")
         return
-    result = compare_slug(df, slug)
-    print(f"{slug}: {result.verdict} — {result.why}")
-    if result.verdict != "improved":
-        print("no pull request: only a result that beats main's baseline beyond seed noise gets one (just compare)")
+    result = confirmation(df, slug)
+    if result is None:
+        print(
+            f"no pull request: {slug} is not confirmed on fresh seeds; once `just compare {slug}` says improved, run `just confirm {slug}`"
+        )
         return
+    print(f"{slug} on fresh seeds: {result.outcome} — {result.why}")
+    if result.outcome != Outcome.IMPROVED:
+        print(f"no pull request: {result.advice}")
+        return
+    mine, mains = confirmation_rows(df, slug)
     title = f"exp({slug}): {summary}"
-    body = f"just compare {slug}: {result.verdict} ({result.why}). Merging is for a human."
+    body = (
+        f"Confirmed on fresh seeds (just compare {slug}): {result.why}. Confirming rows: {', '.join(mine['run_id'])} "
+        f"against the main rows {', '.join(mains['run_id'])}. Merging is for a human."
+    )
     command = ["gh", "pr", "create", "--base", MAIN_BRANCH, "--head", f"exp/{slug}", "--title", title, "--body", body]
     if shutil.which("gh") and "origin" in remotes:
         subprocess.run(command, cwd=path, check=True)
@@ -608,10 +651,57 @@ def cmd_submit(slug: Positional[str], message: str = "") -> None:
         print("open the pull request with:\n  " + shlex.join(command))
 
 
-# --- trustworthy comparisons: noise floor, determinism, verdicts, re-verification, plots ---
+# --- trustworthy comparisons: one rule with a known false-positive rate ---
+#
+# The rule (`verdict`): an experiment's seeds against main's baseline seeds in one comparable group,
+# by Student's two-sample t-test, one-sided at ALPHA each way. With one run this is exactly the t
+# prediction interval of the baseline, and one run is at most "promising". Student's pooled variance,
+# not Welch's: in an A/A test the variances are equal by construction and Student's test is exact for
+# every pair of counts, while Welch's is liberal for unequal counts (2 runs vs 10 seeds: 3.8% at
+# ALPHA; tests/test_stats.py measures both). The confirmation that a pull request needs uses equal
+# counts on both sides, where Student's test is also robust to an experiment that changes the variance.
 
-MEANINGFUL_EFFECT = 0.01  # val_bpb: the smallest improvement worth a claim; the noise floor must resolve it
-BASELINE = "baseline"  # description prefix of the rows `just baseline` writes
+ALPHA = 0.015  # one-sided level: false "improved" in A/A tests <= 2.5% even with heavy-tailed noise
+POWER = 0.8  # the resolvable effect is the one the rule detects this often
+BASELINE = "baseline seed"  # description prefix of the rows `just baseline` writes
+CONFIRM = "confirm"  # `just confirm SLUG`: "confirm seed S" (the experiment), "confirm SLUG seed S" (main)
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedPlan:
+    """The seed counts of the protocol on one device class, and the smallest improvement worth a claim
+    there; chosen from a measured baseline (bench/README.md, "Seed noise")."""
+
+    baseline: int  # main's seeds in `just baseline`
+    runs: int  # an experiment's seeds before `just compare` can call it improved
+    confirm: int  # fresh seeds each, of the experiment and of main, in `just confirm`
+    meaningful_effect: float  # val_bpb
+
+
+SEED_PLANS = {
+    # cpu preset (7M tokens), 3 seeds measured on a 2-core EPYC: std 0.0013, so 3 vs 3 resolves ~0.005
+    "cpu": SeedPlan(baseline=3, runs=3, confirm=3, meaningful_effect=0.01),
+    "mps": SeedPlan(baseline=3, runs=3, confirm=3, meaningful_effect=0.01),
+    # cuda preset: not yet measured (no GPU lent so far); bench/gpu_check.sh prints the figure to set it from
+    "cuda": SeedPlan(baseline=3, runs=3, confirm=3, meaningful_effect=0.005),
+}
+
+
+class Outcome(enum.StrEnum):
+    IMPROVED = "improved"  # several seeds beat the baseline beyond seed noise
+    PROMISING = "promising"  # one seed beat it beyond seed noise: run more before any claim
+    INCONCLUSIVE = "inconclusive"
+    WORSE = "worse"
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    outcome: Outcome
+    why: str  # the numbers behind the outcome
+    advice: str  # what to do next
+    runs: list[float]
+    baseline: list[float]
+    p_improved: float | None = None  # one-sided p-value of "lower than the baseline"
 
 
 def is_baseline(description: str | None) -> bool:
@@ -619,97 +709,169 @@ def is_baseline(description: str | None) -> bool:
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-    return mean, math.sqrt(var)
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """The regularized incomplete beta function I_x(a, b), by its continued fraction
-    (Numerical Recipes, 2nd ed., section 6.4: betai and betacf)."""
-    if x <= 0.0 or x >= 1.0:
-        return 0.0 if x <= 0.0 else 1.0
-    if x > (a + 1) / (a + b + 2):  # the fraction converges fast only below this point
-        return 1.0 - betainc(b, a, 1.0 - x)
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        for aa in (
-            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
-        ):
-            d = 1.0 + aa * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + aa / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(1 - x)
-    return math.exp(log_front) * h / a
-
-
-def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
-    """Welch's t-test: (t, degrees of freedom, two-sided p) for mean(a) - mean(b)."""
-    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
-    va, vb = sa**2 / len(a), sb**2 / len(b)
-    if va + vb == 0:
-        return (math.inf if ma != mb else 0.0), math.inf, (0.0 if ma != mb else 1.0)
-    t = (ma - mb) / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    return t, df, betainc(df / 2, 0.5, df / (df + t * t))
-
-
-@dataclasses.dataclass(frozen=True)
-class Verdict:
-    verdict: str  # improved, worse or inconclusive
-    why: str
-    runs: list[float]
-    baseline: list[float]
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def verdict(runs: list[float], baseline: list[float]) -> Verdict:
-    """The noise-aware rule for "better than main" (lower val_bpb is better). One run must beat the
-    baseline mean by more than 2 baseline std; several runs are judged by Welch's t-test at p < 0.05."""
-    if len(baseline) < 2:
+    """The rule for "better than main" (lower val_bpb is better); see the comment above ALPHA."""
+    from scipy import stats
+
+    if len(baseline) < 2 or not runs:
         return Verdict(
-            "inconclusive",
-            f"{len(baseline)} baseline rows: run `just baseline` first (at least 2 seeds)",
-            runs,
-            baseline,
+            Outcome.INCONCLUSIVE, f"{len(runs)} runs, {len(baseline)} baseline rows",
+            "a verdict needs at least 1 run and 2 baseline seeds: run `just baseline` first", runs, baseline,
+        )  # fmt: skip
+    if len(set(runs)) == 1 and len(set(baseline)) == 1:
+        return Verdict(
+            Outcome.INCONCLUSIVE, f"runs all {runs[0]!r}, baseline seeds all {baseline[0]!r}",
+            "the seeds gave no spread, so there is no noise to judge a difference against: check that train.py "
+            "draws its weights and batches from the seeded stream", runs, baseline,
+        )  # fmt: skip
+    lower = stats.ttest_ind(runs, baseline, alternative="less")
+    higher = stats.ttest_ind(runs, baseline, alternative="greater")
+    (mean_r, _), (mean_b, std_b) = mean_std(runs), mean_std(baseline)
+    why = (
+        f"{'run' if len(runs) == 1 else f'mean of {len(runs)} runs'} {mean_r:.4f} vs baseline {mean_b:.4f} ± "
+        f"{std_b:.4f} (n={len(baseline)}): delta {mean_r - mean_b:+.4f}, t={lower.statistic:.2f}, "
+        f"df={lower.df:.0f}, one-sided p={min(lower.pvalue, higher.pvalue):.3g} (claims need p < {ALPHA})"
+    )
+    p = float(lower.pvalue)
+    if p < ALPHA and len(runs) == 1:
+        return Verdict(Outcome.PROMISING, why, "one seed is never a result: run more seeds", runs, baseline, p)
+    if p < ALPHA:
+        return Verdict(Outcome.IMPROVED, why, "confirm it on fresh seeds before a pull request", runs, baseline, p)
+    if higher.pvalue < ALPHA:
+        return Verdict(
+            Outcome.WORSE, why, "worse than main beyond seed noise: report it and move on", runs, baseline, p
         )
-    mean, std = mean_std(baseline)
-    if len(runs) == 1:
-        delta = runs[0] - mean
-        numbers = f"{runs[0]:.4f} vs baseline {mean:.4f} ± {std:.4f} (n={len(baseline)}): delta {delta:+.4f}, 2 std = {2 * std:.4f}"
-        if abs(delta) > 2 * std:
-            return Verdict("improved" if delta < 0 else "worse", numbers, runs, baseline)
-        more = max(1, math.ceil((2 * std / abs(delta)) ** 2) - 1) if delta else 3
-        return Verdict(f"inconclusive — run {min(more, 10)} more seeds", numbers, runs, baseline)
-    t, df, p = welch(runs, baseline)
-    m = mean_std(runs)[0]
-    numbers = f"mean {m:.4f} (n={len(runs)}) vs baseline {mean:.4f} ± {std:.4f} (n={len(baseline)}): Welch t={t:.2f}, df={df:.1f}, p={p:.3g}"
-    if p < 0.05:
-        return Verdict("improved" if t < 0 else "worse", numbers, runs, baseline)
-    return Verdict(f"inconclusive — run {len(runs)} more seeds", numbers, runs, baseline)
+    return Verdict(Outcome.INCONCLUSIVE, why, "the difference is within seed noise so far", runs, baseline, p)
+
+
+def power(effect_std: float, n_runs: int, n_base: int) -> float:
+    """How often the rule calls an experiment improved whose true effect is `effect_std` baseline
+    std, from n_runs seeds against n_base (normal noise; the noncentral t distribution)."""
+    from scipy import stats
+
+    df = n_runs + n_base - 2
+    return float(stats.nct.sf(stats.t.isf(ALPHA, df), df, effect_std / math.sqrt(1 / n_runs + 1 / n_base)))
+
+
+def resolvable_effect(plan: SeedPlan, to_pull_request: bool = False) -> float:
+    """The effect, in baseline std, that the rule detects with probability POWER at the plan's seed
+    counts; with `to_pull_request`, that `compare` and then `confirm` both detect."""
+    from scipy.optimize import brentq
+
+    def detected(d: float) -> float:
+        found = power(d, plan.runs, plan.baseline)
+        return found * power(d, plan.confirm, plan.confirm) if to_pull_request else found
+
+    return float(brentq(lambda d: detected(d) - POWER, 1e-6, 100.0))
+
+
+def aa_allowed(k: int, n_runs: int, n_base: int, sims: int = 20_000) -> int:
+    """The most of k A/A experiments (n_runs seeds of main's own code each, against one shared baseline
+    of n_base seeds) that the rule calls improved in 99% of such checks. Simulated, not binomial:
+    the shared baseline makes the k verdicts depend on one another."""
+    import numpy as np
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    base = np.broadcast_to(rng.standard_normal((sims, 1, n_base)), (sims, k, n_base))
+    runs = rng.standard_normal((sims, k, n_runs))
+    improved = (stats.ttest_ind(runs, base, axis=-1, alternative="less").pvalue < ALPHA).sum(axis=1)
+    return int(np.quantile(improved, 0.99))
+
+
+def baseline_rows(df, row: dict):
+    """main's ok `just baseline` rows in `row`'s comparable group."""
+    import polars as pl
+
+    return df.filter(
+        same_group(row)
+        & (pl.col("experiment") == "main")
+        & (pl.col("status") == "ok")
+        & pl.col("description").str.starts_with(BASELINE)
+    )
+
+
+def exploration_rows(df, slug: str):
+    """The slug's ok rows that took part in choosing it: all but its confirmation rows."""
+    import polars as pl
+
+    ok = df.filter((pl.col("experiment") == slug) & (pl.col("status") == "ok"))
+    return ok.filter(~pl.col("description").fill_null("").str.starts_with(CONFIRM))
+
+
+def eval_args_of(row: dict) -> list[str]:
+    """The eval.py arguments that repeat a row's run (its config, device and budget), less the seed."""
+    name, _, overrides = row["config"].partition(":")
+    args = ["--config", name] if name.endswith(".json") else [name]
+    for item in filter(None, overrides.split(",")):
+        key, _, value = item.partition("=")
+        args += [f"--{key.replace('_', '-')}", value]
+    return [*args, "--device", row["device"], "--budget-tokens", str(row["budget"])]
+
+
+def seed_commands(slug: str, row: dict, seeds: range) -> str:
+    where = "" if slug == "main" else f"cd {WORKTREES}/{slug} && "
+    return "\n".join(f"  {where}uv run just eval {shlex.join([*eval_args_of(row), '--seed', str(s)])}" for s in seeds)
 
 
 def compare_slug(df, slug: str) -> Verdict:
-    """The slug's ok rows in the group of its newest one, against main's baseline rows there."""
-    import polars as pl
-
-    ok = df.filter(pl.col("status") == "ok")
-    mine = ok.filter(pl.col("experiment") == slug)
+    """The slug's exploration rows in the group of its newest one, against main's baseline there;
+    the advice names the commands to run next."""
+    mine = exploration_rows(df, slug)
     if mine.is_empty():
         raise Refusal(f"no ok rows for {slug!r}: score it first (cd {WORKTREES}/{slug} && uv run just eval)")
-    group = ok.filter(same_group(mine.sort("started_at").row(-1, named=True)))
-    runs = group.filter(pl.col("experiment") == slug)["val_bpb"].to_list()
-    base = group.filter(
-        (pl.col("experiment") == "main") & pl.col("description").map_elements(is_baseline, return_dtype=pl.Boolean)
+    newest = mine.sort("started_at").row(-1, named=True)
+    runs = mine.filter(same_group(newest))
+    base = baseline_rows(df, newest)
+    result = verdict(runs["val_bpb"].to_list(), base["val_bpb"].to_list())
+    plan = SEED_PLANS[newest["device"]]
+    group = df.filter(same_group(newest))
+    fresh = range(group["seed"].max() + 1, group["seed"].max() + 1 + max(plan.runs - runs.height, 2))
+    if base.height < 2:
+        advice = f"no baseline in this group ({group_name(newest)}): run it with\n  uv run just baseline {plan.baseline} {shlex.join(eval_args_of(newest)[1:])}"
+    elif result.outcome in (Outcome.PROMISING, Outcome.INCONCLUSIVE) and runs.height < plan.runs:
+        advice = f"{result.advice}; {plan.runs - runs.height} more seeds:\n{seed_commands(slug, newest, fresh)}"
+    elif result.outcome == Outcome.INCONCLUSIVE:
+        advice = f"{result.advice} at {runs.height} seeds: drop it, or resolve a smaller effect with more seeds:\n{seed_commands(slug, newest, fresh)}"
+    elif result.outcome == Outcome.IMPROVED:
+        advice = f"{result.advice}: uv run just confirm {slug}"
+    else:
+        advice = result.advice
+    return dataclasses.replace(result, advice=advice)
+
+
+def confirmation_rows(df, slug: str):
+    """(the slug's confirmation rows, main's rows run beside them) in the group of the newest one."""
+    import polars as pl
+
+    mine = df.filter(
+        (pl.col("experiment") == slug)
+        & (pl.col("status") == "ok")
+        & pl.col("description").str.starts_with(f"{CONFIRM} seed")
     )
-    return verdict(runs, base["val_bpb"].to_list())
+    if mine.is_empty():
+        return mine, mine
+    group = same_group(mine.sort("started_at").row(-1, named=True))
+    mains = df.filter(
+        group & (pl.col("experiment") == "main") & (pl.col("status") == "ok")
+        & pl.col("description").str.starts_with(f"{CONFIRM} {slug} seed")
+    )  # fmt: skip
+    return mine.filter(group), mains
+
+
+def confirmation(df, slug: str) -> Verdict | None:
+    """The rule on the rows `just confirm SLUG` ran: fresh seeds of the experiment against fresh seeds
+    of main, none of which took part in choosing the experiment; None before any."""
+    mine, mains = confirmation_rows(df, slug)
+    if mine.is_empty():
+        return None
+    result = verdict(mine["val_bpb"].to_list(), mains["val_bpb"].to_list())
+    if result.outcome == Outcome.IMPROVED:
+        return dataclasses.replace(result, advice=f"confirmed: just submit {slug} opens the pull request")
+    return dataclasses.replace(result, advice="not confirmed on fresh seeds: no pull request; report it as it is")
 
 
 def run_eval(cwd: Path, args: list[str]) -> dict:
@@ -725,34 +887,148 @@ def run_eval(cwd: Path, args: list[str]) -> dict:
     return out
 
 
+def split_count(argv: list[str], default: int | None) -> tuple[int | None, list[str]]:
+    """A leading whole number off eval.py's arguments: `just baseline 5 --budget-tokens ...`."""
+    return (int(argv[0]), argv[1:]) if argv[:1] and argv[0].isdigit() else (default, argv)
+
+
+def device_of(eval_args: list[str]) -> str:
+    """The device class eval.py will use for these arguments."""
+    import eval as referee
+
+    for i, arg in enumerate(eval_args):
+        if arg.startswith("--device="):
+            return arg.split("=", 1)[1]
+        if arg == "--device" and i + 1 < len(eval_args):
+            return eval_args[i + 1]
+    return referee.resolve_device(None).type
+
+
+def noise_report(values: list[float], plan: SeedPlan) -> list[str]:
+    """What `just baseline` prints after its runs: the noise floor and the effects it resolves."""
+    mean, std = mean_std(values)
+    rule, to_pr = resolvable_effect(plan), resolvable_effect(plan, to_pull_request=True)
+    lines = [
+        f"baseline_n: {len(values)}", f"mean: {mean:.6f}", f"std: {std:.6f}",
+        f"resolvable_effect: {rule * std:.6f}  ({rule:.2f} std: {plan.runs} runs vs {plan.baseline} baseline seeds are "
+        f"called improved {POWER:.0%} of the time at this effect; false 'improved' in an A/A test: {ALPHA:.0%})",
+        f"resolvable_effect_to_pr: {to_pr * std:.6f}  ({to_pr:.2f} std: improved, then confirmed on {plan.confirm} + "
+        f"{plan.confirm} fresh seeds)",
+        f"meaningful_effect: {plan.meaningful_effect}",
+    ]  # fmt: skip
+    if to_pr * std <= plan.meaningful_effect:
+        lines.append(f"verdict: ok — the protocol resolves a meaningful improvement ({plan.meaningful_effect})")
+        return lines
+    needed = next((n for n in range(2, 101) if power_of_plan(n, std, plan) >= POWER), None)
+    fix = f"{needed} seeds at every step" if needed else "more than 100 seeds"
+    lines.append(
+        f"verdict: too noisy — a meaningful improvement ({plan.meaningful_effect}) needs {fix}; "
+        "use more eval data, a smaller model, or a proxy metric with less noise"
+    )
+    return lines
+
+
+def power_of_plan(n: int, std: float, plan: SeedPlan) -> float:
+    """How often n seeds at every step take a meaningful improvement to a pull request."""
+    effect = plan.meaningful_effect / std
+    return power(effect, n, n) ** 2
+
+
 def baseline(argv: list[str]) -> None:
-    """just baseline [N=3] [EVAL_ARGS...]: score main's code with seeds 0..N-1, then print mean, std,
-    the smallest effect a single run resolves, and whether that is below a meaningful improvement."""
+    """just baseline [N] [EVAL_ARGS...]: score main's code with seeds 0..N-1 (N: the device's seed plan),
+    then print mean, std and the smallest effect the protocol resolves."""
     import polars as pl
 
-    n, eval_args = (int(argv[0]), argv[1:]) if argv[:1] and argv[0].isdigit() else (3, argv)
+    n, eval_args = split_count(argv, None)
+    plan = SEED_PLANS[device_of(eval_args)]
+    n = n if n is not None else plan.baseline
     root = main_root()
     if n < 2:
         raise Refusal(f"N={n}: a std needs at least 2 seeds")
     for seed in range(n):
-        out = run_eval(root, [*eval_args, "--seed", str(seed), "--description", f"{BASELINE} seed {seed}/{n}"])
+        out = run_eval(root, [*eval_args, "--seed", str(seed), "--description", f"{BASELINE} {seed}/{n}"])
         print(f"baseline seed {seed}: val_bpb {float(out['val_bpb']):.6f} ({out['run_id']})")
     df = ledger(root)
-    newest = df.filter(pl.col("run_id") == out["run_id"]).row(0, named=True)
-    base = df.filter(same_group(newest) & (pl.col("experiment") == "main") & (pl.col("status") == "ok"))
-    values = [r["val_bpb"] for r in base.iter_rows(named=True) if is_baseline(r["description"])]
-    mean, std = mean_std(values)
-    print(f"---\nbaseline_n: {len(values)}\nmean: {mean:.6f}\nstd: {std:.6f}")
-    print(f"resolvable_effect: {2 * std:.6f}  (a single run must beat the mean by more than 2 std)")
-    if 2 * std < MEANINGFUL_EFFECT:
-        print(
-            f"verdict: ok — seed noise (2 std = {2 * std:.4f}) is below a meaningful improvement ({MEANINGFUL_EFFECT})"
+    newest = df.row(by_predicate=pl.col("run_id") == out["run_id"], named=True)
+    values = baseline_rows(df, newest)["val_bpb"].to_list()
+    print("---\n" + "\n".join([f"group: {group_name(newest)}", *noise_report(values, plan)]))
+
+
+def confirm(argv: list[str]) -> None:
+    """just confirm SLUG [N]: score N fresh seeds of the experiment and N of main, interleaved, at the
+    config, device and budget of its newest rows; judge those rows alone (`confirmation`)."""
+    n, rest = split_count(argv[1:], None)
+    if not argv or rest:
+        raise Refusal("usage: just confirm SLUG [N], e.g. just confirm rotary")
+    slug, root = argv[0], main_root()
+    path = worktree_dir(root, slug)
+    if not path.is_dir():
+        raise Refusal(
+            f"no worktree {path}: the code to confirm must be checked out (just new {slug} re-opens exp/{slug})"
         )
-    else:
+    df = ledger(root)
+    explored = exploration_rows(df, slug)
+    if explored.is_empty():
+        raise Refusal(f"no ok rows for {slug!r}: score and compare it first (just compare {slug})")
+    newest = explored.sort("started_at").row(-1, named=True)
+    base = baseline_rows(df, newest)
+    if base.is_empty():
+        raise Refusal(f"no baseline in {slug}'s group ({group_name(newest)}): run just baseline first")
+    plan = SEED_PLANS[newest["device"]]
+    n = n if n is not None else plan.confirm
+    first = df.filter(same_group(newest))["seed"].max() + 1  # no seed that took part in choosing it
+    for seed in range(first, first + n):
+        for where, row, description in (
+            (path, newest, f"{CONFIRM} seed {seed}"),
+            (root, base.row(-1, named=True), f"{CONFIRM} {slug} seed {seed}"),
+        ):
+            out = run_eval(where, [*eval_args_of(row), "--seed", str(seed), "--description", description])
+            print(f"{description}: val_bpb {float(out['val_bpb']):.6f} ({out['run_id']})")
+    result = confirmation(ledger(root), slug)
+    print(f"---\n{slug} on fresh seeds: {result.outcome}\n{result.why}\n{result.advice}")
+
+
+AA_ARGS = ["--budget-tokens", "100000"]  # `just aa` with no EVAL_ARGS: the default config at a small budget
+
+
+def aa(argv: list[str]) -> None:
+    """just aa [K=20] [EVAL_ARGS...]: the rule's A/A check on this machine. A baseline and K experiments,
+    all main's code on fresh seeds (the device's seed plan), each judged by the rule; exit 1 when more
+    are called improved than the rule allows in 99% of A/A checks."""
+    k, eval_args = split_count(argv, 20)
+    eval_args = eval_args or AA_ARGS
+    if k < 1:
+        raise Refusal(f"K={k}: give at least 1 experiment")
+    root = main_root()
+    plan = SEED_PLANS[device_of(eval_args)]
+    df = ledger(root)
+    seeds = iter(itertools.count(1 + (df["seed"].max() if df.height else -1)))
+    t0 = time.perf_counter()
+
+    def scored(description: str) -> float:
+        seed = next(seeds)
+        out = run_eval(root, [*eval_args, "--seed", str(seed), "--description", f"aa {description} seed {seed}"])
+        return float(out["val_bpb"])
+
+    base = [scored("baseline") for _ in range(plan.baseline)]
+    print(f"aa baseline: {', '.join(f'{v:.6f}' for v in base)}")
+    improved = 0
+    for i in range(1, k + 1):
+        result = verdict([scored(f"{i}/{k}") for _ in range(plan.runs)], base)
+        improved += result.outcome == Outcome.IMPROVED
+        print(f"aa experiment {i}/{k}: {result.outcome} — {result.why}")
+    allowed = aa_allowed(k, plan.runs, plan.baseline)
+    print(
+        f"---\naa_experiments: {k}\nimproved: {improved}\nexpected: {k * ALPHA:.2f}  (the rule's rate, {ALPHA:.0%})\n"
+        f"allowed: {allowed}  (99% of A/A checks with one shared baseline stay at or below this)\n"
+        f"wall_s: {time.perf_counter() - t0:.0f}"
+    )
+    if improved > allowed:
         print(
-            f"verdict: too noisy — 2 std = {2 * std:.4f} exceeds a meaningful improvement ({MEANINGFUL_EFFECT}): "
-            "use more eval data, a smaller model, or a proxy metric with less noise"
+            f"aa: FAIL — {improved} of {k} runs of main's own code were called improved: the noise is not what the rule assumes (nondeterminism, drift, or a heavy tail)"
         )
+        raise SystemExit(1)
+    print("aa: ok — main's own code is not called better than itself more often than the rule allows")
 
 
 def determinism(argv: list[str]) -> None:
@@ -769,11 +1045,15 @@ def determinism(argv: list[str]) -> None:
 
 
 def cmd_compare(slug: Positional[str], json: bool = False) -> None:
-    """improved / worse / inconclusive for SLUG against main's baseline rows of the same group."""
-    result = compare_slug(ledger(main_root()), slug)
+    """SLUG against main's baseline of the same group (improved / promising / inconclusive / worse),
+    and its confirmation on fresh seeds once `just confirm SLUG` ran."""
+    df = ledger(main_root())
+    result, confirmed = compare_slug(df, slug), confirmation(df, slug)
     if json:
-        return print_json(dataclasses.asdict(result))
-    print(f"{slug}: {result.verdict}\n{result.why}")
+        return print_json(dict(dataclasses.asdict(result), confirmation=confirmed and dataclasses.asdict(confirmed)))
+    print(f"{slug}: {result.outcome}\n{result.why}\nnext: {result.advice}")
+    if confirmed is not None:
+        print(f"on fresh seeds: {confirmed.outcome}\n{confirmed.why}\nnext: {confirmed.advice}")
 
 
 def cmd_verify(run_id: Positional[str]) -> None:
@@ -832,7 +1112,8 @@ def plot_group(df):
     ok = df.filter(pl.col("status") == "ok")
     if ok.is_empty():
         return df.filter(pl.col("status") != "ok")
-    anchor = best_rows(df)[1] or ok.sort("started_at").row(-1, named=True)
+    bar = the_bar(df)
+    anchor = bar["row"] if bar is not None else ok.sort("started_at").row(-1, named=True)
     failed = (
         (pl.col("status") != "ok") & (pl.col("device") == anchor["device"]) & (pl.col("eval_sha") == anchor["eval_sha"])
     )
@@ -965,6 +1246,32 @@ def task_state(task: dict) -> tuple[str, str | None, str | None, str | None]:
     return name, inner.get("start", task.get("start")), inner.get("end", task.get("end")), result
 
 
+def run_label() -> str:
+    """The label of the pueue task this run is: RESEARCH_LABEL when `just queue` set it; else, under
+    pueue (PUEUE_GROUP and PUEUE_WORKER_ID set, as for the seed's own `pueue add --label .. -- just eval`),
+    the label of the running task in that group's worker slot, since pueue has no task-id variable;
+    else empty (a run started by hand)."""
+    if "RESEARCH_LABEL" in os.environ:
+        return os.environ["RESEARCH_LABEL"]
+    group, worker = os.environ.get("PUEUE_GROUP"), os.environ.get("PUEUE_WORKER_ID")
+    if group is None or worker is None:
+        return ""
+    mine = [
+        task
+        for task in pueue_state()["tasks"].values()
+        if task["group"] == group
+        and task_state(task)[0] == "Running"
+        and task.get("envs", {}).get("PUEUE_WORKER_ID") == worker
+    ]
+    if len(mine) != 1:
+        raise Refusal(
+            f"PUEUE_GROUP={group} PUEUE_WORKER_ID={worker}: {len(mine)} running pueue tasks hold that slot "
+            f"({', '.join(str(t['id']) for t in mine) or 'none'}), so this run cannot tell which label is its own; "
+            "queue it with `just queue LABEL SLUG`, or set RESEARCH_LABEL"
+        )
+    return mine[0].get("label") or ""
+
+
 def pick_group(state: dict) -> tuple[str, str | None]:
     """The gpuN group with the fewest queued and running tasks (its GPU index for
     CUDA_VISIBLE_DEVICES), or the default group when `just gpus` made none."""
@@ -1023,8 +1330,9 @@ def queue(argv: list[str]) -> None:
         raise Refusal(f"no worktree for {slug!r} ({path}): create it with `just new {slug}`, or queue `main`")
     require_scoring_allowed(path, root)  # refuse now what eval.py would refuse hours later
     backend = flags.pop("backend")
+    run_id = new_run_id(slug)  # the row's id: `just status` and `just review` find the run's row by it
     if backend != "pueue":
-        return submit_cluster(backend, label, slug, path, eval_args, nproc_of(eval_args), flags)
+        return submit_cluster(backend, label, run_id, slug, path, eval_args, nproc_of(eval_args), flags)
     state = pueue_state()
     group, gpu = pick_group(state)
     if gpu is not None and (nproc := nproc_of(eval_args)) > 1:
@@ -1032,7 +1340,7 @@ def queue(argv: list[str]) -> None:
             f"--nproc {nproc} needs several GPUs, and pueue's gpuN groups give a run one: run it "
             "directly (uv run just eval --nproc N) or on a cluster (just queue --backend slurm ...)"
         )
-    env = {**os.environ, "RESEARCH_LABEL": label}
+    env = {**os.environ, "RESEARCH_LABEL": label, "RESEARCH_RUN_ID": run_id}
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     command = shlex.join(["just", "eval", *eval_args])
@@ -1051,7 +1359,7 @@ def queue(argv: list[str]) -> None:
     )
     task_id = result.stdout.strip()
     gpu_note = f", CUDA_VISIBLE_DEVICES={gpu}" if gpu is not None else ""
-    print(f"queued task {task_id}: {command} in {slug} (group {group}{gpu_note})")
+    print(f"queued task {task_id}: {command} in {slug} (group {group}{gpu_note}), run {run_id}")
     print(f"label: {label}\nfollow it: uv run just follow {task_id}   status: uv run just status")
 
 
@@ -1078,32 +1386,47 @@ def pueue_tasks() -> list[dict]:
         name, start, _, result = task_state(task)
         state = result if name == "Done" else name
         tasks.append(dict(id=task["id"], kind="pueue task", label=task.get("label") or "", path=task["path"],
-                          since=start, state=state, done=name == "Done", started=name in ("Done", "Running")))  # fmt: skip
+                          run_id=task.get("envs", {}).get("RESEARCH_RUN_ID"), since=start, state=state,
+                          done=name == "Done", started=name in ("Done", "Running")))  # fmt: skip
     return tasks
 
 
-def queued_runs(root: Path) -> list[dict]:
-    """Labelled pueue tasks and cluster jobs joined with their ledger rows (same label and
-    worktree, started after the task started or the job was submitted)."""
+def task_rows(df, job: dict, slug: str, claimed: set[str]):
+    """The ledger rows of one task or job: by the run id `just queue` gave it (a `pueue restart` of
+    it adds a suffix); for a task added with plain `pueue add --label`, the rows of that label and
+    worktree started after the task started that no other task claimed by id."""
     import polars as pl
 
+    if job.get("run_id"):
+        return df.filter((pl.col("run_id") == job["run_id"]) | pl.col("run_id").str.starts_with(job["run_id"] + "-"))
+    rows = df.filter(
+        (pl.col("label") == job["label"]) & (pl.col("experiment") == slug) & ~pl.col("run_id").is_in(claimed)
+    )
+    if job["since"] is not None:
+        begun = datetime.fromisoformat(job["since"]).astimezone(UTC).replace(microsecond=0)
+        rows = rows.filter(pl.col("started_at") >= begun.isoformat(timespec="seconds"))
+    return rows
+
+
+def queued_runs(root: Path) -> list[dict]:
+    """Labelled pueue tasks and cluster jobs joined with their ledger rows (`task_rows`)."""
     df = ledger(root)
     jobs = cluster_jobs(root)
     # A cluster's login node has no pueue: its jobs alone. Elsewhere a pueue that does not answer is an error.
     tasks = [] if jobs and shutil.which("pueue") is None else pueue_tasks()
+    claimed = {
+        run_id for job in tasks + jobs if job.get("run_id") for run_id in task_rows(df, job, "", set())["run_id"]
+    }
     out = []
     for job in tasks + jobs:
         if LABEL.match(job["label"]) is None:
             continue
         q, h = parse_label(job["label"])
         slug = experiment_name(Path(job["path"]), root)
-        rows = df.filter((pl.col("label") == job["label"]) & (pl.col("experiment") == slug)).sort("started_at")
-        if job["since"] is not None:
-            begun = datetime.fromisoformat(job["since"]).astimezone(UTC).replace(microsecond=0)
-            rows = rows.filter(pl.col("started_at") >= begun.isoformat(timespec="seconds"))
-        row = None if rows.is_empty() or not job["started"] else rows.row(0, named=True)
-        bar = best_comparable_main(df, row) if row is not None and row["status"] == "ok" else None
-        delta = row["val_bpb"] - bar["val_bpb"] if bar is not None and row["val_bpb"] is not None else None
+        rows = task_rows(df, job, slug, claimed).sort("started_at")
+        row = None if rows.is_empty() or not job["started"] else rows.row(-1 if job.get("run_id") else 0, named=True)
+        base = baseline_rows(df, row) if row is not None and row["status"] == "ok" else None
+        delta = None if base is None or base.is_empty() else row["val_bpb"] - base["val_bpb"].mean()
         out.append(dict(id=job["id"], kind=job["kind"], state=job["state"], q=q, h=h, slug=slug, done=job["done"],
                         row=row, delta=delta))  # fmt: skip
     return out
@@ -1254,7 +1577,7 @@ def slurm_parameters(slug: str, label: str, options: dict, nproc: int) -> dict:
 
 
 def submit_cluster(
-    backend: str, label: str, slug: str, path: Path, eval_args: list[str], nproc: int, flags: dict
+    backend: str, label: str, run_id: str, slug: str, path: Path, eval_args: list[str], nproc: int, flags: dict
 ) -> None:
     """Submit one scored run as a submitit job; its record (runs/cluster/ID/job.json) lets
     `just status` and `just review` follow it beside the pueue tasks."""
@@ -1274,12 +1597,19 @@ def submit_cluster(
         gpus = options["gpus"] if options["gpus"] is not None else min(nproc, torch.cuda.device_count())
         executor = submitit.LocalExecutor(folder=folder)
         executor.update_parameters(timeout_min=options["time_min"], gpus_per_node=gpus)
-    # `env` adds the label to the job's own environment (the node's, not a pickled copy of ours).
-    command = ["env", f"RESEARCH_LABEL={label}", sys.executable, str(root / "eval.py"), *eval_args]
+    # `env` adds the label and run id to the job's own environment (the node's, not a pickled copy of ours).
+    command = [
+        "env",
+        f"RESEARCH_LABEL={label}",
+        f"RESEARCH_RUN_ID={run_id}",
+        sys.executable,
+        str(root / "eval.py"),
+        *eval_args,
+    ]
     submitted_at = datetime.now(UTC).isoformat(timespec="seconds")  # before the job can write its row
     job = executor.submit(submitit.helpers.CommandFunction(command, cwd=str(path)))
     record = dict(
-        id=f"{backend}-{job.job_id}", backend=backend, job_id=str(job.job_id), label=label, slug=slug,
+        id=f"{backend}-{job.job_id}", backend=backend, job_id=str(job.job_id), label=label, run_id=run_id, slug=slug,
         path=str(path), command=shlex.join(["just", "eval", *eval_args]),
         submitted_at=submitted_at,
     )  # fmt: skip
@@ -1421,7 +1751,7 @@ COMMANDS = dict(
 )  # fmt: skip
 
 
-RAW_COMMANDS = dict(smoke=smoke, queue=queue, baseline=baseline, determinism=determinism)
+RAW_COMMANDS = dict(smoke=smoke, queue=queue, baseline=baseline, determinism=determinism, confirm=confirm, aa=aa)
 
 
 def main(argv: list[str]) -> int:

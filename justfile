@@ -35,7 +35,7 @@ new slug:
 rm slug *args:
     @python "{{root}}/harness.py" rm "$@"
 
-# commit a worktree's changes, push, open a PR if it beats main: just submit SLUG [--message TEXT]
+# commit a worktree's changes, push, open a PR once confirmed on fresh seeds: just submit SLUG [--message TEXT]
 submit slug *args:
     @python "{{root}}/harness.py" submit "$@"
 
@@ -97,7 +97,7 @@ best *args:
 
 # --- trustworthy comparisons ---
 
-# score main with N seeds, print mean, std and the noise verdict: just baseline [N=3] [EVAL_ARGS...]
+# score main with N seeds, print mean, std and the smallest effect resolved: just baseline [N] [EVAL_ARGS...]
 baseline *args:
     @python "{{root}}/harness.py" baseline "$@"
 
@@ -105,9 +105,17 @@ baseline *args:
 determinism *args:
     @python "{{root}}/harness.py" determinism "$@"
 
-# improved / worse / inconclusive against main's baseline: just compare SLUG [--json]
+# improved / promising / inconclusive / worse against main's baseline: just compare SLUG [--json]
 compare slug *args:
     @python "{{root}}/harness.py" compare "$@"
+
+# score N fresh seeds of SLUG and of main, judged alone: what just submit needs: just confirm SLUG [N]
+confirm slug *args:
+    @python "{{root}}/harness.py" confirm "$@"
+
+# A/A check of the rule on this machine: K runs of main's code vs main; exit 1 if too many "improve": just aa [K=20] [EVAL_ARGS...]
+aa *args:
+    @python "{{root}}/harness.py" aa "$@"
 
 # rebuild a run from its checkpoint and commit, re-score it, exit 1 on mismatch: just verify RUN_ID
 verify run_id:

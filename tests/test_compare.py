@@ -13,58 +13,96 @@ from conftest import add_rows, git, just, ledger, new
 TINY = ["tiny", "--budget-tokens", "3000"]
 
 
-# --- verdicts on hand-made numbers ---
+# --- the ledger's verdicts (the rule itself: test_stats.py) ---
 
 
-def test_a_single_run_must_beat_the_baseline_by_two_std():
-    base = [2.00, 2.02, 2.01]  # mean 2.01, std 0.01
-    assert harness.verdict([1.985], base).verdict == "improved"  # 2.5 std below
-    assert harness.verdict([2.04], base).verdict == "worse"
-    close = harness.verdict([2.0], base)
-    assert close.verdict.startswith("inconclusive — run") and "delta -0.0100, 2 std = 0.0200" in close.why
+def baseline_rows(*values: float, **fields) -> list[dict]:
+    n = len(values)
+    return [
+        dict(experiment="main", val_bpb=v, commit="m", seed=i, description=f"baseline seed {i}/{n}", **fields)
+        for i, v in enumerate(values)
+    ]
 
 
-def test_several_runs_are_judged_by_welchs_t_test():
-    base = [2.00, 2.02, 2.01]
-    assert harness.verdict([1.95, 1.96, 1.94], base).verdict == "improved"
-    assert harness.verdict([2.10, 2.12, 2.11], base).verdict == "worse"
-    mixed = harness.verdict([1.99, 2.03, 2.00], base)
-    assert mixed.verdict == "inconclusive — run 3 more seeds" and "Welch t=" in mixed.why
-
-
-def test_without_a_baseline_nothing_is_claimed():
-    assert "run `just baseline` first" in harness.verdict([1.0], [2.0]).why
-
-
-@pytest.mark.parametrize(
-    "t, df, p",
-    [(2.0, 10, 0.07339), (1.0, 1, 0.5), (2.7764, 4, 0.05), (2.2281, 10, 0.05), (12.706, 1, 0.05), (0.0, 7, 1.0)],
-)
-def test_welch_p_values_match_the_t_distribution(t, df, p):
-    assert harness.betainc(df / 2, 0.5, df / (df + t * t)) == pytest.approx(p, abs=2e-4)
-
-
-def test_welch_on_known_samples():
-    t, df, p = harness.welch([1.0, 1.1, 0.9], [2.0, 2.1, 1.9])
-    assert (t, df) == (pytest.approx(-12.2474, abs=1e-3), pytest.approx(4.0)) and p == pytest.approx(2.55e-4, rel=1e-2)
-
-
-def test_compare_reads_the_ledger(project):
+def test_compare_reads_the_ledger_and_names_the_next_commands(project):
     add_rows(
         project,
-        *[
-            dict(experiment="main", val_bpb=v, commit="m", description=f"baseline seed {i}/3")
-            for i, v in enumerate((2.0, 2.02, 2.01))
-        ],
+        *baseline_rows(2.0, 2.02, 2.01, config="tiny", budget_tokens=1000),
         dict(experiment="main", val_bpb=1.5, commit="m", description="not a baseline row"),
-        dict(experiment="faster", val_bpb=1.9, commit="f"),
-        dict(experiment="faster", val_bpb=1.91, commit="f", seed=1),
-        dict(experiment="other-budget", val_bpb=1.0, commit="o", train_tokens=5),
+        dict(experiment="faster", val_bpb=1.9, commit="f", config="tiny:lr=0.003", budget_tokens=1000),
+        dict(experiment="faster", val_bpb=1.91, commit="f", seed=1, config="tiny:lr=0.003", budget_tokens=1000),
+        dict(experiment="other-budget", val_bpb=1.0, commit="o", train_tokens=5, config="tiny"),
+        dict(experiment="lucky", val_bpb=1.9, commit="l", config="tiny", budget_tokens=1000),
     )
     result = json.loads(just(project, "compare", "faster", "--json").stdout)
-    assert result["verdict"] == "improved" and result["baseline"] == [2.0, 2.02, 2.01] and result["runs"] == [1.9, 1.91]
-    assert "inconclusive" in just(project, "compare", "other-budget").stdout  # no baseline in its group
+    assert result["outcome"] == "improved" and result["baseline"] == [2.0, 2.02, 2.01] and result["runs"] == [1.9, 1.91]
+    assert result["advice"].endswith("just confirm faster") and result["confirmation"] is None
+    other = just(project, "compare", "other-budget").stdout
+    assert "inconclusive" in other and "uv run just baseline 3 --device cpu --budget-tokens 5" in other
+    lucky = just(project, "compare", "lucky").stdout
+    assert lucky.startswith("lucky: promising") and "2 more seeds" in lucky
+    assert "cd 5_worktrees/lucky && uv run just eval tiny --device cpu --budget-tokens 1000 --seed 3" in lucky
     assert "no ok rows for 'nobody'" in just(project, "compare", "nobody").stderr
+    best = just(project, "best").stdout
+    assert "the bar: main's baseline 2.010000 ± 0.010000 (n=3) in cpu, 1,000 tokens" in best
+    assert "faster: improved" in best and "lucky: promising" in best and "other-budget" not in best.split("the bar")[1]
+
+
+def test_rows_compare_by_the_budget_asked_for_not_the_tokens_served(project):
+    """A batch-size experiment is served fewer tokens (whole batches only) from the same budget."""
+    add_rows(
+        project,
+        *baseline_rows(2.0, 2.02, 2.01, budget_tokens=7_000_000, train_tokens=6_995_968),
+        *[
+            dict(
+                experiment="bigger-batch",
+                val_bpb=v,
+                commit="b",
+                seed=s,
+                budget_tokens=7_000_000,
+                train_tokens=6_979_584,
+            )
+            for s, v in enumerate((1.95, 1.96, 1.94))
+        ],
+    )
+    result = json.loads(just(project, "compare", "bigger-batch", "--json").stdout)
+    assert result["outcome"] == "improved" and len(result["baseline"]) == 3
+
+
+def test_submit_opens_a_pull_request_only_for_a_result_confirmed_on_fresh_seeds(project):
+    new(project, "faster")
+    rows = [
+        *baseline_rows(2.0, 2.02, 2.01),
+        *[dict(experiment="faster", val_bpb=v, commit="f", seed=s) for s, v in enumerate((1.9, 1.91, 1.92))],
+    ]
+    add_rows(project, *rows)
+    chosen = just(project, "submit", "faster")
+    assert (
+        "no pull request: faster is not confirmed on fresh seeds" in chosen.stdout
+        and "just confirm faster" in chosen.stdout
+    )
+    confirming = [
+        dict(
+            experiment=e,
+            val_bpb=v,
+            commit="x",
+            seed=s,
+            description=d,
+            run_id=f"c{s}-{e}",
+            started_at=f"2026-01-02T00:00:0{s}",
+        )
+        for s, (a, b) in zip((3, 4, 5), ((1.90, 2.01), (1.91, 2.00), (1.92, 2.02)), strict=True)
+        for e, v, d in (("faster", a, f"confirm seed {s}"), ("main", b, f"confirm faster seed {s}"))
+    ]
+    add_rows(project, *confirming)
+    submitted = just(project, "submit", "faster")
+    assert "faster on fresh seeds: improved" in submitted.stdout and "gh pr create" in submitted.stdout
+    assert (
+        "Confirming rows: c3-faster, c4-faster, c5-faster against the main rows c3-main, c4-main, c5-main"
+        in submitted.stdout
+    )
+    compared = just(project, "compare", "faster").stdout
+    assert "on fresh seeds: improved" in compared and compared.startswith("faster: improved")
 
 
 # --- real runs: baseline, determinism, verify, plot ---
@@ -75,10 +113,15 @@ def test_baseline_writes_n_rows_and_prints_the_noise_floor(project):
     assert result.returncode == 0, result.stderr
     df = ledger(project)
     assert df["description"].to_list() == ["baseline seed 0/2", "baseline seed 1/2"] and df["seed"].to_list() == [0, 1]
+    assert df["budget_tokens"].to_list() == [3000, 3000]
     out = dict(line.split(": ", 1) for line in result.stdout.rsplit("---\n", 1)[1].splitlines())
     mean, std = harness.mean_std(df["val_bpb"].to_list())
     assert float(out["mean"]) == pytest.approx(mean, abs=1e-6) and float(out["std"]) == pytest.approx(std, abs=1e-6)
-    assert std > 0 and out["verdict"].startswith(("ok", "too noisy"))
+    effect = harness.resolvable_effect(harness.SEED_PLANS["cpu"])
+    assert float(out["resolvable_effect"].split()[0]) == pytest.approx(effect * std, abs=1e-6)
+    assert out["group"].startswith("cpu, 3,000 tokens") and std > 0
+    to_pr = harness.resolvable_effect(harness.SEED_PLANS["cpu"], to_pull_request=True)
+    assert out["verdict"].startswith("ok" if to_pr * std <= 0.01 else "too noisy")
 
 
 def test_determinism_passes_on_cpu(project):

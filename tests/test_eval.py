@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import eval as referee
+import harness
 from conftest import in_processes
 from model import GPT, GPTConfig
 
@@ -30,7 +31,7 @@ def test_public_interface_is_pinned():
     assert referee.RESULTS_COLUMNS == tuple(
         (
             "run_id started_at experiment config commit seed device status val_bpb train_tokens wall_s "
-            "tokens_per_s mfu peak_mem_gb params_m label eval_sha data_fp description error"
+            "tokens_per_s mfu peak_mem_gb params_m label eval_sha data_fp description error budget_tokens"
         ).split()
     )
     assert referee.VOCAB_SIZE == 256
@@ -223,6 +224,29 @@ def test_older_ledgers_with_fewer_columns_still_read(tmp_path):
     path.write_text("\t".join(cols) + "\n" + "\t".join("r1" if c == "run_id" else "" for c in cols) + "\n")
     df = referee.read_results(path)
     assert df.columns == list(referee.RESULTS_COLUMNS) and df["error"][0] is None
+
+
+def test_an_older_ledger_is_migrated_on_append_and_keeps_every_row(tmp_path):
+    path = tmp_path / "results.tsv"
+    cols = referee.RESULTS_COLUMNS[: referee.RESULTS_COLUMNS.index("error") + 1]  # the format before budget_tokens
+    old_rows = [
+        "\t".join(
+            dict(run_id=f"old{i}", seed=str(i), status="ok", val_bpb="2.5", train_tokens="6995968").get(c, "")
+            for c in cols
+        )
+        for i in range(2)
+    ]
+    old = "\t".join(cols) + "\n" + "\n".join(old_rows) + "\n"
+    path.write_text(old)
+    assert referee.read_results(path)["budget_tokens"].to_list() == [None, None]  # read as it is
+    referee.append_result(row(7, budget_tokens=7_000_000, train_tokens=6_979_584), path)
+    text = path.read_text()
+    assert text.startswith(referee.migrated(old)) and text.split("\n", 1)[0] == "\t".join(referee.RESULTS_COLUMNS)
+    df = referee.read_results(path)
+    assert df["run_id"].to_list() == ["old0", "old1", "r7"] and df["budget_tokens"].to_list() == [None, None, 7_000_000]
+    assert df["train_tokens"].to_list() == [6995968, 6995968, 6979584]
+    assert harness.ledger_grows_at_bottom(old, text)  # the guard accepts the migration
+    assert not harness.ledger_grows_at_bottom(old, text.replace("old1", "old9"))
 
 
 def append_many(path: str, worker: int, n: int) -> None:

@@ -252,9 +252,9 @@ def test_report_contains_the_slugs_rows_the_bar_and_the_diff(project):
     commit(wt, "model.py", (wt / "model.py").read_text() + "\n# wider\n")
     add_rows(
         project,
-        dict(experiment="main", val_bpb=2.5, commit="m1"),
+        dict(experiment="main", val_bpb=2.5, commit="m1", description="baseline seed 0/1"),
         dict(experiment="wider", val_bpb=2.25, commit="w1", label="Q: wider? H: -0.2"),
-        dict(experiment="main", val_bpb=2.75, commit="m2", train_tokens=999),  # not comparable
+        dict(experiment="main", val_bpb=2.75, commit="m2", train_tokens=999, description="baseline seed 0/1"),
     )
     assert just(project, "report", "wider").returncode == 0
     text = next((project / "9_reports").glob("*_wider.md")).read_text()
@@ -267,8 +267,8 @@ def test_report_contains_the_slugs_rows_the_bar_and_the_diff(project):
 def test_results_and_best_for_people_and_for_agents(project):
     add_rows(
         project,
-        dict(experiment="main", val_bpb=2.5, commit="m1"),
-        dict(experiment="main", val_bpb=2.4, commit="m2"),
+        dict(experiment="main", val_bpb=2.5, commit="m1", description="baseline seed 0/2"),
+        dict(experiment="main", val_bpb=2.4, commit="m2", description="baseline seed 1/2"),
         dict(experiment="exp-a", val_bpb=2.3, commit="a1"),
         dict(experiment="exp-b", status="crash", commit="b1", error="ValueError: x"),
         dict(experiment="main", val_bpb=3.0, commit="m3", train_tokens=5),
@@ -278,8 +278,11 @@ def test_results_and_best_for_people_and_for_agents(project):
     assert "r3-exp-b" in just(project, "results").stdout
     best = json.loads(just(project, "best", "--json").stdout)
     assert sorted(g["run_id"] for g in best["groups"]) == ["r2-exp-a", "r4-main"]
-    assert best["bar"]["run_id"] == "r4-main"  # the newest main run's group
-    assert "main must beat: 3.0" in just(project, "best").stdout
+    assert best["bar"]["row"]["run_id"] == "r1-main" and best["bar"]["mean"] == pytest.approx(2.45)  # not r4's group
+    out = just(project, "best").stdout
+    assert (
+        "the bar: main's baseline 2.450000 ± 0.070711 (n=2) in cpu, 1,000 tokens" in out and "exp-a: inconclusive" in out
+    )
 
 
 def test_best_judges_contenders_with_the_noise_rule(project):
@@ -292,8 +295,8 @@ def test_best_judges_contenders_with_the_noise_rule(project):
         dict(experiment="lucky-seed", val_bpb=2.495, commit="b1"),
     )
     out = just(project, "best").stdout
-    assert "main must beat: 2.5" in out
-    assert "clear-win: improved" in out and "lucky-seed: inconclusive — run" in out
+    assert "the bar: main's baseline 2.510000" in out
+    assert "clear-win: promising" in out and "lucky-seed: inconclusive" in out
 
 
 # --- submit ---
@@ -319,7 +322,23 @@ def test_submit_commits_pushes_and_proposes_a_pr_only_when_it_beats_main(project
     )
     result = just(project, "submit", "better")
     assert "nothing to commit" in result.stdout and "pushed exp/better to origin" in result.stdout
-    assert "better: improved" in result.stdout and "gh pr create --base main --head exp/better" in result.stdout
+    assert "better is not confirmed on fresh seeds" in result.stdout and "gh pr create" not in result.stdout
+    add_rows(
+        project,
+        *[
+            dict(experiment="better", val_bpb=v, seed=s, description=f"confirm seed {s}", run_id=f"c{s}")
+            for s, v in ((2, 2.0), (3, 2.01))
+        ],
+        *[
+            dict(experiment="main", val_bpb=v, seed=s, description=f"confirm better seed {s}", run_id=f"m{s}")
+            for s, v in ((2, 2.5), (3, 2.51))
+        ],
+    )
+    result = just(project, "submit", "better")
+    assert (
+        "better on fresh seeds: improved" in result.stdout
+        and "gh pr create --base main --head exp/better" in result.stdout
+    )
     assert git("rev-parse", "exp/better", cwd=remote) == git("rev-parse", "HEAD", cwd=wt)
     assert git("rev-parse", "main", cwd=project) == main_head  # never touches main
 
@@ -331,9 +350,14 @@ def test_submit_does_not_propose_a_pr_that_noise_explains(project):
         dict(experiment="main", val_bpb=2.0, commit="m1", description="baseline seed 0/2"),
         dict(experiment="main", val_bpb=2.1, commit="m1", description="baseline seed 1/2"),
         dict(experiment="noise", val_bpb=1.99, commit="w1"),
+        dict(experiment="noise", val_bpb=1.90, commit="w1", seed=2, description="confirm seed 2"),
+        dict(experiment="noise", val_bpb=2.05, commit="w1", seed=3, description="confirm seed 3"),
+        dict(experiment="main", val_bpb=2.0, commit="m1", seed=2, description="confirm noise seed 2"),
+        dict(experiment="main", val_bpb=2.01, commit="m1", seed=3, description="confirm noise seed 3"),
     )
     out = just(project, "submit", "noise").stdout
-    assert "noise: inconclusive — run" in out and "no pull request" in out and "gh pr create" not in out
+    assert "noise on fresh seeds: inconclusive" in out and "no pull request: not confirmed" in out
+    assert "gh pr create" not in out
 
 
 def test_submit_goes_through_the_guard(project):
