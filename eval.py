@@ -791,6 +791,20 @@ def launch_ranks(nproc: int, argv: list[str], run_id: str, label: str) -> int:
         return ranks.wait()
 
 
+def crash_message(e: BaseException) -> str:
+    """The row's error: the exception in one line; for an op that has no deterministic kernel, which
+    op and the fix (torch's own advice, to turn determinism off, is not one a scored run may take)."""
+    text = f"{type(e).__name__}: {e}"
+    if isinstance(e, RuntimeError) and "does not have a deterministic implementation" in str(e):
+        op = str(e).split(" does not have a deterministic implementation", 1)[0]
+        text = (
+            f"non-deterministic op: {op} has no deterministic kernel, and scored runs are strict so that one "
+            "seed gives one number. Replace it in train.py/model.py with ops that have one (a one-hot matmul "
+            "instead of index_add/scatter_add/embedding backward, for example)"
+        )
+    return " ".join(text.split())[:500]
+
+
 def print_summary(row: dict, summary: dict) -> None:
     print("---")
     for key in ("val_bpb", "train_tokens", "wall_s", "tokens_per_s", "mfu", "peak_mem_gb", "params_m"):
@@ -891,8 +905,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # --- train ---
         torch.manual_seed(args.seed)
-        if device.type == "cuda":
-            torch.use_deterministic_algorithms(True, warn_only=True)
+        # Strict: an op with no deterministic kernel ends the run (a crash row naming it), never a
+        # silently different number for the same seed.
+        torch.use_deterministic_algorithms(True)
         t0, deadline = time.perf_counter(), time.monotonic() + wall_cap_s
         stream = TrainStream(corpus.train, budget, args.seed, device, deadline, rank, world_size)
         try:
@@ -934,7 +949,7 @@ def main(argv: list[str] | None = None) -> int:
             row.update(status="timeout", error=f"training passed the wall-clock cap of {wall_cap_s:.0f} s")
             logger.error(f"timeout: {row['error']} ({type(e).__name__}: {e})")
         else:
-            row["error"] = f"{type(e).__name__}: {e}"[:500]
+            row["error"] = crash_message(e)
             logger.opt(exception=e).error(f"crash: {row['error']}")
         exit_code = 130 if isinstance(e, KeyboardInterrupt) else 1
     finally:

@@ -1020,7 +1020,7 @@ def aa(argv: list[str]) -> None:
     allowed = aa_allowed(k, plan.runs, plan.baseline)
     print(
         f"---\naa_experiments: {k}\nimproved: {improved}\nexpected: {k * ALPHA:.2f}  (the rule's rate, {ALPHA:.0%})\n"
-        f"allowed: {allowed}  (99% of A/A checks with one shared baseline stay at or below this)\n"
+        f"allowed: {allowed}\n(99% of A/A checks with one shared baseline call at most {allowed} improved)\n"
         f"wall_s: {time.perf_counter() - t0:.0f}"
     )
     if improved > allowed:

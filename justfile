@@ -127,6 +127,10 @@ plot:
 
 # --- development ---
 
+# the top kernels of a few training steps of this checkout's config (torch.profiler): just profile [--configs NAME]
+profile *args:
+    @python "{{root}}/bench/bench.py" --profile "$@"
+
 # FROZEN / GLOBAL / APPEND-ONLY violations of this checkout (exit 1 if any)
 check:
     @python "{{root}}/harness.py" check

@@ -53,6 +53,25 @@ def apply_rotary(
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+class ByteEmbedding(torch.autograd.Function):
+    """The embedding lookup, with a backward that is one matmul, one_hot(idx)^T @ grad. nn.Embedding's
+    backward scatters with index_add, which on CUDA is non-deterministic, or, in deterministic mode,
+    a slow sort-based kernel (13.6 ms of a 61 ms step at the cuda preset on an H200); for a 256-byte
+    vocabulary the matmul costs almost nothing and is deterministic everywhere."""
+
+    @staticmethod
+    def forward(ctx, idx: Int[Tensor, "batch seq"], weight: Float[Tensor, "vocab d_model"]) -> Tensor:
+        ctx.save_for_backward(idx)
+        ctx.vocab_size = weight.size(0)
+        return F.embedding(idx, weight)
+
+    @staticmethod
+    def backward(ctx, grad: Float[Tensor, "batch seq d_model"]) -> tuple[None, Tensor]:
+        (idx,) = ctx.saved_tensors
+        one_hot = F.one_hot(idx.reshape(-1), ctx.vocab_size).to(grad.dtype)
+        return None, one_hot.T @ grad.reshape(-1, grad.size(-1))
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -123,7 +142,7 @@ class GPT(nn.Module):
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len={self.cfg.max_seq_len}")
         cos, sin = self.cos[:T], self.sin[:T]
-        x = self.embed(idx)
+        x = ByteEmbedding.apply(idx, self.embed.weight)
         for block in self.blocks:
             x = block(x, cos, sin)
         return self.head(self.norm(x))

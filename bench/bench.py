@@ -1,18 +1,21 @@
-"""Training throughput and quality at a fixed wall-clock budget, one JSON line per config.
+"""Training throughput and quality of the configuration users run, one JSON line per config.
 
 Usage:
     uv run python bench/bench.py                      # CUDA: the default preset and the GPT-2-small shape
     uv run python bench/bench.py --device cpu         # CPU: the default preset and a tiny shape
-    uv run python bench/bench.py --wall-s 150 --configs default gpt2-small
+    uv run python bench/bench.py --budget-tokens 200000000 --configs default gpt2-small baby
+    uv run just profile                               # the top kernels of a few steps of this checkout's config
 
-Each config trains this repo's model.py with train.py's optimizer and precision rules (bf16 autocast,
-fp32 master weights, fused AdamW and torch.compile on CUDA) on the referee's batch stream for
-`--wall-s` seconds of training (compile time excluded, measured after `--warmup-steps`), then scores
-it with the referee's val_bpb. Speed figures belong here, never in a timed test.
+Each config is trained by this checkout's `train.train` on the referee's batch stream, with the
+referee's settings (strict deterministic algorithms, the seed, the deterministic cuBLAS workspace;
+train.py's own compile and bf16 autocast), then scored by the referee's `evaluate`: the path of
+`just eval`, less the ledger row. tokens/s and MFU are the steady state, from the time the stream
+serves each batch once `--warmup-steps` (compilation) are behind. Speed belongs here, never in a
+timed test.
 """
 
 import json
-import math
+import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -20,12 +23,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import eval as referee  # noqa: E402
-import train  # noqa: E402
+import eval as referee  # noqa: E402  (main's referee, beside this folder)
+import harness  # noqa: E402
 
 SHAPES = {
     # nanoGPT's GPT-2-small shape: 12 layers, 768 wide, context 1024, batch 32
@@ -42,91 +44,114 @@ class Args:
     """default: cuda if present, else cpu"""
     configs: tuple[str, ...] = ()
     """`default` (the device's train.CONFIGS entry) and/or shapes from SHAPES; default: default + gpt2-small (CUDA) or tiny (CPU)"""
-    wall_s: float = 30.0
-    """training seconds per config, after warmup"""
+    budget_tokens: int = 0
+    """training tokens per config (0: the device preset's budget, as `just eval`)"""
     warmup_steps: int = 5
-    """steps before the clock starts (torch.compile happens here)"""
+    """steps left out of tokens/s and MFU (torch.compile happens here)"""
     eval_bytes: int = 0
     """score only the first N validation bytes (0: the whole split, as the referee does)"""
     seed: int = 0
+    deterministic: bool = True
+    """the referee's strict mode; --no-deterministic only to measure what determinism costs"""
+    profile: bool = False
+    """instead of measuring, print the top kernels of `--profile-steps` steps after the warmup"""
+    profile_steps: int = 5
+    """steps recorded by --profile"""
 
 
-def run_config(name: str, cfg: train.Config, args: Args, device: torch.device, corpus: referee.Corpus) -> dict:
-    torch.manual_seed(args.seed)
+class TimedStream(referee.TrainStream):
+    """The referee's stream, noting when each batch is asked for (and stepping a profiler if given)."""
+
+    def __init__(self, *args, sync, profiler=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sync, self.profiler, self.times = sync, profiler, []
+
+    def batches(self, batch_size: int, seq_len: int):
+        for batch in super().batches(batch_size, seq_len):
+            self.times.append((time.perf_counter(), self.tokens_served))
+            if self.profiler is not None:
+                self.profiler.step()
+            yield batch
+
+
+def run_config(name: str, train, cfg, args: Args, device: torch.device, corpus: referee.Corpus) -> dict:
+    preset = referee.PRESETS[device.type]
+    budget = args.budget_tokens or preset.train_tokens
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    model = train.build_model(cfg).to(device)
-    optimizer = train.make_optimizer(model, cfg, device)
-    use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
-    forward = torch.compile(model) if use_compile else model
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    tokens_per_step = cfg.batch_size * cfg.seq_len
-    stream = referee.TrainStream(corpus.train, 10**15, args.seed, device, math.inf)
-    batches = stream.batches(cfg.batch_size, cfg.seq_len)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def step(lr: float) -> torch.Tensor:
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x, y = next(batches)
-        with autocast:
-            logits = forward(x)
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss
-
-    t_compile = time.perf_counter()
-    for _ in range(args.warmup_steps):
-        step(cfg.lr * 0.01)
+    torch.manual_seed(args.seed)
+    stream = TimedStream(corpus.train, budget, args.seed, device, float("inf"), sync=sync)
+    t0 = time.perf_counter()
+    model = train.train(cfg, stream, device)
     sync()
-    compile_s = time.perf_counter() - t_compile
-    # The schedule runs on wall time here: warmup 3%, linear decay, as train.lr_at does on tokens.
-    steps, t0, loss = 0, time.perf_counter(), None
-    while (elapsed := time.perf_counter() - t0) < args.wall_s:
-        loss = step(train.lr_at(min(elapsed / args.wall_s, 1.0), cfg))
-        steps += 1
-        if steps % 50 == 0:
-            sync()
-    sync()
-    train_s = time.perf_counter() - t0
-    final_loss = loss.item()
-    if not math.isfinite(final_loss):
-        raise FloatingPointError(f"{name}: non-finite loss {final_loss}")
-    tokens = steps * tokens_per_step
+    t_end = time.perf_counter()
+    if len(stream.times) <= args.warmup_steps + 1:
+        raise ValueError(
+            f"{name}: the budget gave {len(stream.times)} steps; give --budget-tokens for more than "
+            f"--warmup-steps {args.warmup_steps} + 1"
+        )
+    t_warm, tokens_warm = stream.times[args.warmup_steps]
+    steady_tokens = stream.tokens_served - tokens_warm
+    steady_s = t_end - t_warm
     val = corpus.val if args.eval_bytes == 0 else corpus.val[: args.eval_bytes]
-    preset = referee.PRESETS[device.type]
     t_eval = time.perf_counter()
     val_bpb = referee.evaluate(model.eval(), val, min(preset.eval_seq_len, cfg.seq_len), device)
-    flops = model.flops_per_token(cfg.seq_len) * tokens
+    flops_per_s = model.flops_per_token(cfg.seq_len) * steady_tokens / steady_s
     return dict(
         config=name, device=torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
-        params_m=round(model.num_params() / 1e6, 3), steps=steps, tokens=tokens, train_s=round(train_s, 2),
-        compile_s=round(compile_s, 1), tokens_per_s=round(tokens / train_s), mfu=round(flops / train_s / referee.device_peak_flops(device), 4),
-        peak_mem_gb=round(referee.peak_memory_gb(device), 3), final_train_loss=round(final_loss, 4),
-        val_bpb=round(val_bpb, 4), eval_s=round(time.perf_counter() - t_eval, 1), torch=torch.__version__,
-        shape={k: getattr(cfg, k) for k in ("n_layer", "d_model", "d_head", "seq_len", "batch_size", "lr")},
+        params_m=round(model.num_params() / 1e6, 3), steps=len(stream.times), tokens=stream.tokens_served,
+        train_s=round(t_end - t0, 2), warmup_s=round(t_warm - t0, 1), tokens_per_s=round(steady_tokens / steady_s),
+        mfu=round(flops_per_s / referee.device_peak_flops(device), 4), peak_mem_gb=round(referee.peak_memory_gb(device), 3),
+        val_bpb=round(val_bpb, 4), eval_s=round(time.perf_counter() - t_eval, 1), deterministic=torch.are_deterministic_algorithms_enabled(),
+        torch=torch.__version__, shape={k: getattr(cfg, k) for k in ("n_layer", "d_model", "d_head", "seq_len", "batch_size", "lr")},
     )  # fmt: skip
+
+
+def profile_config(name: str, train, cfg, args: Args, device: torch.device, corpus: referee.Corpus) -> None:
+    """A few steps of `train.train` under torch.profiler, after the warmup; the top kernels by time."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    steps = args.warmup_steps + args.profile_steps + 1
+    budget = steps * cfg.batch_size * cfg.seq_len
+    torch.manual_seed(args.seed)
+    with profile(
+        activities=activities, schedule=schedule(wait=0, warmup=args.warmup_steps, active=args.profile_steps)
+    ) as prof:
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        stream = TimedStream(corpus.train, budget, args.seed, device, float("inf"), sync=sync, profiler=prof)
+        train.train(cfg, stream, device)
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"{name}: top kernels over {args.profile_steps} steps (after {args.warmup_steps} warmup steps), by {sort_by}")
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=20, max_name_column_width=60))
 
 
 def main(args: Args) -> None:
     device = referee.resolve_device(args.device)
     if device.type == "cuda":
-        torch.use_deterministic_algorithms(False)  # speed is measured here; determinism is gpu_check's job
-    names = args.configs or (("default", "gpt2-small") if device.type == "cuda" else ("default", "tiny"))
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what eval.py sets for every run
+    torch.use_deterministic_algorithms(args.deterministic)  # on, as in every scored run: the speed users get
+    train = referee.load_experiment(harness.checkout_dir())  # this checkout's train.py and model.py
+    names = args.configs or (
+        ("default",) if args.profile else ("default", "gpt2-small") if device.type == "cuda" else ("default", "tiny")
+    )
     corpus = referee.load_corpus()
     for name in names:
         if name == "default":
             cfg = train.CONFIGS[device.type]
         elif name in SHAPES:
             cfg = replace(train.CONFIGS[device.type], **SHAPES[name])
+        elif name in train.CONFIGS:
+            cfg = train.CONFIGS[name]
         else:
-            raise ValueError(f"unknown config {name!r}; known: default, {', '.join(SHAPES)}")
-        print(json.dumps(run_config(name, cfg, args, device, corpus)), flush=True)
+            raise ValueError(
+                f"unknown config {name!r}; known: default, {', '.join(SHAPES)}, {', '.join(train.CONFIGS)}"
+            )
+        if args.profile:
+            profile_config(name, train, cfg, args, device, corpus)
+        else:
+            print(json.dumps(run_config(name, train, cfg, args, device, corpus)), flush=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
 

@@ -1,42 +1,88 @@
 #!/usr/bin/env bash
-# Every GPU check of the harness in one run, for a machine with one CUDA GPU and no internet
-# (the uv environment already synced). Prints every figure; about 8 minutes on an H100.
+# Every GPU check of the harness in one run, on a machine with a CUDA GPU and no internet. It prints
+# every figure, and keeps them in OUT_DIR (bench.jsonl, results.tsv, check.log).
 #   bash bench/gpu_check.sh [OUT_DIR]
-# It works on a throwaway clone of this checkout, so the ledger and runs/ here are untouched.
+# The environment: ./.venv when it has torch with CUDA and the project's packages (after `uv sync`).
+# Otherwise a venv on the python that already has torch (GPU clouds, containers): a .pth line lets it
+# see that torch, and the other packages come from WHEELS=DIR (wheels downloaded elsewhere, see
+# bench/README.md) or from the package index. ANCHOR=PATH/nanogpt_on_referee.py adds nanoGPT's figures
+# on the same GPU. `--setup-only` stops once the environment is ready.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
+setup_only=0
+[ "${1:-}" = "--setup-only" ] && { setup_only=1; shift; }
 out="${1:-$(mktemp -d)}"
+mkdir -p "$out"
+imports="einops jaxtyping beartype loguru polars tyro git filelock numpy scipy submitit tqdm just"
+die() { echo "gpu_check: $*" >&2; exit 2; }
+
+ready() { "$1" -c "import torch, importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]" ${imports/ just/} 2>/dev/null && [ -x "$(dirname "$1")/just" ]; }
+
+if [ -x "$here/.venv/bin/python" ] && ready "$here/.venv/bin/python"; then
+  venv="$here/.venv"
+else
+  system_python="${PYTHON:-python3}"
+  torch_site="$("$system_python" -c 'import pathlib, torch; print(pathlib.Path(torch.__file__).parents[1])' 2>/dev/null)" \
+    || die "no python with torch here: run \`uv sync\` (needs the package index), or set PYTHON=/path/to/a/python/with/torch"
+  venv="$(mktemp -d)/venv"
+  "$system_python" -m venv "$venv"
+  site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  echo "$torch_site" > "$site/system_torch.pth"  # that python's torch (and whatever else it has), not a copy
+  mapfile -t needs < <("$venv/bin/python" - "$here/pyproject.toml" <<'PY'
+import re, sys, tomllib
+deps = tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]
+print("\n".join(d for d in deps if re.split(r"[<>=!~ ]", d)[0] not in ("torch", "matplotlib", "huggingface-hub")) + "\npytest")
+PY
+)
+  source_args=(${WHEELS:+--no-index --find-links "$WHEELS"})
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${source_args[@]}" "${needs[@]}" \
+    || die "could not install ${needs[*]}${WHEELS:+ from $WHEELS}; on a machine with the index: pip download --python-version $("$venv/bin/python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")') --only-binary=:all: -d wheels ${needs[*]}, carry wheels/ here, and run WHEELS=wheels bash bench/gpu_check.sh"
+  ready "$venv/bin/python" || die "the environment in $venv still lacks one of: torch $imports"
+fi
+echo "gpu_check: environment $venv ($("$venv/bin/python" -c 'import torch; print("torch", torch.__version__)'))"
+[ "$setup_only" = 1 ] && exit 0
+
+# A throwaway clone of this checkout's committed state, so the ledger and runs/ here are untouched.
 work="$(mktemp -d)/harness"
 git clone -q "$here" "$work"
-ln -s "$here/.venv" "$work/.venv"
+ln -s "$venv" "$work/.venv"
 cd "$work"
-export PATH="$work/.venv/bin:$PATH" PYTHONUNBUFFERED=1
+export PATH="$venv/bin:$PATH" PYTHONUNBUFFERED=1
+exec > >(tee "$out/check.log") 2>&1
 step() { printf '\n=== %s (%s)\n' "$1" "$(date +%T)"; }
 
 step "device"
-python - <<'PY'
-import torch
-print(f"torch {torch.__version__} cuda {torch.version.cuda} device {torch.cuda.get_device_name(0)}")
-print(f"memory {torch.cuda.get_device_properties(0).total_memory / 1e9:.1f} GB")
-PY
+python -c 'import torch; p = torch.cuda.get_device_properties(0); print(f"torch {torch.__version__} cuda {torch.version.cuda} {p.name} {p.total_memory / 1e9:.0f} GB, {torch.cuda.device_count()} GPUs")'
 
-step "smoke on CUDA (shape checks on, 30 steps of the cuda config)"
+step "GPU tests: determinism, causality probe, bf16 autocast, the strict-mode crash row"
+python -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tail -4
+
+step "smoke on CUDA (shape checks on)"
 just smoke 2>&1 | tail -7
 
-step "determinism: the cuda config twice with seed 0, 20M tokens each"
-just determinism --budget-tokens 20000000 2>&1 | tail -4
+step "determinism at the cuda preset: seed 0 twice, 10M tokens each (wall_s, tokens/s and MFU of a scored run)"
+just determinism --budget-tokens 10000000 2>&1 | grep -E '^(val_bpb|wall_s|tokens_per_s|mfu|eval_s|first|second|deterministic):'
 
-step "benchmark: default preset and GPT-2-small shape, 150 s of training each"
-python bench/bench.py --wall-s 150 --configs default gpt2-small baby | tee "$out/bench.jsonl"
+step "the price of determinism: the cuda preset, strict and not (50M tokens each)"
+python bench/bench.py --configs default --budget-tokens 50000000 2>/dev/null | tee -a "$out/bench.jsonl"
+python bench/bench.py --configs default --budget-tokens 50000000 --no-deterministic 2>/dev/null | tee -a "$out/bench.jsonl"
 
-step "a short scored run: just eval --budget-tokens 100000000"
-just eval --budget-tokens 100000000 2>&1 | tail -12
+step "where the deterministic step goes: the top kernels (just profile)"
+python bench/bench.py --profile --configs default 2>/dev/null | head -30
+
+step "GPT-2-small shape, deterministic (40M tokens)"
+python bench/bench.py --configs gpt2-small --budget-tokens 40000000 2>/dev/null | tee -a "$out/bench.jsonl"
+
+if [ -n "${ANCHOR:-}" ]; then
+  step "nanoGPT's model.py on our referee, same GPU (45 s each)"
+  WALL_S=45 CONFIGS=gpt2s,baby python "$ANCHOR" 2>/dev/null | tee -a "$out/bench.jsonl"
+fi
 
 gpus="$(python -c 'import torch; print(torch.cuda.device_count())')"
 if [ "$gpus" -ge 2 ]; then
-  step "one run on 2 GPUs (torchrun, DDP), twice: same val_bpb expected"
+  step "one run on 2 GPUs (torchrun, DDP), twice: the same val_bpb expected"
   for _ in 1 2; do just eval --nproc 2 --budget-tokens 20000000 2>&1 | grep -E '^(val_bpb|tokens_per_s|mfu|status):'; done
 fi
 
 cp results.tsv "$out/results.tsv"
-echo "figures: $out/bench.jsonl, $out/results.tsv"
+echo "figures: $out/bench.jsonl, $out/results.tsv, $out/check.log"

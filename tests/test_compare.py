@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import harness
-from conftest import add_rows, git, just, ledger, new
+from conftest import add_rows, block, git, just, ledger, new
 
 TINY = ["tiny", "--budget-tokens", "3000"]
 
@@ -172,3 +172,72 @@ def test_verify_refuses_what_it_cannot_check(project):
     add_rows(project, dict(experiment="main", val_bpb=2.0, commit="m", status="crash"))
     assert "there is no metric to verify" in just(project, "verify", "r0-main").stderr
     assert "no run 'nope'" in just(project, "verify", "nope").stderr
+
+
+# --- real runs through the protocol: a batch-size experiment, confirm, aa ---
+
+
+def test_a_batch_size_experiment_compares_with_the_baseline_end_to_end(project):
+    assert just(project, "baseline", "2", *TINY).returncode == 0
+    wt = new(project, "bigger-batch")
+    train_py = wt / "train.py"
+    train_py.write_text(train_py.read_text().replace("seq_len=64, batch_size=8,", "seq_len=64, batch_size=12,"))
+    git("commit", "-qam", "batch 12", cwd=wt)
+    assert just(wt, "eval", *TINY).returncode == 0
+    df = ledger(project)
+    assert df["train_tokens"].to_list() == [2560, 2560, 2304] and set(df["budget_tokens"]) == {3000}
+    result = json.loads(just(project, "compare", "bigger-batch", "--json").stdout)
+    assert len(result["baseline"]) == 2 and len(result["runs"]) == 1 and result["outcome"] != "improved"
+
+
+def test_confirm_scores_fresh_seeds_of_the_experiment_and_of_main(project):
+    new(project, "same")  # main's code: the two sides of each fresh seed must agree to the bit
+    hand = dict(config="tiny", budget_tokens=3000, train_tokens=2560)
+    add_rows(
+        project,
+        *baseline_rows(5.0, 5.1, 5.2, **hand),
+        dict(experiment="same", val_bpb=4.9, commit="s", seed=7, **hand),
+    )
+    result = just(project, "confirm", "same", "1")
+    assert result.returncode == 0, result.stderr
+    rows = ledger(project).filter(ledger(project)["description"].str.starts_with("confirm"))
+    assert rows.select("experiment", "seed", "description").rows() == [
+        ("same", 8, "confirm seed 8"),  # a seed no row of its group used
+        ("main", 8, "confirm same seed 8"),
+    ]
+    assert rows["val_bpb"][0] == rows["val_bpb"][1] and set(rows["config"]) == {"tiny"}
+    assert "same on fresh seeds: inconclusive" in result.stdout  # one seed a side is no claim
+    assert "no pull request" in just(project, "submit", "same").stdout
+
+
+def test_aa_passes_on_mains_own_code_and_fails_when_runs_drift(project):
+    result = just(project, "aa", "1", *TINY)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = block(result.stdout)
+    assert out["aa_experiments"] == "1" and int(out["improved"]) <= int(out["allowed"]) == 1
+    df = ledger(project)
+    assert df.height == 6 and df["seed"].to_list() == list(range(6))
+    assert df["description"].to_list()[:4] == [*(f"aa baseline seed {s}" for s in range(3)), "aa 1/1 seed 3"]
+
+    # Drift: the first three runs from now on come out worse (an untrained head), as a machine that warms
+    # up, or a cache that fills, would make them. Those are the baseline, and the rule must notice.
+    train_py = project / "train.py"
+    train_py.write_text(
+        train_py.read_text().replace(
+            "    return model\n",
+            "    from pathlib import Path\n"
+            "    counter = Path(__file__).with_name('drift.count')\n"
+            "    runs = int(counter.read_text()) if counter.exists() else 0\n"
+            "    counter.write_text(str(runs + 1))\n"
+            "    if runs < 3:\n"
+            "        model.head.weight.data.zero_()\n"
+            "    return model\n",
+        )
+    )
+    git("commit", "-qam", "drift", cwd=project)
+    drifted = just(project, "aa", "2", *TINY)
+    assert drifted.returncode == 1 and "aa: FAIL" in drifted.stdout
+    out = block(drifted.stdout)
+    assert (
+        out["improved"] == "2" and out["allowed"] == "1" and ledger(project)["seed"].to_list()[6:] == list(range(6, 15))
+    )

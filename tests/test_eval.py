@@ -226,6 +226,18 @@ def test_older_ledgers_with_fewer_columns_still_read(tmp_path):
     assert df.columns == list(referee.RESULTS_COLUMNS) and df["error"][0] is None
 
 
+def test_a_crash_of_strict_determinism_names_the_op_and_the_fix():
+    # torch's own wording (CUDA only: on CPU every op has a deterministic kernel; tests/test_gpu.py runs the real one)
+    torch_says = (
+        "histc_cuda does not have a deterministic implementation, but you set "
+        "'torch.use_deterministic_algorithms(True)'. You can turn off determinism just for this operation, ..."
+    )
+    message = referee.crash_message(RuntimeError(torch_says))
+    assert message.startswith("non-deterministic op: histc_cuda has no deterministic kernel")
+    assert "Replace it in train.py/model.py" in message and "turn off" not in message
+    assert referee.crash_message(ValueError("bad\nvalue")) == "ValueError: bad value"
+
+
 def test_an_older_ledger_is_migrated_on_append_and_keeps_every_row(tmp_path):
     path = tmp_path / "results.tsv"
     cols = referee.RESULTS_COLUMNS[: referee.RESULTS_COLUMNS.index("error") + 1]  # the format before budget_tokens

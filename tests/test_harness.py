@@ -281,7 +281,8 @@ def test_results_and_best_for_people_and_for_agents(project):
     assert best["bar"]["row"]["run_id"] == "r1-main" and best["bar"]["mean"] == pytest.approx(2.45)  # not r4's group
     out = just(project, "best").stdout
     assert (
-        "the bar: main's baseline 2.450000 ± 0.070711 (n=2) in cpu, 1,000 tokens" in out and "exp-a: inconclusive" in out
+        "the bar: main's baseline 2.450000 ± 0.070711 (n=2) in cpu, 1,000 tokens" in out
+        and "exp-a: inconclusive" in out
     )
 
 

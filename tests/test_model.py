@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import eval as referee
 import train
@@ -17,6 +18,40 @@ def test_forward_shapes_and_backward():
     assert logits.shape == (3, 40, 256) and logits.dtype == torch.float32
     logits.sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def backward_nodes(loss: torch.Tensor) -> set[str]:
+    """The names of every node of the autograd graph behind `loss`."""
+    seen, stack, names = set(), [loss.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def test_the_embedding_backward_is_a_deterministic_matmul_not_an_index_scatter():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, d_model=32, d_head=16))
+    idx, targets = torch.randint(256, (4, 64)), torch.randint(256, (4, 64))
+    loss = F.cross_entropy(model(idx).view(-1, 256), targets.view(-1))
+    nodes = backward_nodes(loss)
+    assert "ByteEmbeddingBackward" in nodes
+    assert not {n for n in nodes if n.startswith(("Embedding", "Index", "Scatter", "Gather"))}, nodes
+    loss.backward()
+    one_hot_grad = model.embed.weight.grad.clone()
+
+    model.zero_grad()  # the same model through nn.Embedding's own lookup and index_add backward
+    x = model.embed(idx)
+    for block in model.blocks:
+        x = block(x, model.cos[:64], model.sin[:64])
+    reference = F.cross_entropy(model.head(model.norm(x)).view(-1, 256), targets.view(-1))
+    reference.backward()
+    assert loss.item() == reference.item()  # the forward is the lookup itself
+    torch.testing.assert_close(one_hot_grad, model.embed.weight.grad, rtol=0, atol=1e-6)
 
 
 def test_longer_than_the_rotary_table_is_an_error():

@@ -3,6 +3,7 @@ tests/bin first on PATH; it follows shared/pueue-reference.md and really runs ea
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -109,6 +110,27 @@ def test_labelled_runs_from_two_checkouts_meet_their_results(tmp_path, pueue):
     assert "- **Observation:** val_bpb" in journal and "- **Inference:** " in journal
 
     assert "val_bpb:" in just(project, "log", "1", env=pueue.env).stdout
+
+
+def test_the_seeds_own_pueue_add_records_its_label_and_parallel_tasks_keep_their_rows(project, pueue):
+    label = "Q: one question, two paths? H: the same row"
+    assert pueue("parallel", "2").returncode == 0  # both tasks run at once, in worker slots 0 and 1
+    command = shlex.join(["just", "eval", *TINY, "--description", "same row"])
+    added = run(["pueue", "add", "--label", label, "--", command], cwd=project, env=pueue.env)  # the seed's usage
+    assert added.returncode == 0, added.stderr
+    assert just(project, "queue", label, "main", *TINY, "--description", "same row", env=pueue.env).returncode == 0
+    waited = pueue("wait", "0", "1", "--status", "success")
+    assert waited.returncode == 0, pueue("log", "0", "1", "--full").stdout
+    state = json.loads(pueue("status", "--json").stdout)["tasks"]
+    assert sorted(t["envs"]["PUEUE_WORKER_ID"] for t in state.values()) == ["0", "1"]
+    assert "RESEARCH_LABEL" not in state["0"]["envs"] and state["1"]["envs"]["RESEARCH_LABEL"] == label
+
+    df = ledger(project)
+    same = ["experiment", "config", "seed", "status", "val_bpb", "label", "description", "budget_tokens"]
+    assert df.height == 2 and df.select(same).unique().height == 1  # one row twice, but for its id
+    queued_id = state["1"]["envs"]["RESEARCH_RUN_ID"]
+    status = {s["id"]: s["row"]["run_id"] for s in json.loads(just(project, "status", "--json", env=pueue.env).stdout)}
+    assert status[1] == queued_id and status[0] != queued_id and set(status.values()) == set(df["run_id"])
 
 
 @pytest.mark.parametrize(
