@@ -16,7 +16,11 @@ mkdir -p "$out"
 imports="einops jaxtyping beartype loguru polars tyro git filelock numpy scipy submitit tqdm just"
 die() { echo "gpu_check: $*" >&2; exit 2; }
 
-ready() { "$1" -c "import torch, importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]" ${imports/ just/} 2>/dev/null && [ -x "$(dirname "$1")/just" ]; }
+# $1 has torch, the project's packages and, on PATH beside it, the `just` binary
+ready() {
+  "$1" -c "import torch, importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]" ${imports/ just/} 2>/dev/null &&
+    PATH="$(dirname "$1"):$PATH" command -v just >/dev/null
+}
 
 if [ -x "$here/.venv/bin/python" ] && ready "$here/.venv/bin/python"; then
   venv="$here/.venv"
@@ -28,6 +32,7 @@ else
   "$system_python" -m venv "$venv"
   site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
   echo "$torch_site" > "$site/system_torch.pth"  # that python's torch (and whatever else it has), not a copy
+  PATH="$PATH:$(cd "$torch_site/../../.." && pwd)/bin"  # and its scripts, for the packages it already has
   mapfile -t needs < <("$venv/bin/python" - "$here/pyproject.toml" <<'PY'
 import re, sys, tomllib
 deps = tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]
@@ -47,7 +52,7 @@ work="$(mktemp -d)/harness"
 git clone -q "$here" "$work"
 ln -s "$venv" "$work/.venv"
 cd "$work"
-export PATH="$venv/bin:$PATH" PYTHONUNBUFFERED=1
+export PATH="$venv/bin:$PATH" PYTHONUNBUFFERED=1  # (the system python's bin stays on PATH, after it)
 exec > >(tee "$out/check.log") 2>&1
 step() { printf '\n=== %s (%s)\n' "$1" "$(date +%T)"; }
 
