@@ -271,9 +271,9 @@ def the_bar(df) -> dict | None:
     if base.is_empty():
         return None
     newest = base.sort("started_at").row(-1, named=True)
-    mean, std = mean_std(baseline_rows(df, newest)["val_bpb"].to_list())
-    n = baseline_rows(df, newest).height
-    return dict(group=group_name(newest), mean=mean, std=std, n=n, row=newest)
+    values = baseline_rows(df, newest)["val_bpb"].to_list()
+    mean, std = mean_std(values)
+    return dict(group=group_name(newest), mean=mean, std=std, n=len(values), row=newest)
 
 
 def best_rows(df):
@@ -704,10 +704,6 @@ class Verdict:
     p_improved: float | None = None  # one-sided p-value of "lower than the baseline"
 
 
-def is_baseline(description: str | None) -> bool:
-    return (description or "").startswith(BASELINE)
-
-
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -911,7 +907,7 @@ def noise_report(values: list[float], plan: SeedPlan) -> list[str]:
     lines = [
         f"baseline_n: {len(values)}", f"mean: {mean:.6f}", f"std: {std:.6f}",
         f"resolvable_effect: {rule * std:.6f}  ({rule:.2f} std: {plan.runs} runs vs {plan.baseline} baseline seeds are "
-        f"called improved {POWER:.0%} of the time at this effect; false 'improved' in an A/A test: {ALPHA:.0%})",
+        f"called improved {POWER:.0%} of the time at this effect; false 'improved' in an A/A test: {ALPHA:.1%})",
         f"resolvable_effect_to_pr: {to_pr * std:.6f}  ({to_pr:.2f} std: improved, then confirmed on {plan.confirm} + "
         f"{plan.confirm} fresh seeds)",
         f"meaningful_effect: {plan.meaningful_effect}",
@@ -988,7 +984,7 @@ def confirm(argv: list[str]) -> None:
     print(f"---\n{slug} on fresh seeds: {result.outcome}\n{result.why}\n{result.advice}")
 
 
-AA_ARGS = ["--budget-tokens", "100000"]  # `just aa` with no EVAL_ARGS: the default config at a small budget
+AA_ARGS = ["tiny", "--budget-tokens", "100000"]  # `just aa` with no EVAL_ARGS: main's tiny config, a small budget
 
 
 def aa(argv: list[str]) -> None:
@@ -1019,13 +1015,13 @@ def aa(argv: list[str]) -> None:
         print(f"aa experiment {i}/{k}: {result.outcome} — {result.why}")
     allowed = aa_allowed(k, plan.runs, plan.baseline)
     print(
-        f"---\naa_experiments: {k}\nimproved: {improved}\nexpected: {k * ALPHA:.2f}  (the rule's rate, {ALPHA:.0%})\n"
+        f"---\naa_experiments: {k}\nimproved: {improved}\nexpected: {k * ALPHA:.2f}  (the rule's rate, {ALPHA:.1%})\n"
         f"allowed: {allowed}\n(99% of A/A checks with one shared baseline call at most {allowed} improved)\n"
         f"wall_s: {time.perf_counter() - t0:.0f}"
     )
     if improved > allowed:
         print(
-            f"aa: FAIL — {improved} of {k} runs of main's own code were called improved: the noise is not what the rule assumes (nondeterminism, drift, or a heavy tail)"
+            f"aa: FAIL — {improved} of {k} experiments that are main's own code were called improved: the noise is not what the rule assumes (nondeterminism, drift, or a heavy tail)"
         )
         raise SystemExit(1)
     print("aa: ok — main's own code is not called better than itself more often than the rule allows")
