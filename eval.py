@@ -730,7 +730,9 @@ def parse_args(argv: list[str], train_module) -> tuple[EvalArgs, str, object]:
     import tyro
 
     name, path, rest = split_config_args(argv)
-    probe = tyro.cli(EvalArgs, args=[a for a in rest if a not in ("-h", "--help")], return_unknown_args=True)[0]
+    probe = tyro.cli(
+        EvalArgs, args=[a for a in rest if a not in ("-h", "--help")], return_unknown_args=True, prog="just eval"
+    )[0]
     device_type = probe.device or resolve_device(None).type
     config_name, base = resolve_train_config(train_module, name, path, device_type)
     cli_type = dataclasses.make_dataclass(
@@ -740,7 +742,7 @@ def parse_args(argv: list[str], train_module) -> tuple[EvalArgs, str, object]:
             ("train", train_module.Config, dataclasses.field(default_factory=lambda: base)),
         ],
     )
-    parsed = tyro.cli(cli_type, args=rest, description=__doc__, config=(tyro.conf.OmitArgPrefixes,))
+    parsed = tyro.cli(cli_type, args=rest, description=__doc__, config=(tyro.conf.OmitArgPrefixes,), prog="just eval")
     if parsed.eval.budget_tokens is not None and parsed.eval.budget_tokens <= 0:
         raise ValueError(f"--budget-tokens {parsed.eval.budget_tokens}: must be a positive number of tokens")
     if parsed.eval.wall_cap_s is not None and parsed.eval.wall_cap_s <= 0:
@@ -892,6 +894,10 @@ def main(argv: list[str] | None = None) -> int:
     logger.info(f"run {run_id} | experiment {experiment} | commit {commit}{' (dirty)' if dirty else ''}")
     logger.info(f"torch {torch.__version__} | cuda {torch.version.cuda} | device {device} | seed {args.seed}")
     logger.info(f"config {config_desc} | {cfg}")
+    if args.wall_cap_s is not None and args.wall_cap_s > preset.wall_cap_s:
+        logger.warning(
+            f"--wall-cap-s {args.wall_cap_s:g} is above the {device.type} preset's cap: a cap is only lowered"
+        )
     logger.info(
         f"budget {budget:,} tokens | wall cap {wall_cap_s:.0f} s | eval context {preset.eval_seq_len}"
         + (f" | {world_size} processes (DDP)" if world_size > 1 else "")

@@ -90,6 +90,11 @@ def meta_mode() -> bool:
 
 
 def check_slug(slug: str) -> str:
+    if slug == MAIN_BRANCH:
+        raise Refusal(
+            f"the slug {slug!r} is reserved: the ledger records the main checkout's own runs as experiment "
+            f"{slug!r}, the baseline; pick another slug"
+        )
     if not SLUG.fullmatch(slug):
         raise Refusal(
             f"bad slug {slug!r}: use lowercase letters, digits and dashes, starting with a letter or digit (e.g. rotary-base-500)"
@@ -355,20 +360,23 @@ def ideas_table(root: Path) -> list[dict]:
 
 
 def cmd_new(slug: Positional[str]) -> None:
-    """Create worktree 5_worktrees/SLUG on a new branch exp/SLUG from main."""
+    """Create worktree 5_worktrees/SLUG on a new branch exp/SLUG from main, or re-open an existing exp/SLUG."""
     import git as gitpython
 
     root = main_root()
     path = worktree_dir(root, slug)
     repo = gitpython.Repo(root)
+    repo.git.worktree("prune")  # a worktree deleted by hand (rm -rf) no longer holds its branch
     if path.exists():
         raise Refusal(f"{path} already exists: pick another slug, or remove it with `just rm {slug}`")
-    if f"exp/{slug}" in [h.name for h in repo.heads]:
-        raise Refusal(f"branch exp/{slug} already exists: pick another slug, or delete it (git branch -D exp/{slug})")
-    repo.git.worktree("add", "-b", f"exp/{slug}", str(path), MAIN_BRANCH)
+    if f"exp/{slug}" in [h.name for h in repo.heads]:  # kept by `just rm`: its commits are what rows name
+        repo.git.worktree("add", str(path), f"exp/{slug}")
+        print(f"re-opened branch exp/{slug} in {path} (at {repo.heads[f'exp/{slug}'].commit.hexsha[:12]})")
+    else:
+        repo.git.worktree("add", "-b", f"exp/{slug}", str(path), MAIN_BRANCH)
+        print(f"created {path} on branch exp/{slug} (from {MAIN_BRANCH} {repo.heads[MAIN_BRANCH].commit.hexsha[:12]})")
     if (root / ".venv").is_dir():  # share the main checkout's environment: a new worktree is ready in seconds
         (path / ".venv").symlink_to(root / ".venv")
-    print(f"created {path} on branch exp/{slug} (from {MAIN_BRANCH} {repo.heads[MAIN_BRANCH].commit.hexsha[:12]})")
     idea = idea_file(root, slug)
     if idea is not None:
         print(f"idea: {idea.relative_to(root)}")
@@ -392,17 +400,20 @@ def cmd_rm(slug: Positional[str], force: bool = False) -> None:
     scored = any(r["experiment"] == slug and head.startswith(r["commit"] or "-") for r in df.iter_rows(named=True))
     losses = []
     if dirty:
-        losses.append(f"uncommitted changes: {', '.join(dirty)}")
+        losses.append(f"the uncommitted changes to {', '.join(dirty)}")
     if not merged and not scored:
-        losses.append(f"commit {head[:12]} is neither merged into {MAIN_BRANCH} nor scored in {LEDGER}")
+        losses.append(f"its commit {head[:12]}, which is neither merged into {MAIN_BRANCH} nor scored in {LEDGER}")
     if losses and not force:
         raise Refusal(
-            f"refusing to remove {path}; it would lose " + "; ".join(losses) + ". Use --force to remove it anyway."
+            f"refusing to remove {path}: that would lose " + ", and ".join(losses) + ". Commit and score it, "
+            "or use --force to remove it anyway."
         )
     if (path / ".venv").is_symlink():
         (path / ".venv").unlink()
     repo.git.worktree("remove", *(["--force"] if force else []), str(path))
-    print(f"removed {path}; branch exp/{slug} is kept (delete it with git branch -D exp/{slug})")
+    print(
+        f"removed {path}; branch exp/{slug} is kept, as its commits are what the ledger names (just new {slug} re-opens it)"
+    )
 
 
 def cmd_check() -> None:
@@ -429,6 +440,8 @@ def prepend_entry(path: Path, entry: str) -> None:
 
 def cmd_journal(text: Positional[str], observation: str = "", inference: str = "") -> None:
     """Prepend a dated entry to the root RESEARCH_JOURNAL.md, from any worktree."""
+    if not text.strip():
+        raise Refusal('an empty journal entry: give the text, e.g. just journal "tried X: val_bpb 1.75 -> 1.74"')
     root = main_root()
     who = experiment_name(checkout_dir(), root)
     lines = [f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {who}", "", text.strip()]

@@ -56,6 +56,22 @@ class Config:
     log_every: int = 50
     """steps between log lines (each syncs the device once and checks the loss is finite)"""
 
+    def __post_init__(self):  # an impossible value is refused before the run, with no ledger row
+        for name in ("n_layer", "d_model", "d_head", "seq_len", "batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be 1 or more")
+        if self.d_model % self.d_head:
+            raise ValueError(f"--d-model {self.d_model} is not a multiple of --d-head {self.d_head}")
+        checks = dict(
+            lr=self.lr > 0, weight_decay=self.weight_decay >= 0, grad_clip=self.grad_clip >= 0,
+            final_lr_frac=0 <= self.final_lr_frac <= 1, warmup_frac=0 <= self.warmup_frac < 1, beta2=0 < self.beta2 < 1,
+        )  # fmt: skip
+        bounds = dict(lr="> 0", weight_decay=">= 0", grad_clip=">= 0", final_lr_frac="in [0, 1]",
+                      warmup_frac="in [0, 1)", beta2="in (0, 1)")  # fmt: skip
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be {bounds[name]}")
+
     def model_config(self) -> GPTConfig:
         return GPTConfig(
             n_layer=self.n_layer, d_model=self.d_model, d_head=self.d_head, max_seq_len=max(self.seq_len, 1024)

@@ -54,24 +54,39 @@ def test_new_refuses_a_bad_slug(project, slug):
     assert result.returncode != 0 and "bad slug" in result.stderr
 
 
-def test_new_refuses_an_existing_slug_or_branch(project):
+def test_new_refuses_an_existing_worktree_and_the_reserved_slug(project):
     new(project, "dup")
     assert "already exists" in just(project, "new", "dup").stderr
-    git("branch", "exp/taken", cwd=project)
-    result = just(project, "new", "taken")
-    assert result.returncode == 1 and "branch exp/taken already exists" in result.stderr
+    reserved = just(project, "new", "main")
+    assert reserved.returncode == 1 and "the slug 'main' is reserved" in reserved.stderr
+    assert "exp/main" not in git("branch", cwd=project)
+
+
+def test_new_reopens_a_kept_branch_and_a_worktree_deleted_by_hand(project):
+    wt = new(project, "again")
+    (wt / "model.py").write_text((wt / "model.py").read_text() + "\n# tried\n")
+    git("commit", "-qam", "tried", cwd=wt)
+    tried = git("rev-parse", "HEAD", cwd=wt)
+    assert just(project, "rm", "again", "--force").returncode == 0
+    result = just(project, "new", "again")
+    assert result.returncode == 0 and "re-opened branch exp/again" in result.stdout
+    assert git("rev-parse", "HEAD", cwd=wt) == tried  # the commit the ledger rows would name
+    subprocess.run(["rm", "-rf", str(wt)], check=True)  # by hand, behind git's back
+    assert just(project, "new", "again").returncode == 0 and git("rev-parse", "HEAD", cwd=wt) == tried
 
 
 def test_rm_refuses_to_lose_work_and_says_what(project):
     wt = new(project, "risky")
     (wt / "model.py").write_text((wt / "model.py").read_text() + "\n# unsaved\n")
     result = just(project, "rm", "risky")
-    assert result.returncode == 1 and "uncommitted changes: model.py" in result.stderr
+    assert result.returncode == 1 and "would lose the uncommitted changes to model.py" in result.stderr
     git("commit", "-qam", "idea", cwd=wt)
     result = just(project, "rm", "risky")
-    assert result.returncode == 1 and "neither merged into main nor scored" in result.stderr
+    assert result.returncode == 1 and "would lose its commit" in result.stderr
+    assert "which is neither merged into main nor scored in results.tsv. Commit and score it" in result.stderr
     assert wt.is_dir()
-    assert just(project, "rm", "risky", "--force").returncode == 0
+    removed = just(project, "rm", "risky", "--force")
+    assert removed.returncode == 0 and "just new risky re-opens it" in removed.stdout
     assert not wt.exists() and "exp/risky" in git("branch", cwd=project)  # the branch stays
 
 
@@ -114,6 +129,10 @@ def test_journal_entries_are_prepended_never_edited(project):
     text = (project / "RESEARCH_JOURNAL.md").read_text()
     assert text.startswith("# Research Journal") and text.index("second entry") < text.index("first entry")
     assert "- **Observation:** bpb 2.0" in text
+    for blank in ("", "  "):
+        refused = just(project, "journal", blank)
+        assert refused.returncode == 1 and "an empty journal entry" in refused.stderr
+    assert (project / "RESEARCH_JOURNAL.md").read_text() == text
     assert commit(project, "RESEARCH_JOURNAL.md", text, env=hooked_env()).returncode == 0  # prepending: fine
     edited = commit(
         project, "RESEARCH_JOURNAL.md", text.replace("first entry", "a better first entry"), env=hooked_env()

@@ -121,7 +121,10 @@ def test_ctrl_c_or_a_kill_still_writes_exactly_one_row(project, sig, error):
     [
         (["--device", "tpu"], "tpu"),
         (["--budget-tokens", "-5"], "--budget-tokens -5: must be a positive"),
-        (["--bogus-flag", "1"], "--bogus-flag"),
+        (["--bogus-flag", "1"], "just eval --help"),
+        (["tiny", "--lr", "-1"], "--lr -1.0: must be > 0"),
+        (["tiny", "--warmup-frac", "1"], "--warmup-frac 1.0: must be in [0, 1)"),
+        (["tiny", "--d-head", "48"], "--d-model 32 is not a multiple of --d-head 48"),
         (["nosuchconfig"], "unknown config 'nosuchconfig'; train.CONFIGS has ['cpu', 'cuda', 'mps', 'tiny']"),
     ],
 )
