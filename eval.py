@@ -46,6 +46,7 @@ import resource
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import sysconfig
 import time
@@ -623,24 +624,93 @@ def migrated(text: str) -> str:
     return "\t".join(RESULTS_COLUMNS) + "\n" + "".join(rows)
 
 
-def append_result(row: dict, path: Path) -> None:
-    """Append one row under a lock, writing the header first if the file is new or empty. The line
-    goes out in one write of an O_APPEND file, so a reader never sees half a row. A ledger written
-    before a column was added is first migrated (`migrated`), atomically, under the same lock."""
+def ledger_lock(path: Path):
     from filelock import FileLock
 
+    return FileLock(str(path) + ".lock")
+
+
+def append_result(row: dict, path: Path) -> None:
+    """Append one row under the ledger's lock (`append_locked`)."""
+    with ledger_lock(path):
+        append_locked(row, path)
+
+
+def append_locked(row: dict, path: Path) -> None:
+    """Append one row, writing the header first if the file is new or empty; the caller holds the lock.
+    The line goes out in one write of an O_APPEND file, so a reader never sees half a row. A ledger
+    written before a column was added is first migrated (`migrated`), atomically."""
     line = format_row(row).encode()
-    with FileLock(str(path) + ".lock"):
-        if path.exists() and path.stat().st_size and len(ledger_header(path)) < len(RESULTS_COLUMNS):
-            write_atomic(path, migrated(path.read_text()).encode())
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    if path.exists() and path.stat().st_size and len(ledger_header(path)) < len(RESULTS_COLUMNS):
+        write_atomic(path, migrated(path.read_text()).encode())
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if os.fstat(fd).st_size == 0:
+            line = ("\t".join(RESULTS_COLUMNS) + "\n").encode() + line
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# A run that has not recorded its row keeps runs/{run_id}/running.json: its process and the row it
+# would write. SIGKILL and the out-of-memory killer leave it behind; the next ledger read finds its
+# process gone and records the crash row then, once (`reap_killed_runs`).
+RUNNING = "running.json"
+
+
+def process_start(pid: int) -> str | None:
+    """When process `pid` started (Linux: clock ticks since boot), which tells it from a later one
+    given the same pid; None when there is no such process (or no /proc)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        return None
+
+
+def is_alive(pid: int, start: str | None) -> bool:
+    if Path("/proc/self/stat").exists():
+        return process_start(pid) == start
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def mark_running(row: dict, run_dir: Path) -> None:
+    record = dict(host=socket.gethostname(), pid=os.getpid(), start=process_start(os.getpid()), row=row)
+    write_atomic(run_dir / RUNNING, json.dumps(record).encode())
+
+
+def reap_killed_runs(root: Path) -> list[str]:
+    """Record a `crash` row for every run whose process died without writing its row; their ids."""
+    dead = []
+    for marker in (root / "runs").glob(f"*/{RUNNING}"):
         try:
-            if os.fstat(fd).st_size == 0:
-                line = ("\t".join(RESULTS_COLUMNS) + "\n").encode() + line
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            record = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            continue  # being written, or already reaped
+        # A run on another host (a cluster's shared runs/) is that host's to judge.
+        if record["host"] == socket.gethostname() and not is_alive(record["pid"], record["start"]):
+            dead.append(marker)
+    if not dead:
+        return []
+    path, reaped = root / "results.tsv", []
+    with ledger_lock(path):  # two readers that find the same dead run record it once
+        recorded = {line.split("\t", 1)[0] for line in path.read_text().splitlines()[1:]} if path.exists() else set()
+        for marker in dead:
+            if not marker.exists():
+                continue
+            record = json.loads(marker.read_text())
+            if record["row"]["run_id"] not in recorded:
+                error = f"killed (SIGKILL or out of memory): process {record['pid']} ended without writing its row"
+                append_locked(dict(record["row"], status="crash", error=error), path)
+                reaped.append(record["row"]["run_id"])
+            marker.unlink()
+    return reaped
 
 
 def read_results(path: Path):
@@ -823,11 +893,24 @@ def print_summary(row: dict, summary: dict) -> None:
 def record(row: dict, summary: dict, root: Path, run_dir: Path) -> None:
     """The row into the ledger, the summary beside the run's log, the summary block on stdout."""
     append_result(row, root / "results.tsv")
+    (run_dir / RUNNING).unlink(missing_ok=True)
     (run_dir / "summary.json").write_text(json.dumps({**row, **summary}, indent=2) + "\n")
     print_summary(row, summary)
 
 
+def end_with_parent() -> None:
+    """SIGTERM this process when its parent dies (Linux), so that a kill of `uv run just eval`, of
+    `just`, or of `just baseline` reaches the run, which records its crash row, instead of leaving it
+    running unseen."""
+    if sys.platform == "linux":
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def main(argv: list[str] | None = None) -> int:
+    end_with_parent()
     if argv is None:
         argv = json.loads(os.environ["RESEARCH_EVAL_ARGS"]) if "LOCAL_RANK" in os.environ else sys.argv[1:]
     root = Path(__file__).resolve().parent
@@ -883,6 +966,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    if world_size == 1:  # (under DDP the launcher records a rank's death)
+        mark_running(row, run_dir)
 
     from loguru import logger
 

@@ -249,6 +249,8 @@ def ledger(root: Path):
 
     import eval as referee
 
+    for run_id in referee.reap_killed_runs(root):
+        print(f"recorded run {run_id} as crash: its process was killed before it wrote its row", file=sys.stderr)
     df = referee.read_results(root / LEDGER)
     return df.with_columns(budget=pl.coalesce("budget_tokens", "train_tokens"))
 
@@ -417,7 +419,9 @@ def cmd_rm(slug: Positional[str], force: bool = False) -> None:
 
 
 def cmd_check() -> None:
-    """List taxonomy violations (FROZEN, GLOBAL, APPEND-ONLY) of this checkout; exit 1 if any."""
+    """List taxonomy violations (FROZEN, GLOBAL, APPEND-ONLY) of this checkout; exit 1 if any. Runs
+    killed before they wrote their row get it here (as on every ledger read)."""
+    ledger(main_root())
     problems = check_violations(Path.cwd())
     for p in problems:
         print(f"- {p}")
@@ -1780,6 +1784,9 @@ def main(argv: list[str]) -> int:
     except Refusal as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: a run in progress records its own crash row
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

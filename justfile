@@ -1,6 +1,7 @@
 # Recipes of the research harness. FROZEN (infrastructure): edit only with META_MODE=1.
 # Run them as `uv run just RECIPE` from the main checkout or any worktree under 5_worktrees/:
-# they always use main's eval.py and harness.py, and the main checkout's environment.
+# they always use main's eval.py and harness.py, and the main checkout's environment. `exec`: the
+# recipe's shell becomes the python process, so a signal to `just` (or to `uv run`) reaches the run.
 
 set positional-arguments
 
@@ -15,125 +16,125 @@ default:
 
 # train and score one run, append one row to results.tsv: just eval [CONFIG] [--seed 1] [--lr 3e-3 ...]
 eval *args:
-    @python "{{root}}/eval.py" "$@"
+    @exec python "{{root}}/eval.py" "$@"
 
 # download (hf: sources) and prepare eval.py's DATA_SOURCE once; runs then read it offline
 prepare:
-    @python "{{root}}/harness.py" prepare
+    @exec python "{{root}}/harness.py" prepare
 
 # fast sanity check with shape checks on, no ledger row: just smoke [CONFIG] [--field value ...]
 smoke *args:
-    @python "{{root}}/harness.py" smoke "$@"
+    @exec python "{{root}}/harness.py" smoke "$@"
 
 # --- experiments ---
 
 # new worktree 5_worktrees/SLUG on branch exp/SLUG: just new rotary-base
 new slug:
-    @python "{{root}}/harness.py" new -- "$1"
+    @exec python "{{root}}/harness.py" new -- "$1"
 
 # remove a worktree whose runs are recorded or whose branch is merged: just rm SLUG [--force]
 rm slug *args:
-    @python "{{root}}/harness.py" rm "$@"
+    @exec python "{{root}}/harness.py" rm "$@"
 
 # commit a worktree's changes, push, open a PR once confirmed on fresh seeds: just submit SLUG [--message TEXT]
 submit slug *args:
-    @python "{{root}}/harness.py" submit "$@"
+    @exec python "{{root}}/harness.py" submit "$@"
 
 # --- the queue (pueue on one machine, Slurm through submitit on a cluster) ---
 
 # queue a labelled scored run on pueue (or --backend slurm): just queue [--backend slurm ...] "Q: .. H: .." SLUG [EVAL_ARGS]
 queue +args:
-    @python "{{root}}/harness.py" queue "$@"
+    @exec python "{{root}}/harness.py" queue "$@"
 
 # one pueue group per visible GPU (gpu0, gpu1, ...), one task at a time each
 gpus:
-    @python "{{root}}/harness.py" gpus
+    @exec python "{{root}}/harness.py" gpus
 
 # queued and finished labelled runs (pueue tasks, cluster jobs) with their results: just status [--json]
 status *args:
-    @python "{{root}}/harness.py" status "$@"
+    @exec python "{{root}}/harness.py" status "$@"
 
 # full output of a pueue task or a cluster job: just log ID (a number, slurm-N or local-N)
 log id:
-    @python "{{root}}/harness.py" log "$1"
+    @exec python "{{root}}/harness.py" log "$1"
 
 # live tail of a pueue task or a cluster job: just follow ID
 follow id:
-    @python "{{root}}/harness.py" follow "$1"
+    @exec python "{{root}}/harness.py" follow "$1"
 
 # journal entry (Q, H, observed) for each finished labelled run not reviewed yet
 review:
-    @python "{{root}}/harness.py" review
+    @exec python "{{root}}/harness.py" review
 
 # --- the record ---
 
 # prepend a dated entry to RESEARCH_JOURNAL.md: just journal "TEXT" [--observation ..] [--inference ..]
 journal text *args:
-    @python "{{root}}/harness.py" journal "$@"
+    @exec python "{{root}}/harness.py" journal "$@"
 
 # new idea file from the template: just idea SLUG "TITLE"
 idea slug title:
-    @python "{{root}}/harness.py" idea -- "$@"
+    @exec python "{{root}}/harness.py" idea -- "$@"
 
 # list ideas with rating, worktree, results, report: just ideas [--json]
 ideas *args:
-    @python "{{root}}/harness.py" ideas "$@"
+    @exec python "{{root}}/harness.py" ideas "$@"
 
 # IDEATE or IMPLEMENT, and where things stand: just next [--json]
 next *args:
-    @python "{{root}}/harness.py" next "$@"
+    @exec python "{{root}}/harness.py" next "$@"
 
 # new report prefilled with the slug's rows and diff: just report SLUG
 report slug:
-    @python "{{root}}/harness.py" report "$1"
+    @exec python "{{root}}/harness.py" report "$1"
 
 # the last N ledger rows: just results [N] [--json]
 results *args:
-    @python "{{root}}/harness.py" results "$@"
+    @exec python "{{root}}/harness.py" results "$@"
 
 # the best row per comparable group, and the one main must beat: just best [--json]
 best *args:
-    @python "{{root}}/harness.py" best "$@"
+    @exec python "{{root}}/harness.py" best "$@"
 
 # --- trustworthy comparisons ---
 
 # score main with N seeds, print mean, std and the smallest effect resolved: just baseline [N] [EVAL_ARGS...]
 baseline *args:
-    @python "{{root}}/harness.py" baseline "$@"
+    @exec python "{{root}}/harness.py" baseline "$@"
 
 # score this checkout twice with one seed; exit 1 unless identical: just determinism [EVAL_ARGS...]
 determinism *args:
-    @python "{{root}}/harness.py" determinism "$@"
+    @exec python "{{root}}/harness.py" determinism "$@"
 
 # improved / promising / inconclusive / worse against main's baseline: just compare SLUG [--json]
 compare slug *args:
-    @python "{{root}}/harness.py" compare "$@"
+    @exec python "{{root}}/harness.py" compare "$@"
 
 # score N fresh seeds of SLUG and of main, judged alone: what just submit needs: just confirm SLUG [N]
 confirm slug *args:
-    @python "{{root}}/harness.py" confirm "$@"
+    @exec python "{{root}}/harness.py" confirm "$@"
 
 # A/A check of the rule on this machine: K runs of main's code vs main; exit 1 if too many "improve": just aa [K=20] [EVAL_ARGS...]
 aa *args:
-    @python "{{root}}/harness.py" aa "$@"
+    @exec python "{{root}}/harness.py" aa "$@"
 
 # rebuild a run from its checkpoint and commit, re-score it, exit 1 on mismatch: just verify RUN_ID
 verify run_id:
-    @python "{{root}}/harness.py" verify "$1"
+    @exec python "{{root}}/harness.py" verify "$1"
 
 # progress.png (metric per run, running best) and runs/*/loss.png
 plot:
-    @python "{{root}}/harness.py" plot
+    @exec python "{{root}}/harness.py" plot
 
 # --- development ---
 
 # the top kernels of a few training steps of this checkout's config (torch.profiler): just profile [--configs NAME]
 profile *args:
-    @python "{{root}}/bench/bench.py" --profile "$@"
+    @exec python "{{root}}/bench/bench.py" --profile "$@"
 
 # FROZEN / GLOBAL / APPEND-ONLY violations of this checkout (exit 1 if any)
 check:
-    @python "{{root}}/harness.py" check
+    @exec python "{{root}}/harness.py" check
 
 # the test suite (CPU, no network): just test [-k name]
 test *args:

@@ -1,6 +1,7 @@
 """End to end: the real `just eval` / `just smoke` as subprocesses in a temporary copy of the project,
 on tiny budgets. Asserts the printed block, the ledger row and the run folder."""
 
+import contextlib
 import json
 import os
 import signal
@@ -154,3 +155,89 @@ def test_smoke_catches_a_shape_bug_through_the_type_annotations(project):
     commit_change(project, "model.py", "return self.head(self.norm(x))", "return self.head(self.norm(x))[:, 1:]")
     result = just(project, "smoke", "tiny")
     assert result.returncode != 0 and "forward" in result.stderr
+
+
+def kill_group(proc) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def wait_until_training(project) -> None:
+    for _ in range(600):
+        time.sleep(0.1)
+        log = next((project / "runs").glob("*/train.log"), None) if (project / "runs").exists() else None
+        if log is not None and "step 10/" in log.read_text():
+            return
+    raise AssertionError("the run never started training")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_signal_to_the_command_the_user_started_reaches_the_run(project, sig):
+    """`kill` of `just eval` (what `uv run` passes on, too): the run must not go on unseen and record an
+    `ok` row later. SIGTERM is passed on; SIGKILL of `just` reaches it as its parent's death."""
+    proc = subprocess.Popen(
+        [JUST, "eval", "tiny", "--budget-tokens", "100000000"], cwd=project, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_until_training(project)
+        proc.send_signal(sig)  # to `just` alone, not to its process group
+        proc.communicate(timeout=60)
+        for _ in range(600):
+            if ledger(project).height:
+                break
+            time.sleep(0.1)
+    finally:
+        kill_group(proc)  # whatever is left of it
+    df = ledger(project)
+    assert df.height == 1 and df["status"][0] == "crash" and df["error"][0] == "Terminated: killed by SIGTERM"
+    for _ in range(100):  # nothing runs on
+        if not subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True).stdout:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the run outlived the command that started it")
+
+
+def test_a_run_killed_without_its_row_gets_one_crash_row_on_the_next_read(project):
+    proc = subprocess.Popen(
+        [JUST, "eval", "tiny", "--budget-tokens", "100000000"], cwd=project, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_until_training(project)
+        python = subprocess.run(["pgrep", "-s", str(proc.pid), "python"], capture_output=True, text=True)
+        subprocess.run(["kill", "-KILL", *python.stdout.split()], check=True)  # as the OOM killer does
+        proc.communicate(timeout=60)
+    finally:
+        kill_group(proc)
+    assert (project / "results.tsv").read_text().count("\n") == 1  # no row yet: nothing could write it
+    readers = [
+        subprocess.Popen([JUST, cmd], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for cmd in ("results", "check", "best")
+    ]
+    outputs = [reader.communicate(timeout=120) for reader in readers]
+    assert sum("as crash: its process was killed" in err for _, err in outputs) == 1
+    df = ledger(project)
+    assert df.height == 1 and df["status"][0] == "crash"
+    assert df["error"][0].startswith("killed (SIGKILL or out of memory)") and df["config"][0] == "tiny"
+    assert not list((project / "runs").glob("*/running.json"))
+    assert ledger(project).height == 1  # read again: still one row
+
+
+def test_ctrl_c_during_baseline_records_the_run_and_prints_no_traceback(project):
+    proc = subprocess.Popen(
+        [JUST, "baseline", "2", "tiny", "--budget-tokens", "100000000"], cwd=project, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_until_training(project)
+        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole foreground group
+        _, err = proc.communicate(timeout=120)
+    finally:
+        kill_group(proc)
+    last = err.rstrip().splitlines()[-2:]
+    assert last[0] == "interrupted" and "exit code 130" in last[1]
+    assert 'harness.py", line' not in err  # the run's own log shows where it was; the harness no traceback
+    df = ledger(project)
+    assert df.height == 1 and df["error"][0].startswith("KeyboardInterrupt")
