@@ -615,6 +615,65 @@ def ledger_header(path: Path) -> tuple[str, ...]:
     return header
 
 
+def row_problem(line: str, header: tuple[str, ...]) -> str | None:
+    """Why one line of the ledger is not a row the referee could have written; None if it is one."""
+    cells = line.split("\t")
+    if len(cells) != len(header):
+        return f"{len(cells)} fields where the header has {len(header)}"
+    for column, cell in zip(header, cells, strict=True):
+        kind = RESULTS_SCHEMA[column]
+        if column in ("run_id", "status") and not cell:
+            return f"no {column}"
+        if column == "status" and cell not in STATUSES:
+            return f"status={cell!r} is not one of {', '.join(STATUSES)}"
+        try:
+            if cell and kind == "Int64":
+                int(cell)
+            elif cell and kind == "Float64":
+                float(cell)
+        except ValueError:
+            return f"{column}={cell!r} is not a {'whole number' if kind == 'Int64' else 'number'}"
+    return None
+
+
+def ledger_problems(text: str, name: str = "results.tsv") -> list[str]:
+    """Every line of a ledger's text that is not a valid row, as 'NAME:LINE: why'."""
+    lines = text.split("\n")
+    header = tuple(lines[0].split("\t"))
+    if header != RESULTS_COLUMNS[: len(header)]:
+        return [f"{name}:1: the header is not {' '.join(RESULTS_COLUMNS)} or an older prefix of it"]
+    problems = []
+    for number, line in enumerate(lines[1:], start=2):
+        if line == "" and number == len(lines):
+            continue  # the newline that ends the last row
+        why = "an empty line" if not line.strip() else row_problem(line, header)
+        if why is not None:
+            problems.append(f"{name}:{number}: {why}")
+    return problems
+
+
+def without_bad_lines(text: str) -> str:
+    """The ledger's text less the lines that are not rows: what its repair may leave."""
+    lines = text.splitlines(keepends=True)
+    header = tuple(lines[0].rstrip("\n").split("\t"))
+    return lines[0] + "".join(
+        line for line in lines[1:] if line.strip() and row_problem(line.rstrip("\n"), header) is None
+    )
+
+
+def check_ledger(path: Path) -> None:
+    """Refuse a ledger with a line that is not a row, naming the line and the repair."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    problems = ledger_problems(path.read_text(), str(path))
+    if problems:
+        more = f" (and {len(problems) - 1} more such lines)" if len(problems) > 1 else ""
+        raise ValueError(
+            f"{problems[0]}{more}: not a row the referee wrote. Repair: delete that line (the guard lets a "
+            f"line that is not a row go), or restore the file (git checkout HEAD -- {path.name})"
+        )
+
+
 def migrated(text: str) -> str:
     """An older ledger's text in today's format: today's header, and each row padded with empty cells
     for the columns added since (they read as null). Rows are otherwise byte for byte as they were."""
@@ -721,6 +780,7 @@ def read_results(path: Path):
     schema = {name: getattr(pl, dtype) for name, dtype in RESULTS_SCHEMA.items()}
     if not path.exists() or path.stat().st_size == 0:
         return pl.DataFrame(schema=schema)
+    check_ledger(path)
     header = ledger_header(path)
     df = pl.read_csv(path, separator="\t", schema={k: schema[k] for k in header}, quote_char=None)
     return df.with_columns(pl.lit(None, dtype=schema[c]).alias(c) for c in RESULTS_COLUMNS[len(header) :])
@@ -918,6 +978,7 @@ def main(argv: list[str] | None = None) -> int:
     harness.install_hooks(root)
     harness.require_scoring_allowed(code_dir, root)
 
+    check_ledger(root / "results.tsv")  # before the run: its row could not be appended
     train = load_experiment(code_dir)
     args, config_desc, cfg = parse_args(argv, train)
     device = resolve_device(args.device)

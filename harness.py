@@ -145,15 +145,18 @@ def journal_grows_at_top(old: str, new: str) -> bool:
 
 
 def ledger_grows_at_bottom(old: str, new: str) -> bool:
-    """APPEND-ONLY for the ledger: rows are only appended, never edited or removed; a ledger from
-    before a column was added may have been migrated first (eval.migrated: header and padding only)."""
+    """APPEND-ONLY for the ledger: rows are only appended, never edited or removed. Before the new rows,
+    the old text may have lost lines that were not rows (eval.without_bad_lines), and a ledger from
+    before a column was added may have been migrated (eval.migrated: header and padding only)."""
     if not old or new.startswith(old):
         return not old or old.endswith("\n")
     import eval as referee
 
     header = old.split("\n", 1)[0].split("\t")
-    older = len(header) < len(referee.RESULTS_COLUMNS) and tuple(header) == referee.RESULTS_COLUMNS[: len(header)]
-    return older and old.endswith("\n") and new.startswith(referee.migrated(old))
+    if tuple(header) != referee.RESULTS_COLUMNS[: len(header)] or not old.endswith("\n"):
+        return False
+    repaired = referee.without_bad_lines(old)
+    return any(new.startswith(before) for before in (repaired, referee.migrated(old), referee.migrated(repaired)))
 
 
 def taxonomy_violations(changes: dict[str, tuple[bytes | None, bytes | None]], on_main: bool, meta: bool) -> list[str]:
@@ -184,6 +187,10 @@ def taxonomy_violations(changes: dict[str, tuple[bytes | None, bytes | None]], o
             )
         elif new is not None and path == LEDGER and not ledger_grows_at_bottom(old.decode(), new.decode()):
             problems.append(f"APPEND-ONLY {path}: rows were edited or removed; rows are only appended (by just eval).")
+        elif new is not None and path == LEDGER and (bad := ledger_problems(new.decode())):
+            problems.append(
+                f"APPEND-ONLY {path}: {bad[0]}: not a row the referee wrote. Delete that line, then commit again."
+            )
     return problems
 
 
@@ -242,6 +249,12 @@ def require_scoring_allowed(code_dir: Path, root: Path) -> None:
 # --- the ledger, read with the referee's schema ---
 
 
+def ledger_problems(text: str) -> list[str]:
+    import eval as referee
+
+    return referee.ledger_problems(text)
+
+
 def ledger(root: Path):
     """The ledger, and `budget`: the token budget asked for, which decides comparability. Rows written
     before the ledger had budget_tokens compare by the tokens they were served, as they did then."""
@@ -251,7 +264,10 @@ def ledger(root: Path):
 
     for run_id in referee.reap_killed_runs(root):
         print(f"recorded run {run_id} as crash: its process was killed before it wrote its row", file=sys.stderr)
-    df = referee.read_results(root / LEDGER)
+    try:
+        df = referee.read_results(root / LEDGER)
+    except ValueError as e:  # a line that is not a row: named, with its repair
+        raise Refusal(str(e)) from e
     return df.with_columns(budget=pl.coalesce("budget_tokens", "train_tokens"))
 
 
@@ -493,12 +509,14 @@ def where_things_stand(root: Path) -> dict:
     for slug in worktrees:
         rows = df.filter(pl.col("experiment") == slug)
         last[slug] = None if rows.is_empty() else rows.row(-1, named=True)
+    bar = the_bar(df)
     ok = df.filter(pl.col("status") == "ok")
-    best = None if ok.is_empty() else ok.sort("val_bpb").row(0, named=True)
+    in_group = ok if bar is None else ok.filter(same_group(bar["row"]))  # one group: best and bar compare
+    best = None if in_group.is_empty() else in_group.sort("val_bpb").row(0, named=True)
     journal = (root / JOURNAL).read_text() if (root / JOURNAL).exists() else ""
     entries = journal[len(journal_head(journal)) :]
     newest = re.split(r"\n(?=## )", entries, maxsplit=1)[0].strip() if entries else None
-    return dict(worktrees=last, best=best, newest_journal_entry=newest, rows=df.height)
+    return dict(worktrees=last, bar=bar, best=best, newest_journal_entry=newest, rows=df.height)
 
 
 def next_step(root: Path) -> dict:
@@ -526,11 +544,12 @@ def cmd_next(json: bool = False) -> None:
     if step["idea"]:
         print(f"next: uv run just new {step['idea']['slug']}   # {step['idea']['file']}")
     print(f"\nledger: {state['rows']} rows")
-    if state["best"]:
-        b = state["best"]
-        print(
-            f"best: {b['val_bpb']:.4f} val_bpb, {b['experiment']} ({b['run_id']}, {b['train_tokens']} tokens, {b['device']})"
-        )
+    bar, b = state["bar"], state["best"]
+    if bar is not None:
+        print(f"the bar: main's baseline {bar['mean']:.4f} ± {bar['std']:.4f} (n={bar['n']}) in {bar['group']}")
+    if b is not None:
+        where = "in that group" if bar is not None else f"no baseline yet: run just baseline; in {group_name(b)}"
+        print(f"best: {b['val_bpb']:.4f} val_bpb, {b['experiment']} ({b['run_id']}), {where}")
     for slug, r in state["worktrees"].items():
         print(
             f"worktree {slug}: "

@@ -5,7 +5,6 @@ import math
 import subprocess
 from pathlib import Path
 
-import polars as pl
 import pytest
 import torch
 from torch import nn
@@ -209,13 +208,30 @@ def test_bad_rows_are_refused_before_anything_is_written(tmp_path):
     assert not path.exists()
 
 
-def test_a_malformed_ledger_is_an_error_not_a_null(tmp_path):
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        ("garbage", "1 fields where the header has 21"),
+        ("r9\tnot-a-time\tmain\tcpu\tabc\tNOT_AN_INT" + "\t" * 15, "seed='NOT_AN_INT' is not a whole number"),
+        (
+            "\t".join(["r9", "", "main", "cpu", "c", "zero", "cpu", "ok"] + [""] * 13),
+            "seed='zero' is not a whole number",
+        ),
+        ("\t".join(["r9", "", "main", "cpu", "c", "0", "cpu", "great"] + [""] * 13), "status='great' is not one of"),
+        ("", "an empty line"),
+    ],
+)
+def test_a_line_that_is_not_a_row_is_an_error_naming_the_line_and_the_repair(tmp_path, line, why):
     path = tmp_path / "results.tsv"
     referee.append_result(row(), path)
     with path.open("a") as f:
-        f.write("r9\tnot-a-time\tmain\tcpu\tabc\tNOT_AN_INT\n")
-    with pytest.raises(pl.exceptions.PolarsError):
+        f.write(line + "\n")
+    referee.append_result(row(2), path)  # a run that was already going still records its row
+    with pytest.raises(ValueError, match=f"results.tsv:3: {why}") as refused:
         referee.read_results(path)
+    assert "Repair: delete that line" in str(refused.value)
+    repaired = referee.without_bad_lines(path.read_text())
+    assert repaired.count("\n") == 3 and referee.ledger_problems(repaired) == []
 
 
 def test_older_ledgers_with_fewer_columns_still_read(tmp_path):

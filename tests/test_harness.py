@@ -156,6 +156,24 @@ def test_ledger_rows_are_only_appended(project):
     assert result.returncode != 0 and "APPEND-ONLY results.tsv" in result.stderr
 
 
+def test_a_line_that_is_not_a_row_is_refused_everywhere_and_may_be_removed(project):
+    add_rows(project, dict(experiment="main", val_bpb=2.0))
+    assert commit(project, "results.tsv", (project / "results.tsv").read_text(), env=hooked_env()).returncode == 0
+    good = (project / "results.tsv").read_text()
+    (project / "results.tsv").write_text(good + "typed by hand\n")
+    for args in (["results"], ["best"], ["next"], ["check"], ["eval", "tiny", "--budget-tokens", "1000"]):
+        result = just(project, *args)
+        assert result.returncode != 0 and "results.tsv:3: 1 fields where the header has" in result.stderr, args
+        assert "Traceback" not in result.stderr and "delete that line" in result.stderr
+    refused = commit(project, "results.tsv", good + "typed by hand\n", env=hooked_env())
+    assert refused.returncode != 0 and "results.tsv:3: 1 fields" in refused.stderr
+    git("commit", "-qam", "the line got in before the hook knew better", "--no-verify", cwd=project)
+    assert commit(project, "results.tsv", good, env=hooked_env()).returncode == 0  # the repair: that line goes
+    header_only = good.split("\n", 1)[0] + "\n"
+    removed = commit(project, "results.tsv", header_only, env=hooked_env())  # a real row goes too: refused
+    assert removed.returncode != 0 and "rows were edited or removed" in removed.stderr
+
+
 def test_check_lists_violations_and_exits_1(project):
     wt = new(project, "checked")
     assert just(wt, "check").returncode == 0
