@@ -599,6 +599,29 @@ def cmd_report(slug: Positional[str]) -> None:
     print(f"report: {path.relative_to(root)}")
 
 
+RECORD = (LEDGER, JOURNAL, "1_ideas", "9_reports", "0_docs")  # the research record, committed on main
+
+
+def cmd_record(message: str = "") -> None:
+    """Commit the research record on main, from any worktree: results.tsv, RESEARCH_JOURNAL.md, and
+    the ideas, reports and papers that recipes wrote into the main checkout."""
+    root = main_root()
+    if current_branch(root) != MAIN_BRANCH:
+        raise Refusal(f"the main checkout {root} is on {current_branch(root)}, not {MAIN_BRANCH}: switch it back first")
+    pending = uncommitted_files(root, *RECORD)
+    if not pending:
+        print("record: nothing new to commit")
+        return
+    git("add", "--", *RECORD, cwd=root)
+    summary = message or f"record: {', '.join(pending[:4])}" + (
+        f" and {len(pending) - 4} more" if len(pending) > 4 else ""
+    )
+    result = subprocess.run(["git", "commit", "-m", summary, "--", *RECORD], cwd=root, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise Refusal(f"commit refused:\n{result.stdout}{result.stderr}")
+    print(f"record: committed {len(pending)} files on {MAIN_BRANCH}: {', '.join(pending)}")
+
+
 def cmd_results(n: Positional[int] = 20, json: bool = False) -> None:
     """The last N ledger rows as a table (or JSON)."""
     df = ledger(main_root()).tail(n)
@@ -1777,7 +1800,7 @@ def smoke(argv: list[str]) -> None:
 
 COMMANDS = dict(
     new=cmd_new, rm=cmd_rm, check=cmd_check, journal=cmd_journal, idea=cmd_idea, ideas=cmd_ideas,
-    next=cmd_next, report=cmd_report, results=cmd_results, best=cmd_best, submit=cmd_submit,
+    next=cmd_next, report=cmd_report, record=cmd_record, results=cmd_results, best=cmd_best, submit=cmd_submit,
     gpus=cmd_gpus, status=cmd_status, log=cmd_log, follow=cmd_follow, review=cmd_review,
     compare=cmd_compare, verify=cmd_verify, plot=cmd_plot, prepare=cmd_prepare,
 )  # fmt: skip

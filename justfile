@@ -88,6 +88,10 @@ next *args:
 report slug:
     @exec python "{{root}}/harness.py" report "$1"
 
+# commit the research record on main (ledger, journal, ideas, reports, papers): just record [--message TEXT]
+record *args:
+    @exec python "{{root}}/harness.py" record "$@"
+
 # the last N ledger rows: just results [N] [--json]
 results *args:
     @exec python "{{root}}/harness.py" results "$@"

@@ -300,6 +300,12 @@ def test_report_contains_the_slugs_rows_the_bar_and_the_diff(project):
     assert "model.py" in text and "1 file changed" in text
     assert "no rows" in just(project, "report", "nothing-here").stderr
 
+    recorded = just(wt, "record")  # from inside the worktree: the record is main's
+    assert recorded.returncode == 0 and "record: committed 2 files on main" in recorded.stdout
+    assert git("status", "--porcelain", "--", "results.tsv", "9_reports", cwd=project) == ""
+    assert git("log", "-1", "--format=%s", "main", cwd=project).startswith("record: 9_reports/")
+    assert "nothing new" in just(project, "record").stdout
+
 
 def test_results_and_best_for_people_and_for_agents(project):
     add_rows(
