@@ -72,6 +72,10 @@ review:
 journal text *args:
     @exec python "{{root}}/harness.py" journal "$@"
 
+# a paper's full text into 0_docs/papers/SLUG.md: just paper 2106.09685 (or an arXiv URL, a PDF URL or file) [--slug S]
+paper source *args:
+    @exec python "{{root}}/harness.py" paper "$@"
+
 # new idea file from the template: just idea SLUG "TITLE"
 idea slug title:
     @exec python "{{root}}/harness.py" idea -- "$@"
