@@ -82,14 +82,29 @@ def test_the_wall_clock_cap_writes_a_timeout_row(project):
     assert r["status"] == "timeout" and "wall-clock cap" in r["error"] and 0 <= r["train_tokens"] < 10**8
 
 
-def stop_once_training(project, proc, sig) -> None:
+def start_long_run(project, *args: str) -> subprocess.Popen:
+    """A recipe whose run trains for minutes, in a session of its own, as a terminal would start it."""
+    return subprocess.Popen(
+        [JUST, *args], cwd=project, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_until_training(project) -> None:
     for _ in range(600):
         time.sleep(0.1)
         log = next((project / "runs").glob("*/train.log"), None) if (project / "runs").exists() else None
         if log is not None and "step 10/" in log.read_text():
-            break
-    else:
-        raise AssertionError("the run never started training")
+            return
+    raise AssertionError("the run never started training")
+
+
+def kill_group(proc) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def stop_once_training(project, proc, sig) -> None:
+    wait_until_training(project)
     if sig == signal.SIGINT:
         os.killpg(proc.pid, sig)  # what a terminal's Ctrl-C does: the whole foreground group
     else:  # what `pueue kill` or a scheduler does: SIGTERM to the Python process alone
@@ -100,15 +115,11 @@ def stop_once_training(project, proc, sig) -> None:
 
 @pytest.mark.parametrize("sig, error", [(signal.SIGINT, "KeyboardInterrupt"), (signal.SIGTERM, "Terminated")])
 def test_ctrl_c_or_a_kill_still_writes_exactly_one_row(project, sig, error):
-    proc = subprocess.Popen(
-        [JUST, "eval", "tiny", "--budget-tokens", "100000000"], cwd=project, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = start_long_run(project, "eval", "tiny", "--budget-tokens", "100000000")
     try:
         stop_once_training(project, proc, sig)
     finally:
-        if proc.poll() is None:  # never leave a training run behind
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill_group(proc)  # never leave a training run behind
     df = ledger(project)
     assert df.height == 1
     r = df.row(0, named=True)
@@ -157,28 +168,11 @@ def test_smoke_catches_a_shape_bug_through_the_type_annotations(project):
     assert result.returncode != 0 and "forward" in result.stderr
 
 
-def kill_group(proc) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def wait_until_training(project) -> None:
-    for _ in range(600):
-        time.sleep(0.1)
-        log = next((project / "runs").glob("*/train.log"), None) if (project / "runs").exists() else None
-        if log is not None and "step 10/" in log.read_text():
-            return
-    raise AssertionError("the run never started training")
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_a_signal_to_the_command_the_user_started_reaches_the_run(project, sig):
     """`kill` of `just eval` (what `uv run` passes on, too): the run must not go on unseen and record an
     `ok` row later. SIGTERM is passed on; SIGKILL of `just` reaches it as its parent's death."""
-    proc = subprocess.Popen(
-        [JUST, "eval", "tiny", "--budget-tokens", "100000000"], cwd=project, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = start_long_run(project, "eval", "tiny", "--budget-tokens", "100000000")
     try:
         wait_until_training(project)
         proc.send_signal(sig)  # to `just` alone, not to its process group
@@ -200,10 +194,7 @@ def test_a_signal_to_the_command_the_user_started_reaches_the_run(project, sig):
 
 
 def test_a_run_killed_without_its_row_gets_one_crash_row_on_the_next_read(project):
-    proc = subprocess.Popen(
-        [JUST, "eval", "tiny", "--budget-tokens", "100000000"], cwd=project, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = start_long_run(project, "eval", "tiny", "--budget-tokens", "100000000")
     try:
         wait_until_training(project)
         python = subprocess.run(["pgrep", "-s", str(proc.pid), "python"], capture_output=True, text=True)
@@ -226,10 +217,7 @@ def test_a_run_killed_without_its_row_gets_one_crash_row_on_the_next_read(projec
 
 
 def test_ctrl_c_during_baseline_records_the_run_and_prints_no_traceback(project):
-    proc = subprocess.Popen(
-        [JUST, "baseline", "2", "tiny", "--budget-tokens", "100000000"], cwd=project, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = start_long_run(project, "baseline", "2", "tiny", "--budget-tokens", "100000000")
     try:
         wait_until_training(project)
         os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole foreground group
