@@ -1650,9 +1650,9 @@ def cmd_review() -> None:
             observed = f"run {row['run_id']} ended `{row['status']}`: {row['error']}"
         else:
             vs = (
-                "no comparable main row"
+                "no baseline in its group to compare with"
                 if run["delta"] is None
-                else f"{run['delta']:+.4f} vs the best comparable main row"
+                else f"{run['delta']:+.4f} vs main's baseline mean in its group"
             )
             observed = (
                 f"val_bpb {row['val_bpb']:.4f} ({vs}); {row['train_tokens']:,} tokens in {row['wall_s']:.0f} s, "
