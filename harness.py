@@ -1294,6 +1294,7 @@ def cmd_plot() -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     root = main_root()
     df = ledger(root)
@@ -1312,10 +1313,11 @@ def cmd_plot() -> None:
         ax.step(
             [x for x, _ in best_line], [b for _, b in best_line], where="post", color="tab:green", label="running best"
         )
-    for x, r in kept:
-        ax.annotate(
-            r["label"] or r["experiment"], (x, r["val_bpb"]), textcoords="offset points", xytext=(4, 6), fontsize=8
-        )
+    for x, r in ok:  # every point says whose it is; a new best also says what it asked
+        new_best = any(x == k for k, _ in kept)
+        text = f"{r['experiment']}: {r['label']}" if new_best and r["label"] else r["experiment"]
+        ax.annotate(text, (x, r["val_bpb"]), textcoords="offset points", xytext=(4, 6), fontsize=8 if new_best else 6)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # runs are counted, not measured
     crashes = [x for x, r in zip(xs, rows, strict=True) if r["status"] != "ok"]
     if crashes:
         ax.scatter(
@@ -1326,12 +1328,7 @@ def cmd_plot() -> None:
             s=40,
             label="crash / timeout",
         )
-    group = rows[0] if rows else {}
-    ax.set_title(
-        f"val_bpb per run — {group.get('device', '?')}, {group.get('train_tokens', '?'):,} training tokens"
-        if rows
-        else "val_bpb per run (no runs yet)"
-    )
+    ax.set_title(f"val_bpb per run — {group_name(ok[0][1])}" if ok else "val_bpb per run (no scored runs yet)")
     save_figure(fig, ax, "run (in order of start)", "val_bpb (bits per byte, lower is better)", root / "progress.png")
     print(f"plot: {root / 'progress.png'} ({len(rows)} runs)")
     made = 0
@@ -1448,16 +1445,22 @@ QUEUE_USAGE = (
 
 
 def split_queue_flags(argv: list[str]) -> tuple[dict, list[str]]:
-    """The `--flag VALUE` pairs before LABEL: the backend, and the cluster's resources."""
+    """The queue's own `--flag VALUE` pairs (the backend, the cluster's resources), wherever they stand:
+    before LABEL or among the eval arguments, which have none of these names; and the rest, in order."""
     flags: dict = {}
-    while argv and argv[0].startswith("--"):
+    rest: list[str] = []
+    while argv:
         name, _, value = argv[0][2:].partition("=")
+        key = name.replace("-", "_")
+        if not argv[0].startswith("--") or (key != "backend" and key not in CLUSTER_DEFAULTS):
+            if argv[0].startswith("--") and not rest:  # before LABEL only the queue's flags may stand
+                raise Refusal(f"unknown option --{name}; {QUEUE_USAGE}")
+            rest.append(argv[0])
+            argv = argv[1:]
+            continue
         if not value and len(argv) < 2:
             raise Refusal(f"--{name} needs a value; {QUEUE_USAGE}")
         value, argv = (value, argv[1:]) if value else (argv[1], argv[2:])
-        key = name.replace("-", "_")
-        if key != "backend" and key not in CLUSTER_DEFAULTS:
-            raise Refusal(f"unknown option --{name}; {QUEUE_USAGE}")
         if key in ("gpus", "time_min", "cpus", "mem_gb"):
             if not value.isdigit():
                 raise Refusal(f"--{name} {value!r}: give a whole number")
@@ -1468,7 +1471,7 @@ def split_queue_flags(argv: list[str]) -> tuple[dict, list[str]]:
         raise Refusal(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if backend == "pueue" and flags:
         raise Refusal(f"--{', --'.join(flags)}: cluster resources go with --backend slurm (or local)")
-    return dict(flags, backend=backend), argv
+    return dict(flags, backend=backend), rest
 
 
 def queue(argv: list[str]) -> None:

@@ -209,3 +209,14 @@ def test_the_least_loaded_gpu_group_is_picked():
     assert harness.pick_group({"tasks": {}, "groups": {"default": {}}}) == ("default", None)
     ten = {"tasks": {}, "groups": {f"gpu{i}": {} for i in (10, 2, 1)}}
     assert harness.pick_group(ten) == ("gpu1", "1")
+
+
+def test_the_queues_own_flags_are_understood_before_the_label_or_after_the_slug():
+    label = "Q: x? H: y"
+    before = harness.split_queue_flags(["--backend", "local", "--time-min=5", label, "wider", "--seed", "1"])
+    after = harness.split_queue_flags([label, "wider", "--seed", "1", "--backend", "local", "--time-min", "5"])
+    assert before == after == ({"backend": "local", "time_min": 5}, [label, "wider", "--seed", "1"])
+    with pytest.raises(harness.Refusal, match="unknown option --seed"):
+        harness.split_queue_flags(["--seed", "1", label, "wider"])
+    with pytest.raises(harness.Refusal, match="cluster resources go with --backend slurm"):
+        harness.split_queue_flags([label, "wider", "--gpus", "2"])
