@@ -100,7 +100,7 @@ record *args:
 results *args:
     @exec python "{{root}}/harness.py" results "$@"
 
-# the best row per comparable group, and the one main must beat: just best [--json]
+# the best row per comparable group, main's baseline (the bar) and the verdicts in its group: just best [--json]
 best *args:
     @exec python "{{root}}/harness.py" best "$@"
 
