@@ -1047,16 +1047,23 @@ def split_count(argv: list[str], default: int | None) -> tuple[int | None, list[
     return (int(argv[0]), argv[1:]) if argv[:1] and argv[0].isdigit() else (default, argv)
 
 
+def eval_flag(eval_args: list[str], name: str) -> str | None:
+    """The value of `--NAME V` (or `--NAME=V`) among eval.py's arguments, the last one as tyro reads
+    them; "" when the flag ends the line without its value; None when it is absent."""
+    value = None
+    for i, arg in enumerate(eval_args):
+        if arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+        elif arg == f"--{name}":
+            value = eval_args[i + 1] if i + 1 < len(eval_args) else ""
+    return value
+
+
 def device_of(eval_args: list[str]) -> str:
     """The device class eval.py will use for these arguments."""
     import eval as referee
 
-    for i, arg in enumerate(eval_args):
-        if arg.startswith("--device="):
-            return arg.split("=", 1)[1]
-        if arg == "--device" and i + 1 < len(eval_args):
-            return eval_args[i + 1]
-    return referee.resolve_device(None).type
+    return eval_flag(eval_args, "device") or referee.resolve_device(None).type
 
 
 def noise_report(values: list[float], plan: SeedPlan) -> list[str]:
@@ -1710,12 +1717,7 @@ def cluster_options(root: Path, flags: dict) -> dict:
 
 def nproc_of(eval_args: list[str]) -> int:
     """The `--nproc N` among the run's eval.py arguments (1 if absent): the GPUs it needs."""
-    value = None
-    for i, arg in enumerate(eval_args):
-        if arg.startswith("--nproc="):
-            value = arg.split("=", 1)[1]
-        elif arg == "--nproc":
-            value = eval_args[i + 1] if i + 1 < len(eval_args) else ""
+    value = eval_flag(eval_args, "nproc")
     if value is None:
         return 1
     if not value.isdigit() or int(value) < 1:
