@@ -972,6 +972,11 @@ def seed_commands(slug: str, row: dict, seeds: range) -> str:
     return "\n".join(f"  {where}uv run just eval {shlex.join([*eval_args_of(row), '--seed', str(s)])}" for s in seeds)
 
 
+def first_fresh_seed(df, row: dict) -> int:
+    """The lowest seed above every seed of `row`'s comparable group."""
+    return df.filter(same_group(row))["seed"].max() + 1
+
+
 def compare_slug(df, slug: str) -> Verdict:
     """The slug's exploration rows in the group of its newest one, against main's baseline there;
     the advice names the commands to run next."""
@@ -983,8 +988,8 @@ def compare_slug(df, slug: str) -> Verdict:
     base = baseline_rows(df, newest)
     result = verdict(runs["val_bpb"].to_list(), base["val_bpb"].to_list())
     plan = SEED_PLANS[newest["device"]]
-    group = df.filter(same_group(newest))
-    fresh = range(group["seed"].max() + 1, group["seed"].max() + 1 + max(plan.runs - runs.height, 2))
+    first = first_fresh_seed(df, newest)
+    fresh = range(first, first + max(plan.runs - runs.height, 2))
     if base.height < 2:
         advice = f"no baseline in this group ({group_name(newest)}): run it with\n  uv run just baseline {plan.baseline} {shlex.join(eval_args_of(newest)[1:])}"
     elif result.outcome in (Outcome.PROMISING, Outcome.INCONCLUSIVE) and runs.height < plan.runs:
@@ -1138,7 +1143,7 @@ def confirm(argv: list[str]) -> None:
         raise Refusal(f"no baseline in {slug}'s group ({group_name(newest)}): run just baseline first")
     plan = SEED_PLANS[newest["device"]]
     n = n if n is not None else plan.confirm
-    first = df.filter(same_group(newest))["seed"].max() + 1  # no seed that took part in choosing it
+    first = first_fresh_seed(df, newest)  # no seed that took part in choosing it
     for seed in range(first, first + n):
         for where, row, description in (
             (path, newest, f"{CONFIRM} seed {seed}"),
