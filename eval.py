@@ -46,7 +46,6 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import sys
 import sysconfig
 import time
@@ -61,9 +60,13 @@ from typing import Literal, Protocol
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int, UInt8
+from loguru import logger
 from torch import Tensor
 
-import harness  # main's harness, beside this file: the guard an experiment cannot edit
+from harness.git import checkout_dir, experiment_name, head_commit, tracked_dirty
+from harness.guard import install_hooks, require_scoring_allowed
+from harness.ledger import LEDGER, RUNNING, append_result, check_ledger, mark_running, new_run_id, write_atomic
+from harness.pueue import run_label
 
 # --- Constants (fixed: changing any of them is meta-mode work and changes eval_sha) ---
 
@@ -91,32 +94,6 @@ PRESETS = {
     # One H100-class GPU: a 5-40 minute research run.
     "cuda": Preset(train_tokens=600_000_000, wall_cap_s=2400.0, eval_seq_len=1024),
 }
-
-RESULTS_SCHEMA = {  # the ledger's columns, in order, with their polars dtypes
-    "run_id": "String",
-    "started_at": "String",
-    "experiment": "String",
-    "config": "String",
-    "commit": "String",
-    "seed": "Int64",
-    "device": "String",
-    "status": "String",
-    "val_bpb": "Float64",
-    "train_tokens": "Int64",
-    "wall_s": "Float64",
-    "tokens_per_s": "Float64",
-    "mfu": "Float64",
-    "peak_mem_gb": "Float64",
-    "params_m": "Float64",
-    "label": "String",
-    "eval_sha": "String",
-    "data_fp": "String",
-    "description": "String",
-    "error": "String",
-    "budget_tokens": "Int64",  # added 2026-11: the budget asked for (train_tokens is what whole batches served)
-}
-RESULTS_COLUMNS = tuple(RESULTS_SCHEMA)
-STATUSES = ("ok", "crash", "timeout")
 
 # bf16 dense peak FLOP/s by GPU name, for MFU; the first matching key wins, so PCIe before SXM.
 GPU_PEAK_FLOPS = {
@@ -226,14 +203,6 @@ def fingerprint(train: bytes, val: bytes) -> str:
     for name, part in ((b"train", train), (b"val", val)):
         h.update(name + len(part).to_bytes(8, "big") + part)
     return h.hexdigest()[:16]
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Concurrent runs and a killed `just prepare` never leave a half-written file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def parse_source(source: str) -> tuple[str, str]:
@@ -419,6 +388,7 @@ class TrainStream:
         deadline: float,
         rank: int = 0,
         world_size: int = 1,
+        metrics_path: Path | None = None,
     ):
         self.tokens = tokens.to(device)  # the whole split on the device: batches need no host copy
         self.budget_tokens = budget_tokens
@@ -428,6 +398,8 @@ class TrainStream:
         self.deadline = deadline
         self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
+        self.metrics: list[dict] = []  # what train.py reported through log_step, in order
+        self.metrics_path = metrics_path
 
     def batches(
         self, batch_size: int, seq_len: int
@@ -456,6 +428,17 @@ class TrainStream:
             window = self.tokens[mine.to(self.device, non_blocking=True) + span].long()
             self.tokens_served += batch_size * seq_len
             yield window[:, :-1], window[:, 1:]
+
+    def log_step(self, step: int, total_steps: int, **metrics: float) -> None:
+        """train.py's report of one step (`loss` at least): logged as one line, kept as data, and written
+        as a JSON line to runs/{run_id}/metrics.jsonl, which smoke and the loss plots read back."""
+        record = dict(step=step, total_steps=total_steps, tokens=self.tokens_served, **metrics)
+        self.metrics.append(record)
+        if self.metrics_path is not None:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        values = " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+        logger.info(f"step {step}/{total_steps} | {values}")
 
 
 # --- Evaluation (the metric) ---
@@ -510,6 +493,19 @@ def evaluate(model: Model, val: UInt8[Tensor, " n_val"], seq_len: int, device: t
     if was_training:
         model.train()
     return total_nats / math.log(2) / (n - 1)
+
+
+def score(model: Model, val: UInt8[Tensor, " n_val"], seq_len: int, device: torch.device) -> float:
+    """The referee's verdict on a trained model, for `just eval`, `just smoke` (on a slice of the split) and
+    `just verify`: the causality probe, then val_bpb, which must be finite."""
+    model.eval()
+    problem = causality_violation(model, val, seq_len, device)
+    if problem is not None:
+        raise ValueError(f"model is not causal, refused: {problem}")
+    val_bpb = evaluate(model, val, seq_len, device)
+    if not math.isfinite(val_bpb):
+        raise FloatingPointError(f"val_bpb is {val_bpb}")
+    return val_bpb
 
 
 # --- Device ---
@@ -584,218 +580,13 @@ def git_blob_sha(path: Path) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def format_row(row: dict) -> str:
-    unknown = set(row) - set(RESULTS_COLUMNS)
-    if unknown:
-        raise ValueError(f"unknown ledger columns {sorted(unknown)}; the columns are {RESULTS_COLUMNS}")
-    if row.get("status") not in STATUSES:
-        raise ValueError(f"status {row.get('status')!r} is not one of {STATUSES}")
-
-    def cell(column: str) -> str:
-        value = row.get(column)
-        if value is None or (isinstance(value, float) and not math.isfinite(value)):
-            return ""
-        text = f"{value:.6g}" if isinstance(value, float) else str(value)
-        if column == "val_bpb":
-            text = repr(float(value))  # full precision: determinism is checked on this column
-        return " ".join(text.split())  # no tab or newline may break the row
-
-    return "\t".join(cell(c) for c in RESULTS_COLUMNS) + "\n"
-
-
-def ledger_header(path: Path) -> tuple[str, ...]:
-    """The column names of the ledger's first line; checked to be today's columns or an older prefix."""
-    with open(path) as f:
-        header = tuple(f.readline().rstrip("\n").split("\t"))
-    if header != RESULTS_COLUMNS[: len(header)]:
-        raise ValueError(
-            f"{path}: header {list(header)} is not {list(RESULTS_COLUMNS)} or an older prefix of it; "
-            "restore the first line (git checkout HEAD -- results.tsv)"
-        )
-    return header
-
-
-def row_problem(line: str, header: tuple[str, ...]) -> str | None:
-    """Why one line of the ledger is not a row the referee could have written; None if it is one."""
-    cells = line.split("\t")
-    if len(cells) != len(header):
-        return f"{len(cells)} fields where the header has {len(header)}"
-    for column, cell in zip(header, cells, strict=True):
-        kind = RESULTS_SCHEMA[column]
-        if column in ("run_id", "status") and not cell:
-            return f"no {column}"
-        if column == "status" and cell not in STATUSES:
-            return f"status={cell!r} is not one of {', '.join(STATUSES)}"
-        try:
-            if cell and kind == "Int64":
-                int(cell)
-            elif cell and kind == "Float64":
-                float(cell)
-        except ValueError:
-            return f"{column}={cell!r} is not a {'whole number' if kind == 'Int64' else 'number'}"
-    return None
-
-
-def ledger_problems(text: str, name: str = "results.tsv") -> list[str]:
-    """Every line of a ledger's text that is not a valid row, as 'NAME:LINE: why'."""
-    lines = text.split("\n")
-    header = tuple(lines[0].split("\t"))
-    if header != RESULTS_COLUMNS[: len(header)]:
-        return [f"{name}:1: the header is not {' '.join(RESULTS_COLUMNS)} or an older prefix of it"]
-    problems = []
-    for number, line in enumerate(lines[1:], start=2):
-        if line == "" and number == len(lines):
-            continue  # the newline that ends the last row
-        why = "an empty line" if not line.strip() else row_problem(line, header)
-        if why is not None:
-            problems.append(f"{name}:{number}: {why}")
-    return problems
-
-
-def without_bad_lines(text: str) -> str:
-    """The ledger's text less the lines that are not rows: what its repair may leave."""
-    lines = text.splitlines(keepends=True)
-    header = tuple(lines[0].rstrip("\n").split("\t"))
-    return lines[0] + "".join(
-        line for line in lines[1:] if line.strip() and row_problem(line.rstrip("\n"), header) is None
-    )
-
-
-def check_ledger(path: Path) -> None:
-    """Refuse a ledger with a line that is not a row, naming the line and the repair."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    problems = ledger_problems(path.read_text(), str(path))
-    if problems:
-        more = f" (and {len(problems) - 1} more such lines)" if len(problems) > 1 else ""
-        raise ValueError(
-            f"{problems[0]}{more}: not a row the referee wrote. Repair: delete that line (the guard lets a "
-            f"line that is not a row go), or restore the file (git checkout HEAD -- {path.name})"
-        )
-
-
-def migrated(text: str) -> str:
-    """An older ledger's text in today's format: today's header, and each row padded with empty cells
-    for the columns added since (they read as null). Rows are otherwise byte for byte as they were."""
-    lines = text.splitlines(keepends=True)
-    missing = len(RESULTS_COLUMNS) - len(lines[0].rstrip("\n").split("\t"))
-    rows = [line.rstrip("\n") + "\t" * missing + "\n" for line in lines[1:] if line.strip()]
-    return "\t".join(RESULTS_COLUMNS) + "\n" + "".join(rows)
-
-
-def ledger_lock(path: Path):
-    from filelock import FileLock
-
-    return FileLock(str(path) + ".lock")
-
-
-def append_result(row: dict, path: Path) -> None:
-    """Append one row under the ledger's lock (`append_locked`)."""
-    with ledger_lock(path):
-        append_locked(row, path)
-
-
-def append_locked(row: dict, path: Path) -> None:
-    """Append one row, writing the header first if the file is new or empty; the caller holds the lock.
-    The line goes out in one write of an O_APPEND file, so a reader never sees half a row. A ledger
-    written before a column was added is first migrated (`migrated`), atomically."""
-    line = format_row(row).encode()
-    if path.exists() and path.stat().st_size and len(ledger_header(path)) < len(RESULTS_COLUMNS):
-        write_atomic(path, migrated(path.read_text()).encode())
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        if os.fstat(fd).st_size == 0:
-            line = ("\t".join(RESULTS_COLUMNS) + "\n").encode() + line
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-# A run that has not recorded its row keeps runs/{run_id}/running.json: its process and the row it
-# would write. SIGKILL and the out-of-memory killer leave it behind; the next ledger read finds its
-# process gone and records the crash row then, once (`reap_killed_runs`).
-RUNNING = "running.json"
-
-
-def process_start(pid: int) -> str | None:
-    """When process `pid` started (Linux: clock ticks since boot), which tells it from a later one
-    given the same pid; None when there is no such process (or no /proc)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except OSError:
-        return None
-
-
-def is_alive(pid: int, start: str | None) -> bool:
-    if Path("/proc/self/stat").exists():
-        return process_start(pid) == start
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
-def mark_running(row: dict, run_dir: Path) -> None:
-    record = dict(host=socket.gethostname(), pid=os.getpid(), start=process_start(os.getpid()), row=row)
-    write_atomic(run_dir / RUNNING, json.dumps(record).encode())
-
-
-def reap_killed_runs(root: Path) -> list[str]:
-    """Record a `crash` row for every run whose process died without writing its row; their ids."""
-    dead = []
-    for marker in (root / "runs").glob(f"*/{RUNNING}"):
-        try:
-            record = json.loads(marker.read_text())
-        except (OSError, ValueError):
-            continue  # being written, or already reaped
-        # A run on another host (a cluster's shared runs/) is that host's to judge.
-        if record["host"] == socket.gethostname() and not is_alive(record["pid"], record["start"]):
-            dead.append(marker)
-    if not dead:
-        return []
-    path, reaped = root / "results.tsv", []
-    with ledger_lock(path):  # two readers that find the same dead run record it once
-        recorded = {line.split("\t", 1)[0] for line in path.read_text().splitlines()[1:]} if path.exists() else set()
-        for marker in dead:
-            if not marker.exists():
-                continue
-            record = json.loads(marker.read_text())
-            if record["row"]["run_id"] not in recorded:
-                error = f"killed (SIGKILL or out of memory): process {record['pid']} ended without writing its row"
-                append_locked(dict(record["row"], status="crash", error=error), path)
-                reaped.append(record["row"]["run_id"])
-            marker.unlink()
-    return reaped
-
-
-def read_results(path: Path):
-    """The ledger as a polars DataFrame with the declared schema; a malformed row is an error.
-    Files written before a column was appended to the schema are read with that column null."""
-    import polars as pl
-
-    schema = {name: getattr(pl, dtype) for name, dtype in RESULTS_SCHEMA.items()}
-    if not path.exists() or path.stat().st_size == 0:
-        return pl.DataFrame(schema=schema)
-    check_ledger(path)
-    header = ledger_header(path)
-    df = pl.read_csv(path, separator="\t", schema={k: schema[k] for k in header}, quote_char=None)
-    return df.with_columns(pl.lit(None, dtype=schema[c]).alias(c) for c in RESULTS_COLUMNS[len(header) :])
-
-
 # --- One scored run ---
-
-
-def on_sigterm(signum, frame):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: a second must not interrupt the row
-    raise Terminated("killed by SIGTERM")
 
 
 @dataclass(frozen=True)
 class EvalArgs:
+    config: Path | None = None
+    """a JSON file of train.Config fields instead of a named CONFIG (a run's train_config.json reproduces it)"""
     seed: int = 0
     """seed for the weights and the batch order"""
     device: Literal["cpu", "cuda", "mps"] | None = None
@@ -809,28 +600,18 @@ class EvalArgs:
     nproc: int = 1
     """processes for this one run, under torchrun with DDP: one per GPU (gloo processes on CPU)"""
 
-
-def split_config_args(argv: list[str]) -> tuple[str | None, Path | None, list[str]]:
-    """Take the positional CONFIG name and `--config PATH` off the command line."""
-    name, path, rest = None, None, []
-    it = iter(argv)
-    for arg in it:
-        if arg.startswith("--config="):
-            path = Path(arg.split("=", 1)[1])
-        elif arg == "--config":
-            path = Path(next(it, ""))
-        elif name is None and not rest and not arg.startswith("-"):
-            name = arg
-        else:
-            rest.append(arg)
-    if name is not None and path is not None:
-        raise ValueError(f"give a CONFIG name ({name!r}) or --config PATH ({path}), not both")
-    return name, path, rest
+    def __post_init__(self):  # refused before the run, with no row
+        if self.budget_tokens is not None and self.budget_tokens <= 0:
+            raise ValueError(f"--budget-tokens {self.budget_tokens}: must be a positive number of tokens")
+        if self.wall_cap_s is not None and self.wall_cap_s <= 0:
+            raise ValueError(f"--wall-cap-s {self.wall_cap_s}: must be a positive number of seconds")
 
 
 def resolve_train_config(train_module, name: str | None, path: Path | None, device_type: str):
     """The named config (default: the device class's), or a JSON file of Config fields."""
     configs = train_module.CONFIGS
+    if name is not None and path is not None:
+        raise ValueError(f"give a CONFIG name ({name!r}) or --config PATH ({path}), not both")
     if path is not None:
         if not path.is_file():
             raise ValueError(f"--config {path}: no such file (give a JSON object of train.Config fields)")
@@ -857,14 +638,16 @@ def describe_config(name: str, base, cfg) -> str:
 
 
 def parse_args(argv: list[str], train_module) -> tuple[EvalArgs, str, object]:
+    """`[CONFIG] [--eval flags] [--train.Config fields]`: CONFIG, if given, is the first argument; the
+    fields override the chosen config's values, so the defaults of the full parse are that config's."""
     import tyro
 
-    name, path, rest = split_config_args(argv)
+    name, flags = (argv[0], argv[1:]) if argv and not argv[0].startswith("-") else (None, argv)
     probe = tyro.cli(
-        EvalArgs, args=[a for a in rest if a not in ("-h", "--help")], return_unknown_args=True, prog="just eval"
+        EvalArgs, args=[a for a in flags if a not in ("-h", "--help")], return_unknown_args=True, prog="just eval"
     )[0]
     device_type = probe.device or resolve_device(None).type
-    config_name, base = resolve_train_config(train_module, name, path, device_type)
+    config_name, base = resolve_train_config(train_module, name, probe.config, device_type)
     cli_type = dataclasses.make_dataclass(
         "Cli",
         [
@@ -872,11 +655,7 @@ def parse_args(argv: list[str], train_module) -> tuple[EvalArgs, str, object]:
             ("train", train_module.Config, dataclasses.field(default_factory=lambda: base)),
         ],
     )
-    parsed = tyro.cli(cli_type, args=rest, description=__doc__, config=(tyro.conf.OmitArgPrefixes,), prog="just eval")
-    if parsed.eval.budget_tokens is not None and parsed.eval.budget_tokens <= 0:
-        raise ValueError(f"--budget-tokens {parsed.eval.budget_tokens}: must be a positive number of tokens")
-    if parsed.eval.wall_cap_s is not None and parsed.eval.wall_cap_s <= 0:
-        raise ValueError(f"--wall-cap-s {parsed.eval.wall_cap_s}: must be a positive number of seconds")
+    parsed = tyro.cli(cli_type, args=flags, description=__doc__, config=(tyro.conf.OmitArgPrefixes,), prog="just eval")
     description = describe_config(config_name, base, parsed.train)
     if parsed.eval.nproc != 1:  # the row says how many processes trained it
         description += ("," if ":" in description else ":") + f"nproc={parsed.eval.nproc}"
@@ -952,7 +731,7 @@ def print_summary(row: dict, summary: dict) -> None:
 
 def record(row: dict, summary: dict, root: Path, run_dir: Path) -> None:
     """The row into the ledger, the summary beside the run's log, the summary block on stdout."""
-    append_result(row, root / "results.tsv")
+    append_result(row, root / LEDGER)
     (run_dir / RUNNING).unlink(missing_ok=True)
     (run_dir / "summary.json").write_text(json.dumps({**row, **summary}, indent=2) + "\n")
     print_summary(row, summary)
@@ -969,22 +748,72 @@ def end_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: a second must not interrupt the row
+    raise Terminated("killed by SIGTERM")
+
+
+def start_logging(run_dir: Path, rank: int) -> None:
+    logger.remove()
+    logger.add(sys.stderr, format="{time:HH:mm:ss} | {message}", level="INFO" if rank == 0 else "ERROR", diagnose=False)
+    if rank == 0:
+        logger.add(run_dir / "train.log", format="{time:YYYY-MM-DD HH:mm:ss.SSS} | {message}", diagnose=False)
+
+
+def keep_code(code_dir: Path, run_dir: Path, cfg) -> None:
+    """The run's own train.py, model.py and config beside its result: `just verify` rebuilds the model from
+    them, whether or not the branch that held them still exists."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("train.py", "model.py"):
+        shutil.copyfile(code_dir / name, run_dir / name)
+    (run_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+
+
+def train_and_score(train, cfg, stream: TrainStream, val: Tensor, device, wall_cap_s: float, row: dict, summary: dict):
+    """Train under the wall-clock cap, save the checkpoint, score; the figures go into `row` and `summary`."""
+    run_dir = stream.metrics_path.parent if stream.metrics_path is not None else None
+    preset = PRESETS[device.type]
+    t0 = time.perf_counter()
+    try:
+        with wall_cap(wall_cap_s):
+            model = train.train(cfg, stream, device)
+    finally:
+        wall_s = time.perf_counter() - t0
+        row.update(train_tokens=stream.tokens_served, wall_s=wall_s, tokens_per_s=stream.tokens_served / wall_s)
+    if stream.world_size > 1:
+        torch.distributed.destroy_process_group()
+        if stream.rank != 0:
+            return
+        if device.type == "cpu":  # torchrun gave each rank one thread; rank 0 now scores alone
+            torch.set_num_threads(os.cpu_count() or 1)
+    row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
+    if stream.seq_len is not None:
+        flops = model.flops_per_token(stream.seq_len) * stream.tokens_served
+        row["mfu"] = flops / wall_s / (device_peak_flops(device) * stream.world_size)
+    if run_dir is not None:
+        torch.save({"model": model.state_dict(), "train_config": dataclasses.asdict(cfg)}, run_dir / "model.pt")
+    t0 = time.perf_counter()
+    row.update(val_bpb=score(model, val, preset.eval_seq_len, device), status="ok")
+    summary["eval_s"] = time.perf_counter() - t0
+
+
 def main(argv: list[str] | None = None) -> int:
     end_with_parent()
     if argv is None:
         argv = json.loads(os.environ["RESEARCH_EVAL_ARGS"]) if "LOCAL_RANK" in os.environ else sys.argv[1:]
     root = Path(__file__).resolve().parent
-    code_dir = harness.checkout_dir()
-    harness.install_hooks(root)
-    harness.require_scoring_allowed(code_dir, root)
+    code_dir = checkout_dir()
+    install_hooks(root)
+    require_scoring_allowed(code_dir, root)
 
-    check_ledger(root / "results.tsv")  # before the run: its row could not be appended
+    # --- the run's inputs, refused before anything starts ---
+    check_ledger(root / LEDGER)  # its row could not be appended
     train = load_experiment(code_dir)
     args, config_desc, cfg = parse_args(argv, train)
     device = resolve_device(args.device)
     check_nproc(args.nproc, device)
     t0 = time.perf_counter()
-    corpus = load_corpus()  # before the run starts: a source that is missing or unprepared is refused, no row
+    corpus = load_corpus()  # a source that is missing or unprepared is refused, no row
     data_s = time.perf_counter() - t0
     preset = PRESETS[device.type]
     budget = args.budget_tokens or preset.train_tokens
@@ -994,18 +823,18 @@ def main(argv: list[str] | None = None) -> int:
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     is_launcher = args.nproc > 1 and "LOCAL_RANK" not in os.environ
 
-    experiment = harness.experiment_name(code_dir, root)
-    started = datetime.now(UTC)
-    run_id = os.environ.get("RESEARCH_RUN_ID") or harness.new_run_id(experiment)
+    # --- the row it will write, whatever happens ---
+    experiment = experiment_name(code_dir, root)
+    run_id = os.environ.get("RESEARCH_RUN_ID") or new_run_id(experiment)
     if "LOCAL_RANK" not in os.environ and (root / "runs" / run_id).exists():
         run_id += f"-{secrets.token_hex(2)}"  # a queued id used before: `pueue restart` keeps the task's environment
     run_dir = root / "runs" / run_id
-    commit = harness.git("rev-parse", "--short=12", "HEAD", cwd=code_dir)
+    commit = head_commit(code_dir)
     row: dict = dict(
-        run_id=run_id, started_at=started.isoformat(timespec="seconds"), experiment=experiment,
-        config=config_desc, commit=commit, seed=args.seed, device=device.type, status="crash",
-        label=harness.run_label(), eval_sha=git_blob_sha(Path(__file__)), budget_tokens=budget,
-        description=args.description, data_fp=corpus.fingerprint,
+        run_id=run_id, started_at=datetime.now(UTC).isoformat(timespec="seconds"), experiment=experiment,
+        config=config_desc, commit=commit, seed=args.seed, device=device.type, status="crash", label=run_label(),
+        eval_sha=git_blob_sha(Path(__file__)), budget_tokens=budget, description=args.description,
+        data_fp=corpus.fingerprint,
     )  # fmt: skip
     summary: dict = {"data_s": data_s, "nproc": args.nproc}
     signal.signal(signal.SIGTERM, on_sigterm)
@@ -1025,19 +854,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.distributed.init_process_group(
             "nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    keep_code(code_dir, run_dir, cfg)
     if world_size == 1:  # (under DDP the launcher records a rank's death)
         mark_running(row, run_dir)
 
-    from loguru import logger
-
-    logger.remove()
-    logger.add(sys.stderr, format="{time:HH:mm:ss} | {message}", level="INFO" if rank == 0 else "ERROR", diagnose=False)
-    if rank == 0:
-        logger.add(run_dir / "train.log", format="{time:YYYY-MM-DD HH:mm:ss.SSS} | {message}", diagnose=False)
-    dirty = bool(harness.git("status", "--porcelain", "--untracked-files=no", cwd=code_dir))
-    logger.info(f"run {run_id} | experiment {experiment} | commit {commit}{' (dirty)' if dirty else ''}")
+    # --- the header of the log ---
+    start_logging(run_dir, rank)
+    logger.info(
+        f"run {run_id} | experiment {experiment} | commit {commit}{' (dirty)' if tracked_dirty(code_dir) else ''}"
+    )
     logger.info(f"torch {torch.__version__} | cuda {torch.version.cuda} | device {device} | seed {args.seed}")
     logger.info(f"config {config_desc} | {cfg}")
     if args.wall_cap_s is not None and args.wall_cap_s > preset.wall_cap_s:
@@ -1053,50 +878,22 @@ def main(argv: list[str] | None = None) -> int:
         f"val {len(corpus.val):,} B | fp {corpus.fingerprint} | {data_s:.1f} s"
     )
 
-    exit_code, deadline, trained = 1, math.inf, False
+    # --- train and score ---
+    exit_code, deadline = 1, time.monotonic() + wall_cap_s
     try:
-        # --- train ---
         torch.manual_seed(args.seed)
         # Strict: an op with no deterministic kernel ends the run (a crash row naming it), never a
         # silently different number for the same seed.
         torch.use_deterministic_algorithms(True)
-        t0, deadline = time.perf_counter(), time.monotonic() + wall_cap_s
-        stream = TrainStream(corpus.train, budget, args.seed, device, deadline, rank, world_size)
-        try:
-            with wall_cap(wall_cap_s):
-                model = train.train(cfg, stream, device)
-        finally:
-            wall_s = time.perf_counter() - t0
-            row.update(train_tokens=stream.tokens_served, wall_s=wall_s, tokens_per_s=stream.tokens_served / wall_s)
-        trained = True
-        if world_size > 1:
-            torch.distributed.destroy_process_group()
-            if rank != 0:
-                return 0
-            if device.type == "cpu":  # torchrun gave each rank one thread; rank 0 now scores alone
-                torch.set_num_threads(os.cpu_count() or 1)
-        row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
-        if stream.seq_len is not None:
-            flops = model.flops_per_token(stream.seq_len) * stream.tokens_served
-            row["mfu"] = flops / wall_s / (device_peak_flops(device) * world_size)
-        torch.save({"model": model.state_dict(), "train_config": dataclasses.asdict(cfg)}, run_dir / "model.pt")
-        # --- score ---
-        t0 = time.perf_counter()
-        model.eval()
-        problem = causality_violation(model, corpus.val, preset.eval_seq_len, device)
-        if problem is not None:
-            raise ValueError(f"model is not causal, refused: {problem}")
-        val_bpb = evaluate(model, corpus.val, preset.eval_seq_len, device)
-        summary["eval_s"] = time.perf_counter() - t0
-        if not math.isfinite(val_bpb):
-            raise FloatingPointError(f"val_bpb is {val_bpb}")
-        row.update(val_bpb=val_bpb, status="ok")
+        metrics_path = run_dir / "metrics.jsonl" if rank == 0 else None
+        stream = TrainStream(corpus.train, budget, args.seed, device, deadline, rank, world_size, metrics_path)
+        train_and_score(train, cfg, stream, corpus.val, device, wall_cap_s, row, summary)
         exit_code = 0
     except WallClockExceeded as e:
         row.update(status="timeout", error=str(e))
         logger.error(f"timeout: {e}")
     except (Exception, KeyboardInterrupt, Terminated) as e:
-        if world_size > 1 and not trained and time.monotonic() > deadline:
+        if world_size > 1 and "params_m" not in row and time.monotonic() > deadline:
             # another rank hit the wall-clock cap a moment sooner, and its exit ended this one
             row.update(status="timeout", error=f"training passed the wall-clock cap of {wall_cap_s:.0f} s")
             logger.error(f"timeout: {row['error']} ({type(e).__name__}: {e})")
@@ -1113,8 +910,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    debug = "--debug" in sys.argv  # tracebacks of errors before the run; the run's own are in its train.log
+    if debug:
+        sys.argv.remove("--debug")
     try:
         sys.exit(main())
-    except ValueError as e:  # bad input before a run starts: a one-line error and no row
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:  # bad input before a run starts: a one-line error and no row
+        if debug:
+            raise
+        hint = "" if isinstance(e, ValueError) else " (run with --debug for the traceback)"
+        print(
+            f"error: {' '.join(str(e).split()) if isinstance(e, ValueError) else f'{type(e).__name__}: {e}'}{hint}",
+            file=sys.stderr,
+        )
         sys.exit(2)

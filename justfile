@@ -1,12 +1,14 @@
 # Recipes of the research harness. FROZEN (infrastructure): edit only with META_MODE=1.
 # Run them as `uv run just RECIPE` from the main checkout or any worktree under 5_worktrees/:
-# they always use main's eval.py and harness.py, and the main checkout's environment. `exec`: the
+# they always use main's eval.py and harness/ package, and the main checkout's environment. `exec`: the
 # recipe's shell becomes the python process, so a signal to `just` (or to `uv run`) reaches the run.
+# `python -P -m harness`: the package from PYTHONPATH (main's), never a worktree's copy in the current folder.
 
 set positional-arguments
 
 root := `dirname "$(git rev-parse --path-format=absolute --git-common-dir)"`
 export PATH := root / ".venv/bin" + ":" + env_var("PATH")
+export PYTHONPATH := root
 
 # list the recipes
 default:
@@ -20,119 +22,119 @@ eval *args:
 
 # download (hf: sources) and prepare eval.py's DATA_SOURCE once; runs then read it offline
 prepare:
-    @exec python "{{root}}/harness.py" prepare
+    @exec python -P -m harness prepare
 
 # fast sanity check with shape checks on, no ledger row: just smoke [CONFIG] [--field value ...]
 smoke *args:
-    @exec python "{{root}}/harness.py" smoke "$@"
+    @exec python -P -m harness smoke "$@"
 
 # --- experiments ---
 
 # new worktree 5_worktrees/SLUG on branch exp/SLUG: just new rotary-base
 new slug:
-    @exec python "{{root}}/harness.py" new -- "$1"
+    @exec python -P -m harness new -- "$1"
 
 # remove a worktree whose runs are recorded or whose branch is merged: just rm SLUG [--force]
 rm slug *args:
-    @exec python "{{root}}/harness.py" rm "$@"
+    @exec python -P -m harness rm "$@"
 
 # commit a worktree's changes, push, open a PR once confirmed on fresh seeds: just submit SLUG [--message TEXT]
 submit slug *args:
-    @exec python "{{root}}/harness.py" submit "$@"
+    @exec python -P -m harness submit "$@"
 
 # --- the queue (pueue on one machine, Slurm through submitit on a cluster) ---
 
 # queue a labelled scored run on pueue (or --backend slurm): just queue [--backend slurm ...] "Q: .. H: .." SLUG [EVAL_ARGS]
 queue +args:
-    @exec python "{{root}}/harness.py" queue "$@"
+    @exec python -P -m harness queue "$@"
 
 # one pueue group per visible GPU (gpu0, gpu1, ...), one task at a time each
 gpus:
-    @exec python "{{root}}/harness.py" gpus
+    @exec python -P -m harness gpus
 
 # queued and finished labelled runs (pueue tasks, cluster jobs) with their results: just status [--json]
 status *args:
-    @exec python "{{root}}/harness.py" status "$@"
+    @exec python -P -m harness status "$@"
 
 # full output of a pueue task or a cluster job: just log ID (a number, slurm-N or local-N)
-log id:
-    @exec python "{{root}}/harness.py" log "$1"
+log id *args:
+    @exec python -P -m harness log "$@"
 
 # live tail of a pueue task or a cluster job: just follow ID
-follow id:
-    @exec python "{{root}}/harness.py" follow "$1"
+follow id *args:
+    @exec python -P -m harness follow "$@"
 
 # journal entry (Q, H, observed) for each finished labelled run not reviewed yet
 review:
-    @exec python "{{root}}/harness.py" review
+    @exec python -P -m harness review
 
 # --- the record ---
 
 # prepend a dated entry to RESEARCH_JOURNAL.md: just journal "TEXT" [--observation ..] [--inference ..]
 journal text *args:
-    @exec python "{{root}}/harness.py" journal "$@"
+    @exec python -P -m harness journal "$@"
 
 # a paper's full text into 0_docs/papers/SLUG.md: just paper 2106.09685 (or an arXiv URL, a PDF URL or file) [--slug S]
 paper source *args:
-    @exec python "{{root}}/harness.py" paper "$@"
+    @exec python -P -m harness paper "$@"
 
 # new idea file from the template: just idea SLUG "TITLE"
 idea slug title:
-    @exec python "{{root}}/harness.py" idea -- "$@"
+    @exec python -P -m harness idea -- "$@"
 
 # list ideas with rating, worktree, results, report: just ideas [--json]
 ideas *args:
-    @exec python "{{root}}/harness.py" ideas "$@"
+    @exec python -P -m harness ideas "$@"
 
 # IDEATE or IMPLEMENT, and where things stand: just next [--json]
 next *args:
-    @exec python "{{root}}/harness.py" next "$@"
+    @exec python -P -m harness next "$@"
 
 # new report prefilled with the slug's rows and diff: just report SLUG
-report slug:
-    @exec python "{{root}}/harness.py" report "$1"
+report slug *args:
+    @exec python -P -m harness report "$@"
 
 # commit the research record on main (ledger, journal, ideas, reports, papers): just record [--message TEXT]
 record *args:
-    @exec python "{{root}}/harness.py" record "$@"
+    @exec python -P -m harness record "$@"
 
 # the last N ledger rows: just results [N] [--json]
 results *args:
-    @exec python "{{root}}/harness.py" results "$@"
+    @exec python -P -m harness results "$@"
 
 # the best row per comparable group, main's baseline (the bar) and the verdicts in its group: just best [--json]
 best *args:
-    @exec python "{{root}}/harness.py" best "$@"
+    @exec python -P -m harness best "$@"
 
 # --- trustworthy comparisons ---
 
-# score main with N seeds, print mean, std and the smallest effect resolved: just baseline [N] [EVAL_ARGS...]
+# score main with N seeds, print mean, std and the smallest effect resolved: just baseline [--seeds N] [EVAL_ARGS...]
 baseline *args:
-    @exec python "{{root}}/harness.py" baseline "$@"
+    @exec python -P -m harness baseline "$@"
 
 # score this checkout twice with one seed; exit 1 unless identical: just determinism [EVAL_ARGS...]
 determinism *args:
-    @exec python "{{root}}/harness.py" determinism "$@"
+    @exec python -P -m harness determinism "$@"
 
 # improved / promising / inconclusive / worse against main's baseline: just compare SLUG [--json]
 compare slug *args:
-    @exec python "{{root}}/harness.py" compare "$@"
+    @exec python -P -m harness compare "$@"
 
 # score N fresh seeds of SLUG and of main, judged alone: what just submit needs: just confirm SLUG [N]
 confirm slug *args:
-    @exec python "{{root}}/harness.py" confirm "$@"
+    @exec python -P -m harness confirm "$@"
 
-# A/A check of the rule on this machine: K runs of main's code vs main; exit 1 if too many "improve": just aa [K=20] [EVAL_ARGS...]
+# A/A check of the rule on this machine: K runs of main's code vs main; exit 1 if too many "improve": just aa [--experiments 20] [EVAL_ARGS...]
 aa *args:
-    @exec python "{{root}}/harness.py" aa "$@"
+    @exec python -P -m harness aa "$@"
 
-# rebuild a run from its checkpoint and commit, re-score it, exit 1 on mismatch: just verify RUN_ID
-verify run_id:
-    @exec python "{{root}}/harness.py" verify "$1"
+# rebuild a run from its checkpoint and the code kept with it, re-score it, exit 1 on mismatch: just verify RUN_ID
+verify run_id *args:
+    @exec python -P -m harness verify "$@"
 
 # progress.png (metric per run, running best) and runs/*/loss.png
 plot:
-    @exec python "{{root}}/harness.py" plot
+    @exec python -P -m harness plot
 
 # --- development ---
 
@@ -142,12 +144,12 @@ profile *args:
 
 # FROZEN / GLOBAL / APPEND-ONLY violations of this checkout (exit 1 if any)
 check:
-    @exec python "{{root}}/harness.py" check
+    @exec python -P -m harness check
 
 # the test suite (CPU, no network): just test [-k name]
 test *args:
     @python -m pytest -q "$@"
 
-# lint and format check
+# lint, format check, and the import rules of pyproject.toml (the referee imports no workflow code; ledger queries no torch)
 lint:
-    @ruff check . && ruff format --check .
+    @ruff check . && ruff format --check . && lint-imports

@@ -5,8 +5,10 @@ Usage: not run directly; the referee calls `train(cfg, data, device)`:
     uv run just smoke                                      # fast sanity check, no row
 
 The contract with eval.py: `train` draws every batch from `data.batches(batch_size, seq_len)`,
-which stops when the token budget is spent, and returns the trained nn.Module, which maps
-`idx (batch, seq)` to `logits (batch, seq, 256)` and has `flops_per_token(seq_len)`.
+which stops when the token budget is spent; reports steps with `data.log_step(step, total_steps,
+loss=..., ...)` (the run's metrics.jsonl: smoke needs two losses or more, the loss plot reads it);
+and returns the trained nn.Module, which maps `idx (batch, seq)` to `logits (batch, seq, 256)` and
+has `flops_per_token(seq_len)`.
 `CONFIGS` names the configs `just eval NAME` can pick; the default is the device class's.
 Under `just eval --nproc N` the referee has started the process group: wrap the model in DDP.
 Config fields must not be named seed, device, budget_tokens, description, wall_cap_s, nproc or
@@ -147,8 +149,8 @@ def train(cfg: Config, data: referee.TrainStream, device: torch.device) -> nn.Mo
             now = time.perf_counter()
             dt = (now - t_last) / max(step - step_last, 1)
             t_last, step_last = now, step
-            logger.info(
-                f"step {step}/{total_steps} | loss {loss_value:.4f} | lr {lr:.2e} | dt_ms {dt * 1e3:.0f} | "
-                f"tok_per_s {tokens_per_step / dt:.3g} | mfu {flops_per_step / dt / peak_flops:.1%}"
-            )
+            data.log_step(
+                step, total_steps, loss=loss_value, lr=lr, dt_ms=dt * 1e3, tok_per_s=tokens_per_step / dt,
+                mfu=flops_per_step / dt / peak_flops,
+            )  # fmt: skip
     return model

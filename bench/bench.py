@@ -27,7 +27,7 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import eval as referee  # noqa: E402  (main's referee, beside this folder)
-import harness  # noqa: E402
+from harness.git import checkout_dir  # noqa: E402
 
 SHAPES = {
     # nanoGPT's GPT-2-small shape: 12 layers, 768 wide, context 1024, batch 32
@@ -132,7 +132,7 @@ def main(args: Args) -> None:
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what eval.py sets for every run
     torch.use_deterministic_algorithms(args.deterministic)  # on, as in every scored run: the speed users get
-    train = referee.load_experiment(harness.checkout_dir())  # this checkout's train.py and model.py
+    train = referee.load_experiment(checkout_dir())  # this checkout's train.py and model.py
     names = args.configs or (
         ("default",) if args.profile else ("default", "gpt2-small") if device.type == "cuda" else ("default", "tiny")
     )

@@ -11,8 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # import eval, harness, model, train from the checkout under test
-import eval as referee  # noqa: E402  (after the path is set)
-import harness  # noqa: E402
+from harness import guard, table  # noqa: E402
+from harness.ledger import RESULTS_COLUMNS, append_result  # noqa: E402
 
 JUST = shutil.which("just") or str(ROOT / ".venv" / "bin" / "just")
 
@@ -36,10 +36,10 @@ def make_project(dst: Path) -> Path:
         if rel and (ROOT / rel).is_file() and not is_research_record(rel):
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, dst / rel)
-    (dst / "results.tsv").write_text("\t".join(referee.RESULTS_COLUMNS) + "\n")
+    (dst / "results.tsv").write_text("\t".join(RESULTS_COLUMNS) + "\n")
     for journal in dst.glob("*journal*.md"):
-        if harness.is_journal(journal.name):
-            journal.write_text(harness.journal_head(journal.read_text()))
+        if guard.is_journal(journal.name):
+            journal.write_text(guard.journal_head(journal.read_text()))
     (dst / ".venv").symlink_to(ROOT / ".venv")
     git("init", "-q", "-b", "main", cwd=dst)
     git("config", "user.email", "test@example.com", cwd=dst)
@@ -73,14 +73,14 @@ def block(stdout: str) -> dict[str, str]:
 
 def ledger(project: Path):
     """The project's results.tsv, read with the referee's schema."""
-    return referee.read_results(project / "results.tsv")
+    return table.read_results(project / "results.tsv")
 
 
 def add_rows(project: Path, *rows: dict) -> None:
     """Hand-made ledger rows, written the way the referee writes them."""
     base = dict(status="ok", eval_sha="e" * 40, data_fp="f" * 16, device="cpu", config="cpu", train_tokens=1000, seed=0)
     for i, row in enumerate(rows):
-        referee.append_result(
+        append_result(
             base | dict(run_id=f"r{i}-{row['experiment']}", started_at=f"2026-01-01T00:00:{i:02d}") | row,
             project / "results.tsv",
         )

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A stand-in for pueue 4.0.4 (client and daemon), for tests on machines where pueue cannot be installed.
 
-It follows `shared/pueue-reference.md`: the same subcommands, flags, stdout/stderr texts, JSON shapes
+It follows `tests/pueue_contract.md`: the same subcommands, flags, stdout/stderr texts, JSON shapes
 and exit codes for what the harness uses (add, status --json, log, follow, wait, group, parallel,
 --version). State lives in `<dir>/state.json`, where <dir> is `shared.pueue_directory` of the
 config named by `--config` or `$PUEUE_CONFIG_PATH`. The daemon (`fake_pueue.py daemon --config F`,

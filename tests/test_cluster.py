@@ -11,6 +11,7 @@ from test_queue import TINY, Pueue
 
 import harness
 from conftest import just, ledger
+from harness import cluster
 
 LABEL = "Q: does the cluster path score? H: one row, label kept"
 
@@ -55,8 +56,8 @@ def test_local_backend_runs_a_labelled_job_into_the_ledger_beside_pueue(project,
 
 def test_slurm_job_script_carries_label_partition_gpus_and_time(project):
     (project / "cluster.toml").write_text('partition = "gpu"\ntime_min = 45\naccount = "lab"\n')
-    options = harness.cluster_options(project, {"time_min": 30})
-    params = harness.slurm_parameters("rotary", LABEL, options, nproc=harness.nproc_of(["tiny", "--nproc", "2"]))
+    options = cluster.cluster_options(project, {"time_min": 30})
+    params = cluster.slurm_parameters("rotary", LABEL, options, nproc=2)
     script = _make_sbatch_string(command="python -m submitit.core._submit /x", folder="/x/%j", **params)
     for line in (
         "#SBATCH --comment='Q: does the cluster path score? H: one row, label kept'",
@@ -80,21 +81,21 @@ def test_slurm_without_sbatch_is_a_clear_refusal(project):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--backend", "nomad"], "--backend 'nomad' is not one of pueue, slurm, local"),
-        (["--backend", "slurm", "--gpus", "two"], "--gpus 'two': give a whole number"),
+        (["--backend", "nomad"], "invalid choice 'nomad' for argument '--backend'"),  # tyro's words
+        (["--backend", "slurm", "--gpus", "two"], "Error parsing --gpus"),
         (["--partition", "gpu"], "--partition: cluster resources go with --backend slurm"),
-        (["--queue-name", "x"], "unknown option --queue-name"),
+        (["--queue-name", "x"], "Missing value for argument 'label'"),
     ],
 )
 def test_bad_queue_flags_are_refused(project, flags, message):
     result = just(project, "queue", *flags, LABEL, "main")
-    assert result.returncode == 1 and message in result.stderr
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_bad_cluster_toml_names_the_key(project):
     (project / "cluster.toml").write_text("partitions = 'gpu'\n")
     with pytest.raises(harness.Refusal, match=r"unknown keys \['partitions'\]"):
-        harness.cluster_options(project, {})
+        cluster.cluster_options(project, {})
 
 
 def test_a_multi_gpu_run_is_not_put_in_a_one_gpu_pueue_group(project, tmp_path):
@@ -107,10 +108,3 @@ def test_a_multi_gpu_run_is_not_put_in_a_one_gpu_pueue_group(project, tmp_path):
         pueue.stop()
     assert result.returncode == 1 and "--nproc 2 needs several GPUs" in result.stderr
     assert tasks == {}
-
-
-def test_the_gpus_a_run_needs_come_from_its_nproc():
-    assert harness.nproc_of(["tiny", "--seed", "1"]) == 1
-    assert harness.nproc_of(["--nproc", "4"]) == harness.nproc_of(["--nproc=4"]) == 4
-    with pytest.raises(harness.Refusal, match="--nproc 'four': give a whole number"):
-        harness.nproc_of(["--nproc", "four"])

@@ -7,8 +7,8 @@ import struct
 import pytest
 import torch
 
-import harness
 from conftest import add_rows, block, git, just, ledger, new
+from harness import stats
 
 TINY = ["tiny", "--budget-tokens", "3000"]
 
@@ -109,19 +109,17 @@ def test_submit_opens_a_pull_request_only_for_a_result_confirmed_on_fresh_seeds(
 
 
 def test_baseline_writes_n_rows_and_prints_the_noise_floor(project):
-    result = just(project, "baseline", "2", *TINY)
+    result = just(project, "baseline", "--seeds", "2", *TINY)
     assert result.returncode == 0, result.stderr
     df = ledger(project)
     assert df["description"].to_list() == ["baseline seed 0/2", "baseline seed 1/2"] and df["seed"].to_list() == [0, 1]
     assert df["budget_tokens"].to_list() == [3000, 3000]
     out = dict(line.split(": ", 1) for line in result.stdout.rsplit("---\n", 1)[1].splitlines())
-    mean, std = harness.mean_std(df["val_bpb"].to_list())
+    mean, std = stats.mean_std(df["val_bpb"].to_list())
     assert float(out["mean"]) == pytest.approx(mean, abs=1e-6) and float(out["std"]) == pytest.approx(std, abs=1e-6)
-    effect = harness.resolvable_effect(harness.SEED_PLANS["cpu"])
+    effect = stats.resolvable_effect(stats.SEED_PLANS["cpu"])
     assert float(out["resolvable_effect"].split()[0]) == pytest.approx(effect * std, abs=1e-6)
     assert out["group"].startswith("cpu, 3,000 tokens") and std > 0
-    to_pr = harness.resolvable_effect(harness.SEED_PLANS["cpu"], to_pull_request=True)
-    assert out["verdict"].startswith("ok" if to_pr * std <= 0.01 else "too noisy")
 
 
 def test_determinism_passes_on_cpu(project):
@@ -136,13 +134,14 @@ def png_size(path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def test_verify_reproduces_a_run_from_any_worktree_and_flags_tampering(project):
+def test_verify_reproduces_a_run_after_its_branch_is_gone_and_flags_tampering(project):
     wt = new(project, "verified")
     (wt / "model.py").write_text((wt / "model.py").read_text().replace("std=0.02)", "std=0.03)"))
     git("commit", "-qam", "another init", cwd=wt)
     assert just(wt, "eval", *TINY).returncode == 0
     run_id = ledger(project)["run_id"][0]
     assert just(project, "rm", "verified").returncode == 0  # scored, so removable; the branch stays
+    git("branch", "-D", "exp/verified", cwd=project)  # ... until someone deletes it: the run kept its code
 
     result = just(project, "verify", run_id)
     assert result.returncode == 0 and "verify: ok" in result.stdout, result.stdout + result.stderr
@@ -178,7 +177,7 @@ def test_verify_refuses_what_it_cannot_check(project):
 
 
 def test_a_batch_size_experiment_compares_with_the_baseline_end_to_end(project):
-    assert just(project, "baseline", "2", *TINY).returncode == 0
+    assert just(project, "baseline", "--seeds", "2", *TINY).returncode == 0
     wt = new(project, "bigger-batch")
     train_py = wt / "train.py"
     train_py.write_text(train_py.read_text().replace("seq_len=64, batch_size=8,", "seq_len=64, batch_size=12,"))
@@ -211,7 +210,7 @@ def test_confirm_scores_fresh_seeds_of_the_experiment_and_of_main(project):
 
 
 def test_aa_passes_on_mains_own_code_and_fails_when_runs_drift(project):
-    result = just(project, "aa", "1", *TINY)
+    result = just(project, "aa", "--experiments", "1", *TINY)
     assert result.returncode == 0, result.stdout + result.stderr
     out = block(result.stdout)
     assert out["aa_experiments"] == "1" and int(out["improved"]) <= int(out["allowed"]) == 1
@@ -235,7 +234,7 @@ def test_aa_passes_on_mains_own_code_and_fails_when_runs_drift(project):
         )
     )
     git("commit", "-qam", "drift", cwd=project)
-    drifted = just(project, "aa", "2", *TINY)
+    drifted = just(project, "aa", "--experiments", "2", *TINY)
     assert drifted.returncode == 1 and "aa: FAIL" in drifted.stdout
     out = block(drifted.stdout)
     assert (

@@ -2,7 +2,7 @@
 
 import os
 
-from conftest import block, just, ledger
+from conftest import block, git, just, ledger, new
 
 RUN = ("eval", "tiny", "--budget-tokens", "20000")
 
@@ -44,3 +44,17 @@ def test_the_wall_clock_cap_under_ddp_is_one_timeout_row(project):
     assert result.returncode == 1
     [row] = ledger(project).to_dicts()
     assert row["status"] == "timeout" and row["error"].startswith("training passed the wall-clock cap")
+
+
+def test_rank_0_dying_before_its_row_leaves_the_launchers_row(project):
+    wt = new(project, "rank-zero-dies")
+    code = (wt / "train.py").read_text()
+    hard_exit = '    if os.environ.get("RANK") == "0":  # dies as an OOM kill would: no exception, no row\n        os._exit(3)\n'
+    code = code.replace("    # --- model and optimizer ---\n", hard_exit + "    # --- model and optimizer ---\n")
+    (wt / "train.py").write_text("import os\n" + code)
+    git("commit", "-qam", "rank 0 dies", cwd=wt)
+    result = just(wt, *RUN, "--nproc", "2")
+    assert result.returncode != 0
+    [row] = ledger(project).to_dicts()
+    assert row["status"] == "crash" and row["experiment"] == "rank-zero-dies" and row["config"] == "tiny:nproc=2"
+    assert row["error"].startswith("torchrun exited") and "before rank 0 wrote the row" in row["error"]

@@ -1,6 +1,5 @@
 """The referee: split, fingerprint, metric, causality probe, ledger. Real data and real models on CPU."""
 
-import dataclasses
 import math
 import subprocess
 from pathlib import Path
@@ -10,8 +9,8 @@ import torch
 from torch import nn
 
 import eval as referee
-import harness
 from conftest import in_processes
+from harness import guard, ledger, table
 from model import GPT, GPTConfig
 
 CPU = torch.device("cpu")
@@ -22,12 +21,12 @@ CPU = torch.device("cpu")
 
 def test_public_interface_is_pinned():
     names = {
-        "VOCAB_SIZE", "PRESETS", "RESULTS_SCHEMA", "RESULTS_COLUMNS", "Model", "Corpus", "TrainStream",
-        "load_corpus", "evaluate", "causality_violation", "append_result", "read_results", "device_peak_flops",
-        "WallClockExceeded", "main",
+        "VOCAB_SIZE", "PRESETS", "Model", "Corpus", "TrainStream", "load_corpus", "evaluate", "score",
+        "causality_violation", "device_peak_flops", "WallClockExceeded", "main",
     }  # fmt: skip
     assert names <= set(dir(referee))
-    assert referee.RESULTS_COLUMNS == tuple(
+    assert {"RESULTS_SCHEMA", "RESULTS_COLUMNS", "append_result", "check_ledger"} <= set(dir(ledger))
+    assert ledger.RESULTS_COLUMNS == tuple(
         (
             "run_id started_at experiment config commit seed device status val_bpb train_tokens wall_s "
             "tokens_per_s mfu peak_mem_gb params_m label eval_sha data_fp description error budget_tokens"
@@ -189,10 +188,10 @@ def row(i: int = 0, **fields) -> dict:
 
 def test_rows_round_trip_through_the_declared_schema(tmp_path):
     path = tmp_path / "results.tsv"
-    referee.append_result(row(description="tabs\tand\nnewlines are flattened", val_bpb=1.0 / 3), path)
-    referee.append_result(row(1, status="crash", val_bpb=None, error="ValueError: x"), path)
-    df = referee.read_results(path)
-    assert df.columns == list(referee.RESULTS_COLUMNS) and df.height == 2
+    ledger.append_result(row(description="tabs\tand\nnewlines are flattened", val_bpb=1.0 / 3), path)
+    ledger.append_result(row(1, status="crash", val_bpb=None, error="ValueError: x"), path)
+    df = table.read_results(path)
+    assert df.columns == list(ledger.RESULTS_COLUMNS) and df.height == 2
     assert df["val_bpb"][0] == 1.0 / 3  # full precision: determinism is judged on this column
     assert df["description"][0] == "tabs and newlines are flattened"
     assert df["val_bpb"][1] is None and df["error"][1] == "ValueError: x"
@@ -202,9 +201,9 @@ def test_rows_round_trip_through_the_declared_schema(tmp_path):
 def test_bad_rows_are_refused_before_anything_is_written(tmp_path):
     path = tmp_path / "results.tsv"
     with pytest.raises(ValueError, match="status"):
-        referee.append_result(row(status="great"), path)
+        ledger.append_result(row(status="great"), path)
     with pytest.raises(ValueError, match="unknown ledger columns"):
-        referee.append_result(row(notes="x"), path)
+        ledger.append_result(row(notes="x"), path)
     assert not path.exists()
 
 
@@ -223,24 +222,24 @@ def test_bad_rows_are_refused_before_anything_is_written(tmp_path):
 )
 def test_a_line_that_is_not_a_row_is_an_error_naming_the_line_and_the_repair(tmp_path, line, why):
     path = tmp_path / "results.tsv"
-    referee.append_result(row(), path)
+    ledger.append_result(row(), path)
     with path.open("a") as f:
         f.write(line + "\n")
-    referee.append_result(row(2), path)  # a run that was already going still records its row
+    ledger.append_result(row(2), path)  # a run that was already going still records its row
     with pytest.raises(ValueError, match=f"results.tsv:3: {why}") as refused:
-        referee.read_results(path)
+        table.read_results(path)
     assert "Repair: delete that line" in str(refused.value)
-    repaired = referee.without_bad_lines(path.read_text())
-    assert repaired.count("\n") == 3 and referee.ledger_problems(repaired) == []
+    repaired = ledger.without_bad_lines(path.read_text())
+    assert repaired.count("\n") == 3 and ledger.ledger_problems(repaired) == []
 
 
 def test_older_ledgers_with_fewer_columns_still_read(tmp_path):
     path = tmp_path / "results.tsv"
-    cols = referee.RESULTS_COLUMNS[:-2]
+    cols = ledger.RESULTS_COLUMNS[:-2]
     cells = {"run_id": "r1", "status": "ok"}
     path.write_text("\t".join(cols) + "\n" + "\t".join(cells.get(c, "") for c in cols) + "\n")
-    df = referee.read_results(path)
-    assert df.columns == list(referee.RESULTS_COLUMNS) and df["error"][0] is None
+    df = table.read_results(path)
+    assert df.columns == list(ledger.RESULTS_COLUMNS) and df["error"][0] is None
 
 
 def test_a_crash_of_strict_determinism_names_the_op_and_the_fix():
@@ -257,7 +256,7 @@ def test_a_crash_of_strict_determinism_names_the_op_and_the_fix():
 
 def test_an_older_ledger_is_migrated_on_append_and_keeps_every_row(tmp_path):
     path = tmp_path / "results.tsv"
-    cols = referee.RESULTS_COLUMNS[: referee.RESULTS_COLUMNS.index("error") + 1]  # the format before budget_tokens
+    cols = ledger.RESULTS_COLUMNS[: ledger.RESULTS_COLUMNS.index("error") + 1]  # the format before budget_tokens
     old_rows = [
         "\t".join(
             dict(run_id=f"old{i}", seed=str(i), status="ok", val_bpb="2.5", train_tokens="6995968").get(c, "")
@@ -267,26 +266,26 @@ def test_an_older_ledger_is_migrated_on_append_and_keeps_every_row(tmp_path):
     ]
     old = "\t".join(cols) + "\n" + "\n".join(old_rows) + "\n"
     path.write_text(old)
-    assert referee.read_results(path)["budget_tokens"].to_list() == [None, None]  # read as it is
-    referee.append_result(row(7, budget_tokens=7_000_000, train_tokens=6_979_584), path)
+    assert table.read_results(path)["budget_tokens"].to_list() == [None, None]  # read as it is
+    ledger.append_result(row(7, budget_tokens=7_000_000, train_tokens=6_979_584), path)
     text = path.read_text()
-    assert text.startswith(referee.migrated(old)) and text.split("\n", 1)[0] == "\t".join(referee.RESULTS_COLUMNS)
-    df = referee.read_results(path)
+    assert text.startswith(ledger.migrated(old)) and text.split("\n", 1)[0] == "\t".join(ledger.RESULTS_COLUMNS)
+    df = table.read_results(path)
     assert df["run_id"].to_list() == ["old0", "old1", "r7"] and df["budget_tokens"].to_list() == [None, None, 7_000_000]
     assert df["train_tokens"].to_list() == [6995968, 6995968, 6979584]
-    assert harness.ledger_grows_at_bottom(old, text)  # the guard accepts the migration
-    assert not harness.ledger_grows_at_bottom(old, text.replace("old1", "old9"))
+    assert guard.ledger_grows_at_bottom(old, text)  # the guard accepts the migration
+    assert not guard.ledger_grows_at_bottom(old, text.replace("old1", "old9"))
 
 
 def append_many(path: str, worker: int, n: int) -> None:
     for i in range(n):
-        referee.append_result(row(worker * 1000 + i, description="x" * 2000), Path(path))
+        ledger.append_result(row(worker * 1000 + i, description="x" * 2000), Path(path))
 
 
 def test_concurrent_appends_lose_no_row_and_corrupt_none(tmp_path):
     path = tmp_path / "results.tsv"
     in_processes(append_many, [(str(path), w, 40) for w in range(6)])
-    df = referee.read_results(path)
+    df = table.read_results(path)
     assert df.height == 240 and df["run_id"].n_unique() == 240
     assert (df["description"].str.len_chars() == 2000).all()
 
@@ -301,4 +300,3 @@ def test_eval_sha_is_the_git_blob_hash(tmp_path):
 def test_presets_are_sane():
     for name, preset in referee.PRESETS.items():
         assert preset.train_tokens > 0 and preset.wall_cap_s > 0 and preset.eval_seq_len > 0, name
-        assert dataclasses.is_dataclass(preset)

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import harness
 from conftest import add_rows, git, in_processes, just, ledger, new
+from harness import git as gitlayer
+from harness import guard, records
 
 TINY = ["tiny", "--budget-tokens", "3000"]
 META = {"META_MODE": "1"}
@@ -20,7 +21,7 @@ META = {"META_MODE": "1"}
 
 def commit(cwd: Path, path: str, text: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Write and commit one file through the pre-commit hook, as the recipes install it."""
-    harness.install_hooks(harness.main_root(cwd))
+    guard.install_hooks(gitlayer.main_root(cwd))
     (cwd / path).write_text(text)
     git("add", path, cwd=cwd)
     return subprocess.run(
@@ -110,9 +111,9 @@ def test_a_frozen_edit_in_a_worktree_is_refused_and_accepted_in_meta_mode(projec
 
 def test_scoring_a_worktree_whose_frozen_files_differ_is_refused(project):
     wt = new(project, "bent")
-    commit(wt, "harness.py", (wt / "harness.py").read_text() + "\n# x\n", env=hooked_env(meta=True))
+    commit(wt, "harness/stats.py", (wt / "harness/stats.py").read_text() + "\n# x\n", env=hooked_env(meta=True))
     result = just(wt, "eval", *TINY)
-    assert result.returncode == 2 and "FROZEN files differ" in result.stderr and "harness.py" in result.stderr
+    assert result.returncode == 2 and "FROZEN files differ" in result.stderr and "harness/stats.py" in result.stderr
     assert ledger(project).is_empty()
 
 
@@ -192,7 +193,7 @@ def test_check_lists_violations_and_exits_1(project):
 )
 def test_prepending_entries_is_always_accepted(head, entries, added):
     old = head + "".join(entries)
-    assert harness.journal_grows_at_top(old, head + "".join(added) + "".join(entries))
+    assert guard.journal_grows_at_top(old, head + "".join(added) + "".join(entries))
 
 
 @given(
@@ -204,17 +205,17 @@ def test_any_edit_or_removal_of_an_old_entry_is_refused(entries, data):
     start = len("# Journal\n\n")
     i = data.draw(st.integers(start, len(old) - 1))
     replacement = data.draw(st.characters().filter(lambda c: c != old[i]))
-    assert not harness.journal_grows_at_top(old, old[:i] + replacement + old[i + 1 :])
+    assert not guard.journal_grows_at_top(old, old[:i] + replacement + old[i + 1 :])
     j = data.draw(st.integers(i + 1, len(old)))
-    assert not harness.journal_grows_at_top(old, old[:i] + old[j:])
+    assert not guard.journal_grows_at_top(old, old[:i] + old[j:])
 
 
 @given(rows=st.lists(st.text(alphabet="abc\t1.", min_size=1), min_size=1, max_size=5), data=st.data())
 def test_ledger_appends_pass_and_rewrites_fail(rows, data):
     old = "".join(r + "\n" for r in rows)
-    assert harness.ledger_grows_at_bottom(old, old + "new\trow\n")
+    assert guard.ledger_grows_at_bottom(old, old + "new\trow\n")
     i = data.draw(st.integers(0, len(old) - 1))
-    assert not harness.ledger_grows_at_bottom(old, old[:i] + old[i + 1 :] + "x\n")
+    assert not guard.ledger_grows_at_bottom(old, old[:i] + old[i + 1 :] + "x\n")
 
 
 # --- scoring from worktrees ---
@@ -421,7 +422,7 @@ def test_recipes_find_the_root_from_a_subfolder_of_a_worktree(project):
 
 def prepend_many(path: str, worker: int, n: int) -> None:
     for i in range(n):
-        harness.prepend_entry(Path(path), f"## entry {worker}-{i}\n\nbody {worker}-{i}")
+        records.prepend_entry(Path(path), f"## entry {worker}-{i}\n\nbody {worker}-{i}")
 
 
 def test_concurrent_journal_entries_are_all_kept(tmp_path):
@@ -431,3 +432,28 @@ def test_concurrent_journal_entries_are_all_kept(tmp_path):
     text = journal.read_text()
     assert text.startswith("# Research Journal\n\nintro\n\n") and text.endswith("## old entry\n\nold body\n")
     assert all(f"body {w}-{i}\n" in text for w in range(4) for i in range(15)) and text.count("## entry") == 60
+
+
+# --- every failure a sentence ---
+
+BAD_ARGUMENTS = [
+    ("eval", "nosuchconfig"), ("smoke", "nosuchconfig"), ("determinism", "nosuchconfig"),
+    ("baseline", "--seeds", "1"), ("aa", "--experiments", "0"), ("confirm", "nosuch"), ("compare", "nosuch"),
+    ("verify", "nosuch"), ("new", "Bad_Slug"), ("rm", "nosuch"), ("submit", "nosuch"), ("queue", "no label", "main"),
+    ("status", "--bogus"), ("log", "nosuch"), ("follow", "nosuch"), ("journal", " "), ("paper", "no-such-paper"),
+    ("idea", "Bad Slug", "title"), ("ideas", "--bogus"), ("next", "--bogus"), ("report", "nosuch"),
+    ("record", "--bogus"), ("results", "many"), ("best", "--bogus"), ("profile", "--bogus"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("recipe", BAD_ARGUMENTS, ids=lambda r: " ".join(r))
+def test_every_recipe_refuses_a_bad_argument_without_a_traceback(project, recipe):
+    result = just(project, *recipe)
+    assert result.returncode != 0 and result.stderr.strip()
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    assert ledger(project).is_empty()
+
+
+def test_debug_shows_the_traceback(project):
+    result = just(project, "verify", "nosuch", "--debug")
+    assert result.returncode != 0 and "Traceback" in result.stderr and "no run 'nosuch'" in result.stderr

@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 import eval as referee
 import train
@@ -64,11 +65,15 @@ def test_a_bad_head_width_is_an_error():
         GPT(GPTConfig(d_model=100, d_head=32))
 
 
-def test_flops_per_token_counts_matmuls_and_attention():
-    cfg = GPTConfig(n_layer=2, d_model=64, d_head=16)
-    model = GPT(cfg)
-    matmul_weights = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n)
-    assert model.flops_per_token(128) == 6 * matmul_weights + 12 * 2 * 64 * 128
+def test_flops_per_token_is_what_torch_counts_in_a_training_step():
+    model = GPT(GPTConfig(n_layer=2, d_model=64, d_head=16))
+    x = torch.randint(256, (2, 128))
+    with FlopCounterMode(display=False) as counter:
+        model(x).float().square().mean().backward()
+    counted = counter.get_total_flops() / x.numel()
+    # torch also counts what the PaLM convention of MFU leaves out (the one-hot embedding gradient, the
+    # flash-attention backward's recompute): 7% here. Leaving out attention would be 28% off.
+    assert model.flops_per_token(128) == pytest.approx(counted, rel=0.1), counted
 
 
 def test_every_named_config_builds_a_model_that_covers_its_device_eval_context():

@@ -1,5 +1,5 @@
 """Queueing labelled runs through pueue. pueue cannot be installed here, so these tests put the fake in
-tests/bin first on PATH; it follows shared/pueue-reference.md and really runs each task."""
+tests/bin first on PATH; it follows tests/pueue_contract.md and really runs each task."""
 
 import json
 import os
@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+import tyro
 
-import harness
 from conftest import git, just, ledger, make_project, run
+from harness import queue
+from harness.pueue import task_state
 
 HERE = Path(__file__).resolve().parent
 TINY = ["tiny", "--budget-tokens", "3000"]
@@ -187,7 +189,7 @@ REFERENCE_4X = {
 
 
 def test_task_states_read_from_4x_and_3x_json():
-    states = [harness.task_state(t) for t in REFERENCE_4X["tasks"].values()]
+    states = [task_state(t) for t in REFERENCE_4X["tasks"].values()]
     assert [(s[0], s[3]) for s in states] == [
         ("Done", "Success"),
         ("Done", "Failed(1)"),
@@ -196,27 +198,27 @@ def test_task_states_read_from_4x_and_3x_json():
     ]
     assert states[0][1] == "2026-03-02T10:00:01.352877061+01:00"
     v3_done = {"status": {"Done": {"Failed": 1}}, "start": "2026-03-02T10:00:02Z", "end": "2026-03-02T10:40:13Z"}
-    assert harness.task_state(v3_done) == ("Done", "2026-03-02T10:00:02Z", "2026-03-02T10:40:13Z", "Failed(1)")
-    assert harness.task_state({"status": "Running", "start": "2026-03-02T10:00:02Z"})[:2] == (
+    assert task_state(v3_done) == ("Done", "2026-03-02T10:00:02Z", "2026-03-02T10:40:13Z", "Failed(1)")
+    assert task_state({"status": "Running", "start": "2026-03-02T10:00:02Z"})[:2] == (
         "Running",
         "2026-03-02T10:00:02Z",
     )
-    assert harness.task_state({"status": {"Done": "Success"}})[3] == "Success"
+    assert task_state({"status": {"Done": "Success"}})[3] == "Success"
 
 
 def test_the_least_loaded_gpu_group_is_picked():
-    assert harness.pick_group(REFERENCE_4X) == ("gpu0", "0")  # gpu1 has one running and one queued
-    assert harness.pick_group({"tasks": {}, "groups": {"default": {}}}) == ("default", None)
+    assert queue.pick_group(REFERENCE_4X) == ("gpu0", "0")  # gpu1 has one running and one queued
+    assert queue.pick_group({"tasks": {}, "groups": {"default": {}}}) == ("default", None)
     ten = {"tasks": {}, "groups": {f"gpu{i}": {} for i in (10, 2, 1)}}
-    assert harness.pick_group(ten) == ("gpu1", "1")
+    assert queue.pick_group(ten) == ("gpu1", "1")
 
 
 def test_the_queues_own_flags_are_understood_before_the_label_or_after_the_slug():
     label = "Q: x? H: y"
-    before = harness.split_queue_flags(["--backend", "local", "--time-min=5", label, "wider", "--seed", "1"])
-    after = harness.split_queue_flags([label, "wider", "--seed", "1", "--backend", "local", "--time-min", "5"])
-    assert before == after == ({"backend": "local", "time_min": 5}, [label, "wider", "--seed", "1"])
-    with pytest.raises(harness.Refusal, match="unknown option --seed"):
-        harness.split_queue_flags(["--seed", "1", label, "wider"])
-    with pytest.raises(harness.Refusal, match="cluster resources go with --backend slurm"):
-        harness.split_queue_flags([label, "wider", "--gpus", "2"])
+    before = tyro.cli(queue.Queue, args=["--backend", "local", "--time-min=5", label, "wider", "--seed", "1"],
+                      return_unknown_args=True)  # fmt: skip
+    after = tyro.cli(queue.Queue, args=[label, "wider", "--seed", "1", "--backend", "local", "--time-min", "5"],
+                     return_unknown_args=True)  # fmt: skip
+    assert before == after == (queue.Queue(label, "wider", backend="local", time_min=5), ["--seed", "1"])
+    parsed, eval_args = tyro.cli(queue.Queue, args=[label, "wider", "tiny", "--nproc", "4"], return_unknown_args=True)
+    assert parsed.nproc == 4 and eval_args == ["tiny"]  # the run's GPUs: Queue passes --nproc on to eval.py

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-import harness
-from harness import ALPHA, Outcome
+from harness import stats as rule
+from harness.stats import ALPHA, Outcome
 
 RUNS = range(1, 7)  # an experiment's seeds
 BASELINES = (*range(2, 11), 15, 20, 30)  # main's baseline seeds
@@ -20,7 +20,7 @@ NOISE = {  # seed noise of unit scale: the rule is location- and scale-free
 
 
 def improved(runs: np.ndarray, base: np.ndarray) -> np.ndarray:
-    """The rule's "improved", case by case along the first axis (`harness.verdict`, vectorized)."""
+    """The rule's "improved", case by case along the first axis (`rule.verdict`, vectorized)."""
     p = stats.ttest_ind(runs, base, axis=-1, alternative="less").pvalue
     return (p < ALPHA) & (runs.shape[-1] >= 2)
 
@@ -30,7 +30,7 @@ def test_the_vectorized_rule_is_the_rule():
     for n_runs, n_base in ((1, 3), (2, 2), (3, 3), (2, 10)):
         runs, base = rng.standard_normal((300, n_runs)) - 1.5, rng.standard_normal((300, n_base))
         expected = improved(runs, base)
-        got = [harness.verdict(list(r), list(b)).outcome == Outcome.IMPROVED for r, b in zip(runs, base, strict=True)]
+        got = [rule.verdict(list(r), list(b)).outcome == Outcome.IMPROVED for r, b in zip(runs, base, strict=True)]
         assert got == expected.tolist()
         assert 0 < sum(got) < 300 or n_runs == 1
 
@@ -59,22 +59,22 @@ def test_welchs_test_would_crown_noise_at_unequal_counts():
     assert welch.mean() > 0.035 and improved(runs, base).mean() <= 0.025
 
 
-@pytest.mark.parametrize("device", sorted(harness.SEED_PLANS))
+@pytest.mark.parametrize("device", sorted(rule.SEED_PLANS))
 def test_the_stated_resolvable_effect_is_detected_80_percent_of_the_time(device):
-    plan = harness.SEED_PLANS[device]
+    plan = rule.SEED_PLANS[device]
     rng = np.random.default_rng(2)
     table = []
     for noise, draw in NOISE.items():
-        effect = harness.resolvable_effect(plan)
+        effect = rule.resolvable_effect(plan)
         shape = (CASES,)
         found = improved(draw(rng, (*shape, plan.runs)) - effect, draw(rng, (*shape, plan.baseline))).mean()
-        to_pr = harness.resolvable_effect(plan, to_pull_request=True)
+        to_pr = rule.resolvable_effect(plan, to_pull_request=True)
         chosen = improved(draw(rng, (*shape, plan.runs)) - to_pr, draw(rng, (*shape, plan.baseline)))
         confirmed = improved(draw(rng, (*shape, plan.confirm)) - to_pr, draw(rng, (*shape, plan.confirm)))
         table.append((noise, effect, found, to_pr, (chosen & confirmed).mean()))
         if noise == "normal":  # the noncentral t figure `just baseline` prints, checked by simulation
-            assert found == pytest.approx(harness.POWER, abs=0.015)
-            assert (chosen & confirmed).mean() == pytest.approx(harness.POWER, abs=0.015)
+            assert found == pytest.approx(rule.POWER, abs=0.015)
+            assert (chosen & confirmed).mean() == pytest.approx(rule.POWER, abs=0.015)
     print(f"\n{device}: {plan}")
     for noise, effect, found, to_pr, both in table:
         print(f"  {noise}: {effect:.2f} std -> improved {found:.3f}; {to_pr:.2f} std -> pull request {both:.3f}")
@@ -82,7 +82,7 @@ def test_the_stated_resolvable_effect_is_detected_80_percent_of_the_time(device)
 
 def test_a_pull_request_on_noise_is_rarer_than_a_claim():
     """The protocol to a PR: improved on the experiment's seeds, then again on fresh seeds of both sides."""
-    plan = harness.SEED_PLANS["cpu"]
+    plan = rule.SEED_PLANS["cpu"]
     rng = np.random.default_rng(3)
     chosen = improved(rng.standard_normal((CASES, plan.runs)), rng.standard_normal((CASES, plan.baseline)))
     confirmed = improved(rng.standard_normal((CASES, plan.confirm)), rng.standard_normal((CASES, plan.confirm)))
@@ -92,9 +92,9 @@ def test_a_pull_request_on_noise_is_rarer_than_a_claim():
 def test_aa_allowance_covers_the_shared_baseline():
     """`just aa` judges K experiments against one baseline: its allowance must hold at 99%, simulated
     here independently of the harness's own simulation."""
-    plan = harness.SEED_PLANS["cpu"]
+    plan = rule.SEED_PLANS["cpu"]
     k = 20
-    allowed = harness.aa_allowed(k, plan.runs, plan.baseline)
+    allowed = rule.aa_allowed(k, plan.runs, plan.baseline)
     rng = np.random.default_rng(4)
     base = rng.standard_normal((5000, 1, plan.baseline))
     counts = improved(rng.standard_normal((5000, k, plan.runs)), np.broadcast_to(base, (5000, k, plan.baseline)))
@@ -107,42 +107,42 @@ def test_aa_allowance_covers_the_shared_baseline():
 
 def test_one_run_is_promising_at_most():
     base = [2.00, 2.02, 2.01]
-    one = harness.verdict([1.90], base)
+    one = rule.verdict([1.90], base)
     assert one.outcome == Outcome.PROMISING and one.p_improved < ALPHA and "run more seeds" in one.advice
-    assert harness.verdict([2.30], base).outcome == Outcome.WORSE
-    assert harness.verdict([1.99], base).outcome == Outcome.INCONCLUSIVE
+    assert rule.verdict([2.30], base).outcome == Outcome.WORSE
+    assert rule.verdict([1.99], base).outcome == Outcome.INCONCLUSIVE
 
 
 def test_several_runs_are_judged_by_students_t_test():
     base = [2.00, 2.02, 2.01]
-    better = harness.verdict([1.95, 1.96, 1.94], base)
+    better = rule.verdict([1.95, 1.96, 1.94], base)
     assert better.outcome == Outcome.IMPROVED and "confirm" in better.advice
     assert better.p_improved == pytest.approx(stats.ttest_ind([1.95, 1.96, 1.94], base, alternative="less").pvalue)
-    assert harness.verdict([2.10, 2.12, 2.11], base).outcome == Outcome.WORSE
-    mixed = harness.verdict([1.99, 2.03, 2.00], base)
+    assert rule.verdict([2.10, 2.12, 2.11], base).outcome == Outcome.WORSE
+    mixed = rule.verdict([1.99, 2.03, 2.00], base)
     assert mixed.outcome == Outcome.INCONCLUSIVE and "t=" in mixed.why and "df=4" in mixed.why
 
 
 def test_no_spread_and_no_baseline_claim_nothing():
-    flat = harness.verdict([1.9999999, 1.9999999], [2.0, 2.0])
+    flat = rule.verdict([1.9999999, 1.9999999], [2.0, 2.0])
     assert flat.outcome == Outcome.INCONCLUSIVE and "no spread" in flat.advice
-    assert harness.verdict([1.9999999], [2.0, 2.0]).outcome == Outcome.INCONCLUSIVE
-    assert "run `just baseline` first" in harness.verdict([1.0], [2.0]).advice
+    assert rule.verdict([1.9999999], [2.0, 2.0]).outcome == Outcome.INCONCLUSIVE
+    assert "run `just baseline` first" in rule.verdict([1.0], [2.0]).advice
 
 
 def test_the_verdict_is_a_typed_value_that_serializes_as_text():
-    result = dataclasses.asdict(harness.verdict([1.95, 1.96], [2.0, 2.02, 2.01]))
+    result = dataclasses.asdict(rule.verdict([1.95, 1.96], [2.0, 2.02, 2.01]))
     assert result["outcome"] == "improved" and isinstance(result["outcome"], Outcome)
 
 
 def test_the_noise_report_names_the_resolvable_effect_and_the_seeds_a_noisy_problem_needs():
-    plan = harness.SeedPlan(baseline=3, runs=3, confirm=3, meaningful_effect=0.01)
-    quiet = dict(line.split(": ", 1) for line in harness.noise_report([2.0, 2.001, 2.002], plan))
+    plan = rule.SeedPlan(baseline=3, runs=3, confirm=3, meaningful_effect=0.01)
+    quiet = dict(line.split(": ", 1) for line in rule.noise_report([2.0, 2.001, 2.002], plan))
     assert float(quiet["std"]) == pytest.approx(0.001)
-    rule = harness.resolvable_effect(plan)
-    assert float(quiet["resolvable_effect"].split()[0]) == pytest.approx(rule * 0.001, abs=1e-6)
+    effect = rule.resolvable_effect(plan)
+    assert float(quiet["resolvable_effect"].split()[0]) == pytest.approx(effect * 0.001, abs=1e-6)
     assert quiet["verdict"].startswith("ok")
-    noisy = dict(line.split(": ", 1) for line in harness.noise_report([2.0, 2.01, 2.02], plan))
+    noisy = dict(line.split(": ", 1) for line in rule.noise_report([2.0, 2.01, 2.02], plan))
     needed = int(noisy["verdict"].split("needs ")[1].split()[0])
-    assert noisy["verdict"].startswith("too noisy") and harness.power_of_plan(needed, 0.01, plan) >= harness.POWER
-    assert harness.power_of_plan(needed - 1, 0.01, plan) < harness.POWER
+    assert noisy["verdict"].startswith("too noisy") and rule.power_of_plan(needed, 0.01, plan) >= rule.POWER
+    assert rule.power_of_plan(needed - 1, 0.01, plan) < rule.POWER

@@ -1,0 +1,30 @@
+"""The research harness: the workflow around the referee (eval.py), one module per responsibility.
+FROZEN (infrastructure): edit only with META_MODE=1.
+
+Run it through the recipes (`uv run just RECIPE`; `uv run just` lists them). The modules, and what each
+may import (`uv run just lint` checks it, with import-linter; the contracts are in pyproject.toml):
+
+    git        the one git layer (GitPython)                                   stdlib, GitPython
+    ledger     results.tsv: its schema, rows, locked append, killed runs       stdlib, filelock
+    guard      the file taxonomy: FROZEN, GLOBAL, APPEND-ONLY; scoring guard   git, ledger
+    pueue      the pueue client: calls, task states, a run's own label         stdlib
+    table      the ledger read as polars: groups, the bar, printed tables      ledger, polars
+    stats      the rule for "better": t-test, seed plans, power                scipy
+    compare    an experiment's rows against main's: compare and confirm        table, stats
+    records    ideas, journal, reports, `just record`                          git, guard, table
+    papers     a paper's full text into 0_docs/papers/                         records, pypdf
+    worktrees  one worktree per experiment: new, rm, submit, check             git, guard, table, compare
+    progress   where things stand: results, best, next                         table, compare, records
+    queue      labelled runs on pueue: queue, status, review                   pueue, cluster, table
+    cluster    Slurm through submitit                                          git, submitit
+    plots      progress.png and loss curves                                    table, matplotlib
+    runs       smoke, baseline, confirm, A/A, determinism, verify, prepare     the referee (torch)
+    cli        tyro subcommands, one-line errors                               every module, lazily
+
+Only `runs` imports the referee or torch, so ledger queries start in well under a second; the referee
+imports only git, ledger, guard and pueue.
+"""
+
+
+class Refusal(ValueError):
+    """A command refused: the message says what, which rule, and how to proceed."""

@@ -1,0 +1,239 @@
+"""results.tsv, the ledger: its schema, what a valid row is, the locked append, and the rows of runs that
+were killed before they wrote one. The referee appends through this module; the harness reads through
+`harness.table`. Standard library and filelock only: no torch, no polars."""
+
+import json
+import math
+import os
+import secrets
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+
+from filelock import FileLock
+
+LEDGER = "results.tsv"
+RESULTS_SCHEMA = {  # the ledger's columns, in order, with their polars dtypes
+    "run_id": "String",
+    "started_at": "String",
+    "experiment": "String",
+    "config": "String",
+    "commit": "String",
+    "seed": "Int64",
+    "device": "String",
+    "status": "String",
+    "val_bpb": "Float64",
+    "train_tokens": "Int64",
+    "wall_s": "Float64",
+    "tokens_per_s": "Float64",
+    "mfu": "Float64",
+    "peak_mem_gb": "Float64",
+    "params_m": "Float64",
+    "label": "String",
+    "eval_sha": "String",
+    "data_fp": "String",
+    "description": "String",
+    "error": "String",
+    "budget_tokens": "Int64",  # added 2026-11: the budget asked for (train_tokens is what whole batches served)
+}
+RESULTS_COLUMNS = tuple(RESULTS_SCHEMA)
+STATUSES = ("ok", "crash", "timeout")
+
+
+def new_run_id(experiment: str) -> str:
+    """A ledger row's id: start time, experiment, and 4 random hex digits so parallel runs differ."""
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{experiment}-{secrets.token_hex(2)}"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Concurrent runs and a killed `just prepare` never leave a half-written file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def format_row(row: dict) -> str:
+    unknown = set(row) - set(RESULTS_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown ledger columns {sorted(unknown)}; the columns are {RESULTS_COLUMNS}")
+    if row.get("status") not in STATUSES:
+        raise ValueError(f"status {row.get('status')!r} is not one of {STATUSES}")
+
+    def cell(column: str) -> str:
+        value = row.get(column)
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            return ""
+        text = f"{value:.6g}" if isinstance(value, float) else str(value)
+        if column == "val_bpb":
+            text = repr(float(value))  # full precision: determinism is checked on this column
+        return " ".join(text.split())  # no tab or newline may break the row
+
+    return "\t".join(cell(c) for c in RESULTS_COLUMNS) + "\n"
+
+
+def ledger_header(path: Path) -> tuple[str, ...]:
+    """The column names of the ledger's first line; checked to be today's columns or an older prefix."""
+    with open(path) as f:
+        header = tuple(f.readline().rstrip("\n").split("\t"))
+    if header != RESULTS_COLUMNS[: len(header)]:
+        raise ValueError(
+            f"{path}: header {list(header)} is not {list(RESULTS_COLUMNS)} or an older prefix of it; "
+            "restore the first line (git checkout HEAD -- results.tsv)"
+        )
+    return header
+
+
+def row_problem(line: str, header: tuple[str, ...]) -> str | None:
+    """Why one line of the ledger is not a row the referee could have written; None if it is one."""
+    cells = line.split("\t")
+    if len(cells) != len(header):
+        return f"{len(cells)} fields where the header has {len(header)}"
+    for column, cell in zip(header, cells, strict=True):
+        kind = RESULTS_SCHEMA[column]
+        if column in ("run_id", "status") and not cell:
+            return f"no {column}"
+        if column == "status" and cell not in STATUSES:
+            return f"status={cell!r} is not one of {', '.join(STATUSES)}"
+        try:
+            if cell and kind == "Int64":
+                int(cell)
+            elif cell and kind == "Float64":
+                float(cell)
+        except ValueError:
+            return f"{column}={cell!r} is not a {'whole number' if kind == 'Int64' else 'number'}"
+    return None
+
+
+def ledger_problems(text: str, name: str = "results.tsv") -> list[str]:
+    """Every line of a ledger's text that is not a valid row, as 'NAME:LINE: why'."""
+    lines = text.split("\n")
+    header = tuple(lines[0].split("\t"))
+    if header != RESULTS_COLUMNS[: len(header)]:
+        return [f"{name}:1: the header is not {' '.join(RESULTS_COLUMNS)} or an older prefix of it"]
+    problems = []
+    for number, line in enumerate(lines[1:], start=2):
+        if line == "" and number == len(lines):
+            continue  # the newline that ends the last row
+        why = "an empty line" if not line.strip() else row_problem(line, header)
+        if why is not None:
+            problems.append(f"{name}:{number}: {why}")
+    return problems
+
+
+def without_bad_lines(text: str) -> str:
+    """The ledger's text less the lines that are not rows: what its repair may leave."""
+    lines = text.splitlines(keepends=True)
+    header = tuple(lines[0].rstrip("\n").split("\t"))
+    return lines[0] + "".join(
+        line for line in lines[1:] if line.strip() and row_problem(line.rstrip("\n"), header) is None
+    )
+
+
+def check_ledger(path: Path) -> None:
+    """Refuse a ledger with a line that is not a row, naming the line and the repair."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    problems = ledger_problems(path.read_text(), str(path))
+    if problems:
+        more = f" (and {len(problems) - 1} more such lines)" if len(problems) > 1 else ""
+        raise ValueError(
+            f"{problems[0]}{more}: not a row the referee wrote. Repair: delete that line (the guard lets a "
+            f"line that is not a row go), or restore the file (git checkout HEAD -- {path.name})"
+        )
+
+
+def migrated(text: str) -> str:
+    """An older ledger's text in today's format: today's header, and each row padded with empty cells
+    for the columns added since (they read as null). Rows are otherwise byte for byte as they were."""
+    lines = text.splitlines(keepends=True)
+    missing = len(RESULTS_COLUMNS) - len(lines[0].rstrip("\n").split("\t"))
+    rows = [line.rstrip("\n") + "\t" * missing + "\n" for line in lines[1:] if line.strip()]
+    return "\t".join(RESULTS_COLUMNS) + "\n" + "".join(rows)
+
+
+def ledger_lock(path: Path) -> FileLock:
+    return FileLock(str(path) + ".lock")
+
+
+def append_result(row: dict, path: Path) -> None:
+    """Append one row under the ledger's lock (`append_locked`)."""
+    with ledger_lock(path):
+        append_locked(row, path)
+
+
+def append_locked(row: dict, path: Path) -> None:
+    """Append one row, writing the header first if the file is new or empty; the caller holds the lock.
+    The line goes out in one write of an O_APPEND file, so a reader never sees half a row. A ledger
+    written before a column was added is first migrated (`migrated`), atomically."""
+    line = format_row(row).encode()
+    if path.exists() and path.stat().st_size and len(ledger_header(path)) < len(RESULTS_COLUMNS):
+        write_atomic(path, migrated(path.read_text()).encode())
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if os.fstat(fd).st_size == 0:
+            line = ("\t".join(RESULTS_COLUMNS) + "\n").encode() + line
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# A run that has not recorded its row keeps runs/{run_id}/running.json: its process and the row it
+# would write. SIGKILL and the out-of-memory killer leave it behind; the next ledger read finds its
+# process gone and records the crash row then, once (`reap_killed_runs`).
+RUNNING = "running.json"
+
+
+def process_start(pid: int) -> str | None:
+    """When process `pid` started (Linux: clock ticks since boot), which tells it from a later one
+    given the same pid; None when there is no such process (or no /proc)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        return None
+
+
+def is_alive(pid: int, start: str | None) -> bool:
+    if Path("/proc/self/stat").exists():
+        return process_start(pid) == start
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def mark_running(row: dict, run_dir: Path) -> None:
+    record = dict(host=socket.gethostname(), pid=os.getpid(), start=process_start(os.getpid()), row=row)
+    write_atomic(run_dir / RUNNING, json.dumps(record).encode())
+
+
+def reap_killed_runs(root: Path) -> list[str]:
+    """Record a `crash` row for every run whose process died without writing its row; their ids."""
+    dead = []
+    for marker in (root / "runs").glob(f"*/{RUNNING}"):
+        try:
+            record = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            continue  # being written, or already reaped
+        # A run on another host (a cluster's shared runs/) is that host's to judge.
+        if record["host"] == socket.gethostname() and not is_alive(record["pid"], record["start"]):
+            dead.append(marker)
+    if not dead:
+        return []
+    path, reaped = root / "results.tsv", []
+    with ledger_lock(path):  # two readers that find the same dead run record it once
+        recorded = {line.split("\t", 1)[0] for line in path.read_text().splitlines()[1:]} if path.exists() else set()
+        for marker in dead:
+            if not marker.exists():
+                continue
+            record = json.loads(marker.read_text())
+            if record["row"]["run_id"] not in recorded:
+                error = f"killed (SIGKILL or out of memory): process {record['pid']} ended without writing its row"
+                append_locked(dict(record["row"], status="crash", error=error), path)
+                reaped.append(record["row"]["run_id"])
+            marker.unlink()
+    return reaped

@@ -1,0 +1,105 @@
+"""Where the research stands, from the ledger and the ideas: `just results`, `just best` (the bar and the
+verdicts in its group) and `just next` (the seed's algorithm: IDEATE or IMPLEMENT)."""
+
+import dataclasses
+import re
+from pathlib import Path
+
+import polars as pl
+
+from harness.compare import compare_slug
+from harness.git import WORKTREES, main_root
+from harness.guard import JOURNAL, journal_head
+from harness.records import ideas_table
+from harness.table import best_rows, group_name, ledger, newest_group, print_json, print_table, same_group, the_bar
+
+IDEATE_UNTIL = 30  # the seed's algorithm: ideate while fewer ideas than this exist
+
+
+def results(n: int = 20, /, json: bool = False) -> None:
+    """The last N ledger rows as a table (or JSON)."""
+    df = ledger(main_root()).tail(n)
+    if json:
+        return print_json(df.to_dicts())
+    print_table(df)
+
+
+def best(json: bool = False) -> None:
+    """The best ok row of each comparable group (eval_sha, data_fp, device, budget); main's baseline,
+    the bar; and the verdict of every experiment in the bar's group."""
+    df = ledger(main_root())
+    groups, bar = best_rows(df), the_bar(df)
+    contenders = []
+    if bar is not None:
+        group = df.filter(same_group(bar["row"]) & (pl.col("status") == "ok") & (pl.col("experiment") != "main"))
+        contenders = group["experiment"].unique(maintain_order=True).to_list()
+    verdicts = {slug: compare_slug(df, slug) for slug in contenders}
+    if json:
+        return print_json(
+            dict(groups=groups.to_dicts(), bar=bar, verdicts={k: dataclasses.asdict(v) for k, v in verdicts.items()})
+        )
+    print_table(groups)
+    if bar is None:
+        print("the bar: none yet (no baseline; score main's seeds first: uv run just baseline)")
+        return
+    print(f"the bar: main's baseline {bar['mean']:.6f} ± {bar['std']:.6f} (n={bar['n']}) in {bar['group']}")
+    for slug, result in verdicts.items():
+        print(f"  {slug}: {result.outcome} — {result.why}")
+
+
+def where_things_stand(root: Path) -> dict:
+    df = ledger(root)
+    worktrees = (
+        sorted(p.name for p in (root / WORKTREES).iterdir() if p.is_dir()) if (root / WORKTREES).is_dir() else []
+    )
+    last = {}
+    for slug in worktrees:
+        rows = df.filter(pl.col("experiment") == slug)
+        last[slug] = None if rows.is_empty() else rows.row(-1, named=True)
+    bar, anchor = the_bar(df), newest_group(df)
+    # best and bar from one comparable group: the bar's, else the newest ok run's
+    in_group = None if anchor is None else df.filter(same_group(anchor) & (pl.col("status") == "ok"))
+    best = None if in_group is None else in_group.sort("val_bpb").row(0, named=True)
+    journal = (root / JOURNAL).read_text() if (root / JOURNAL).exists() else ""
+    entries = journal[len(journal_head(journal)) :]
+    newest = re.split(r"\n(?=## )", entries, maxsplit=1)[0].strip() if entries else None
+    return dict(worktrees=last, bar=bar, best=best, newest_journal_entry=newest, rows=df.height)
+
+
+def next_step(root: Path) -> dict:
+    ideas = ideas_table(root)
+    if len(ideas) < IDEATE_UNTIL:
+        return dict(
+            mode="IDEATE", idea=None, why=f"{len(ideas)} ideas in 1_ideas/, fewer than {IDEATE_UNTIL}: brainstorm more"
+        )
+    untried = [i for i in ideas if i["results"] == 0]
+    if not untried:
+        return dict(mode="IDEATE", idea=None, why=f"all {len(ideas)} ideas have results: brainstorm new ones")
+    best = max(untried, key=lambda i: (i["rating"] if i["rating"] is not None else -1.0, [-ord(c) for c in i["date"]]))
+    rating = "unrated" if best["rating"] is None else f"rated {best['rating']:g}/10"
+    why = f"{len(ideas)} ideas; {best['slug']} is the best-rated without results ({rating}, {len(untried)} untried)"
+    return dict(mode="IMPLEMENT", idea=best, why=why)
+
+
+def what_next(json: bool = False) -> None:
+    """The seed's algorithm: IDEATE or IMPLEMENT (which idea, and why), and where things stand."""
+    root = main_root()
+    step, state = next_step(root), where_things_stand(root)
+    if json:
+        return print_json({**step, **state})
+    print(f"mode: {step['mode']}\nwhy: {step['why']}")
+    if step["idea"]:
+        print(f"next: uv run just new {step['idea']['slug']}   # {step['idea']['file']}")
+    print(f"\nledger: {state['rows']} rows")
+    bar, b = state["bar"], state["best"]
+    if bar is not None:
+        print(f"the bar: main's baseline {bar['mean']:.4f} ± {bar['std']:.4f} (n={bar['n']}) in {bar['group']}")
+    if b is not None:
+        where = "in that group" if bar is not None else f"no baseline yet: run just baseline; in {group_name(b)}"
+        print(f"best: {b['val_bpb']:.4f} val_bpb, {b['experiment']} ({b['run_id']}), {where}")
+    for slug, r in state["worktrees"].items():
+        print(
+            f"worktree {slug}: "
+            + ("no runs yet" if r is None else f"last {r['status']} {r['val_bpb']} ({r['run_id']})")
+        )
+    print("newest journal entry:\n" + (state["newest_journal_entry"] or "(none)"))

@@ -1,0 +1,269 @@
+"""The commands that run the referee: `just smoke`, `just baseline`, `just confirm`, `just aa`,
+`just determinism`, `just verify` and `just prepare`. The one module of the package that imports the
+referee (eval.py) and torch; scored runs are eval.py subprocesses, so each one writes its own row."""
+
+import dataclasses
+import itertools
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import jaxtyping
+import polars as pl
+import torch
+
+import eval as referee
+from harness import Refusal
+from harness.compare import CONFIRM, confirmation, eval_args_of, exploration_rows, first_fresh_seed
+from harness.git import checkout_dir, main_root, show, worktree_dir
+from harness.ledger import LEDGER
+from harness.stats import ALPHA, SEED_PLANS, Outcome, aa_allowed, noise_report, verdict
+from harness.table import BASELINE, baseline_rows, group_name, ledger
+
+Device = Literal["cpu", "cuda", "mps"]
+
+
+def run_eval(cwd: Path, args: list[str]) -> dict:
+    """One scored run as a subprocess of main's eval.py; its printed block as a dict."""
+    root = main_root()
+    result = subprocess.run([sys.executable, str(root / "eval.py"), *args], cwd=cwd, stdout=subprocess.PIPE, text=True)
+    block = result.stdout.rsplit("---\n", 1)[-1]
+    out = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+    if result.returncode != 0 or out.get("status") != "ok":
+        raise Refusal(
+            f"eval.py {' '.join(args)} failed ({out.get('status', result.returncode)}): {out.get('error', 'see its log above')}"
+        )
+    return out
+
+
+def device_args(device: str | None) -> list[str]:
+    return [] if device is None else ["--device", device]
+
+
+def load_corpus(prepare: bool = False) -> referee.Corpus:
+    """eval.py's corpus; a source that is missing, unknown or not prepared is a one-line refusal."""
+    try:
+        return referee.prepare() if prepare else referee.load_corpus()
+    except ValueError as e:
+        raise Refusal(str(e)) from e
+
+
+def prepare() -> None:
+    """Download (a Hugging Face source) and prepare eval.py's DATA_SOURCE, so that runs read it offline."""
+    t0 = time.perf_counter()
+    corpus = load_corpus(prepare=True)
+    print(
+        f"prepare: {corpus.source} | {corpus.n_files} files | train {len(corpus.train):,} B | "
+        f"val {len(corpus.val):,} B | fp {corpus.fingerprint} | {time.perf_counter() - t0:.1f} s"
+    )
+
+
+@dataclass(frozen=True)
+class Smoke:
+    """Train this checkout's config for ~30 steps with jaxtyping shape checks on: the loss must fall and stay
+    finite; then the causality probe and the scoring code on a slice of the split. No ledger row. Any
+    argument is eval.py's: just smoke [CONFIG] [--field value ...]"""
+
+    def __call__(self, eval_args: list[str]) -> None:
+        code_dir = checkout_dir()
+        with jaxtyping.install_import_hook(["model", "train"], "beartype.beartype"):
+            train = referee.load_experiment(code_dir)
+        args, config_desc, cfg = referee.parse_args(eval_args, train)
+        device = referee.resolve_device(args.device)
+        if hasattr(cfg, "log_every"):
+            cfg = dataclasses.replace(cfg, log_every=3)
+        if hasattr(cfg, "compile"):  # shape checks wrap every function; compiling through them is not the point here
+            cfg = dataclasses.replace(cfg, compile=False)
+        budget = args.budget_tokens or 30 * cfg.batch_size * cfg.seq_len
+        referee.logger.remove()
+        referee.logger.add(sys.stderr, format="{time:HH:mm:ss} | {message}", backtrace=False, diagnose=False)
+        referee.logger.info(
+            f"smoke | {code_dir} | config {config_desc} | device {device} | {budget:,} tokens | shape checks on"
+        )
+        t0 = time.perf_counter()
+        corpus = load_corpus()
+        torch.manual_seed(args.seed)
+        stream = referee.TrainStream(corpus.train, budget, args.seed, device, time.monotonic() + 600)
+        model = train.train(cfg, stream, device)
+        losses = [m["loss"] for m in stream.metrics if "loss" in m]
+        if len(losses) < 2:
+            raise Refusal(f"train.py reported {len(losses)} losses through data.log_step; smoke needs 2 or more")
+        if not all(math.isfinite(x) for x in losses):
+            raise Refusal(f"non-finite loss in {losses}")
+        if not losses[-1] < losses[0]:
+            raise Refusal(f"loss did not fall: first {losses[0]:.4f}, last {losses[-1]:.4f}")
+        seq_len = referee.PRESETS[device.type].eval_seq_len
+        bpb = referee.score(model, corpus.val[: 64 * seq_len + 1], seq_len, device)
+        print("---")
+        print(f"smoke: ok\nloss_first: {losses[0]:.4f}\nloss_last: {losses[-1]:.4f}")
+        print(f"val_bpb_slice: {bpb:.4f}\ntrain_tokens: {stream.tokens_served}\nwall_s: {time.perf_counter() - t0:.1f}")
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """Score main's code with seeds 0..N-1, then print mean, std and the smallest effect the protocol
+    resolves. Any other argument is eval.py's: just baseline [--seeds N] [CONFIG] [--budget-tokens ...]"""
+
+    seeds: int | None = None
+    """seeds to run (default: the device's seed plan)"""
+    device: Device | None = None
+    """eval.py's --device; it also picks the seed plan"""
+
+    def __call__(self, eval_args: list[str]) -> None:
+        plan = SEED_PLANS[self.device or referee.resolve_device(None).type]
+        n = self.seeds if self.seeds is not None else plan.baseline
+        if n < 2:
+            raise Refusal(f"--seeds {n}: a std needs at least 2 seeds")
+        root = main_root()
+        eval_args = [*eval_args, *device_args(self.device)]
+        for seed in range(n):
+            out = run_eval(root, [*eval_args, "--seed", str(seed), "--description", f"{BASELINE} {seed}/{n}"])
+            print(f"baseline seed {seed}: val_bpb {float(out['val_bpb']):.6f} ({out['run_id']})")
+        df = ledger(root)
+        newest = df.row(by_predicate=pl.col("run_id") == out["run_id"], named=True)
+        values = baseline_rows(df, newest)["val_bpb"].to_list()
+        print("---\n" + "\n".join([f"group: {group_name(newest)}", *noise_report(values, plan)]))
+
+
+def confirm(slug: str, n: int | None = None, /) -> None:
+    """Score N fresh seeds of the experiment SLUG and N of main (default: the device's seed plan),
+    interleaved, at the config, device and budget of its newest rows; judge those rows alone."""
+    root = main_root()
+    path = worktree_dir(root, slug)
+    if not path.is_dir():
+        raise Refusal(
+            f"no worktree {path}: the code to confirm must be checked out (just new {slug} re-opens exp/{slug})"
+        )
+    df = ledger(root)
+    explored = exploration_rows(df, slug)
+    if explored.is_empty():
+        raise Refusal(f"no ok rows for {slug!r}: score and compare it first (just compare {slug})")
+    newest = explored.sort("started_at").row(-1, named=True)
+    base = baseline_rows(df, newest)
+    if base.is_empty():
+        raise Refusal(f"no baseline in {slug}'s group ({group_name(newest)}): run just baseline first")
+    plan = SEED_PLANS[newest["device"]]
+    n = n if n is not None else plan.confirm
+    first = first_fresh_seed(df, newest)  # no seed that took part in choosing it
+    for seed in range(first, first + n):
+        for where, row, description in (
+            (path, newest, f"{CONFIRM} seed {seed}"),
+            (root, base.row(-1, named=True), f"{CONFIRM} {slug} seed {seed}"),
+        ):
+            out = run_eval(where, [*eval_args_of(row), "--seed", str(seed), "--description", description])
+            print(f"{description}: val_bpb {float(out['val_bpb']):.6f} ({out['run_id']})")
+    result = confirmation(ledger(root), slug)
+    print(f"---\n{slug} on fresh seeds: {result.outcome}\n{result.why}\n{result.advice}")
+
+
+AA_ARGS = ["tiny", "--budget-tokens", "100000"]  # `just aa` with no EVAL_ARGS: main's tiny config, a small budget
+
+
+@dataclass(frozen=True)
+class Aa:
+    """The rule's A/A check on this machine: a baseline and K experiments, all main's code on fresh seeds
+    (the device's seed plan), each judged by the rule; exit 1 when more are called improved than the rule
+    allows in 99% of A/A checks. Any other argument is eval.py's (default: tiny --budget-tokens 100000)."""
+
+    experiments: int = 20
+    """K, the A/A experiments"""
+    device: Device | None = None
+    """eval.py's --device; it also picks the seed plan"""
+
+    def __call__(self, eval_args: list[str]) -> None:
+        k = self.experiments
+        eval_args = [*(eval_args or AA_ARGS), *device_args(self.device)]
+        if k < 1:
+            raise Refusal(f"--experiments {k}: give at least 1 experiment")
+        root = main_root()
+        plan = SEED_PLANS[self.device or referee.resolve_device(None).type]
+        df = ledger(root)
+        seeds = iter(itertools.count(1 + (df["seed"].max() if df.height else -1)))
+        t0 = time.perf_counter()
+
+        def scored(description: str) -> float:
+            seed = next(seeds)
+            out = run_eval(root, [*eval_args, "--seed", str(seed), "--description", f"aa {description} seed {seed}"])
+            return float(out["val_bpb"])
+
+        base = [scored("baseline") for _ in range(plan.baseline)]
+        print(f"aa baseline: {', '.join(f'{v:.6f}' for v in base)}")
+        improved = 0
+        for i in range(1, k + 1):
+            result = verdict([scored(f"{i}/{k}") for _ in range(plan.runs)], base)
+            improved += result.outcome == Outcome.IMPROVED
+            print(f"aa experiment {i}/{k}: {result.outcome} — {result.why}")
+        allowed = aa_allowed(k, plan.runs, plan.baseline)
+        print(
+            f"---\naa_experiments: {k}\nimproved: {improved}\nexpected: {k * ALPHA:.2f}  (the rule's rate, {ALPHA:.1%})\n"
+            f"allowed: {allowed}\n(99% of A/A checks with one shared baseline call at most {allowed} improved)\n"
+            f"wall_s: {time.perf_counter() - t0:.0f}"
+        )
+        if improved > allowed:
+            print(
+                f"aa: FAIL — {improved} of {k} experiments that are main's own code were called improved: the noise is not what the rule assumes (nondeterminism, drift, or a heavy tail)"
+            )
+            raise SystemExit(1)
+        print("aa: ok — main's own code is not called better than itself more often than the rule allows")
+
+
+@dataclass(frozen=True)
+class Determinism:
+    """Score this checkout's code twice with the same seed; exit 1 unless the two val_bpb are bitwise
+    identical. Any argument is eval.py's: just determinism [CONFIG] [--seed 1 ...]"""
+
+    def __call__(self, eval_args: list[str]) -> None:
+        here = checkout_dir()
+        first, second = (run_eval(here, [*eval_args, "--description", f"determinism check {i}/2"]) for i in (1, 2))
+        a, b = float(first["val_bpb"]), float(second["val_bpb"])
+        print(f"---\nfirst: {a!r} ({first['run_id']})\nsecond: {b!r} ({second['run_id']})")
+        if a != b:
+            print(f"deterministic: no (difference {b - a:+.3g})")
+            raise SystemExit(1)
+        print("deterministic: yes (bitwise identical val_bpb)")
+
+
+def verify(run_id: str, /) -> None:
+    """Rebuild a run's model from its checkpoint with the train.py and model.py kept beside it (runs older
+    than that: from its commit), re-score it with the current referee, and exit 1 unless it reproduces
+    the row's val_bpb."""
+    root = main_root()
+    rows = ledger(root).filter(pl.col("run_id") == run_id)
+    if rows.is_empty():
+        raise Refusal(f"no run {run_id!r} in {LEDGER}: `just results` lists them")
+    row = rows.row(0, named=True)
+    if row["status"] != "ok":
+        raise Refusal(f"run {run_id} ended {row['status']}: there is no metric to verify")
+    run_dir = root / "runs" / run_id
+    if not (run_dir / "model.pt").exists():
+        raise Refusal(f"{run_dir / 'model.pt'} is missing: runs/ is local to the machine that scored the run")
+    code = run_dir
+    if not (run_dir / "train.py").exists():  # scored before runs kept their code
+        code = Path(tempfile.mkdtemp(prefix=f"verify-{run_id}-"))
+        for name in ("model.py", "train.py"):
+            blob = show(f"{row['commit']}:{name}", root)
+            if blob is None:
+                raise Refusal(f"{run_dir} has no train.py, and commit {row['commit']} is not in this repository")
+            (code / name).write_bytes(blob)
+    train = referee.load_experiment(code)
+    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
+    model = train.build_model(train.Config(**state["train_config"]))
+    model.load_state_dict(state["model"])
+    device = referee.resolve_device(row["device"])
+    corpus = load_corpus()
+    if corpus.fingerprint != row["data_fp"]:
+        raise Refusal(f"the corpus changed: fingerprint {corpus.fingerprint}, the row has {row['data_fp']}")
+    val_bpb = referee.score(model.to(device), corpus.val, referee.PRESETS[device.type].eval_seq_len, device)
+    tolerance = 1e-6 if device.type == "cpu" else 1e-4
+    same_referee = referee.git_blob_sha(root / "eval.py") == row["eval_sha"]
+    print(f"---\nrecorded: {row['val_bpb']!r}\nrescored: {val_bpb!r}\ndifference: {val_bpb - row['val_bpb']:+.3g}")
+    print(f"referee: {'same eval.py' if same_referee else 'eval.py changed since'}\ncode: {code}")
+    if abs(val_bpb - row["val_bpb"]) > tolerance:
+        print(f"verify: MISMATCH — run {run_id} does not reproduce its recorded val_bpb (tolerance {tolerance:g})")
+        raise SystemExit(1)
+    print(f"verify: ok (within {tolerance:g})")

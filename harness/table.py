@@ -1,0 +1,105 @@
+"""The ledger read as a polars DataFrame with its declared schema: comparable groups, main's baseline (the
+bar every experiment must beat), the best rows, and tables printed through polars."""
+
+import json
+import sys
+from pathlib import Path
+
+import polars as pl
+
+from harness import Refusal
+from harness.ledger import LEDGER, RESULTS_COLUMNS, RESULTS_SCHEMA, check_ledger, reap_killed_runs
+
+COMPARABLE = ("eval_sha", "data_fp", "device", "budget")  # rows compare only within these
+BASELINE = "baseline seed"  # description prefix of the rows `just baseline` writes
+SCHEMA = {name: getattr(pl, dtype) for name, dtype in RESULTS_SCHEMA.items()}
+SHOWN = ["run_id", "experiment", "config", "seed", "device", "status", "val_bpb", "train_tokens", "wall_s", "label"]
+SHOWN += ["description"]
+
+
+def read_results(path: Path) -> pl.DataFrame:
+    """The ledger as a DataFrame with the declared schema; a line that is not a row is an error naming it.
+    A ledger written before a column was added to the schema reads with that column null."""
+    if not path.exists() or path.stat().st_size == 0:
+        return pl.DataFrame(schema=SCHEMA)
+    check_ledger(path)
+    with open(path) as f:
+        header = f.readline().rstrip("\n").split("\t")  # checked: today's columns or an older prefix
+    df = pl.read_csv(path, separator="\t", schema={k: SCHEMA[k] for k in header}, quote_char=None)
+    return df.with_columns(pl.lit(None, dtype=SCHEMA[c]).alias(c) for c in RESULTS_COLUMNS[len(header) :])
+
+
+def ledger(root: Path) -> pl.DataFrame:
+    """The ledger, after recording the runs that were killed before they wrote their row, with `budget`:
+    the token budget asked for, which decides comparability. Rows written before the ledger had
+    budget_tokens compare by the tokens they were served, as they did then."""
+    for run_id in reap_killed_runs(root):
+        print(f"recorded run {run_id} as crash: its process was killed before it wrote its row", file=sys.stderr)
+    try:
+        df = read_results(root / LEDGER)
+    except ValueError as e:  # a line that is not a row: named, with its repair
+        raise Refusal(str(e)) from e
+    return df.with_columns(budget=pl.coalesce("budget_tokens", "train_tokens"))
+
+
+def same_group(row: dict) -> pl.Expr:
+    """A filter: the rows comparable with `row` (same eval_sha, data_fp, device, budget)."""
+    return pl.all_horizontal(pl.col(c) == row[c] for c in COMPARABLE)
+
+
+def group_name(row: dict) -> str:
+    """A comparable group in words: device, budget, data fingerprint, eval.py hash."""
+    return f"{row['device']}, {row['budget']:,} tokens, data {row['data_fp']}, eval.py {row['eval_sha'][:10]}"
+
+
+def ok_rows(df: pl.DataFrame, experiment: str) -> pl.DataFrame:
+    return df.filter((pl.col("experiment") == experiment) & (pl.col("status") == "ok"))
+
+
+def baseline_rows(df: pl.DataFrame, row: dict) -> pl.DataFrame:
+    """main's ok `just baseline` rows in `row`'s comparable group."""
+    return ok_rows(df, "main").filter(same_group(row) & pl.col("description").str.starts_with(BASELINE))
+
+
+def the_bar(df: pl.DataFrame) -> dict | None:
+    """What an experiment must beat: main's baseline in the group of the newest baseline row, as
+    {group, mean, std, n, row}; None before `just baseline` ran."""
+    base = ok_rows(df, "main").filter(pl.col("description").str.starts_with(BASELINE))
+    if base.is_empty():
+        return None
+    newest = base.sort("started_at").row(-1, named=True)
+    values = baseline_rows(df, newest)["val_bpb"]
+    return dict(group=group_name(newest), mean=values.mean(), std=values.std() or 0.0, n=len(values), row=newest)
+
+
+def newest_group(df: pl.DataFrame) -> dict | None:
+    """The row that names the group to report in: the bar's, else the newest ok row's; None without one."""
+    bar = the_bar(df)
+    ok = df.filter(pl.col("status") == "ok")
+    if bar is not None:
+        return bar["row"]
+    return None if ok.is_empty() else ok.sort("started_at").row(-1, named=True)
+
+
+def best_rows(df: pl.DataFrame) -> pl.DataFrame:
+    """The best ok run of each comparable group."""
+    ok = df.filter(pl.col("status") == "ok")
+    return ok.sort("val_bpb").group_by(COMPARABLE, maintain_order=True).first().sort("started_at")
+
+
+def print_table(df: pl.DataFrame, columns: list[str] = SHOWN) -> None:
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=250, tbl_hide_dataframe_shape=True):
+        print(df.select(columns))
+
+
+def markdown(df: pl.DataFrame) -> str:
+    """A DataFrame as a markdown table (polars' own formatting), for reports."""
+    if df.is_empty():
+        return "(none)"
+    layout = dict(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True)
+    with pl.Config(**layout, tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=200, tbl_width_chars=10_000, fmt_float="full"):
+        return str(df)
+
+
+def print_json(doc) -> None:
+    print(json.dumps(doc, indent=2, default=str))
