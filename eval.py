@@ -32,8 +32,9 @@ The budget: a fixed number of training tokens per device class (PRESETS), served
 referee's own batch stream, which stops when the budget is spent; plus a wall-clock cap on
 training that ends the run as `timeout` even if train.py never asks for another batch.
 
-Every run writes `runs/{run_id}/` (train.log, train_config.json, summary.json, model.pt) in the
-main checkout and appends exactly one row to its `results.tsv`, under a file lock.
+Every run writes `runs/{run_id}/` (train.log, metrics.jsonl, train_config.json, summary.json, model.pt,
+and the train.py and model.py that produced it) in the main checkout and appends exactly one row to its
+`results.tsv` (schema and append: harness/ledger.py), under a file lock.
 """
 
 import dataclasses
@@ -686,20 +687,39 @@ def check_nproc(nproc: int, device: torch.device) -> None:
         raise ValueError(f"--nproc {nproc}: only {available} {unit}; give --nproc between 1 and {available}")
 
 
-def launch_ranks(nproc: int, argv: list[str], run_id: str, label: str) -> int:
+def launch_ranks(nproc: int, argv: list[str], row: dict, summary: dict, root: Path, run_dir: Path) -> int:
     """Run this same command under torchrun, one process per rank; rank 0 writes the row. A SIGTERM
-    (a queue's kill) is passed on, so rank 0 still records the run."""
+    (a queue's kill) is passed on, so rank 0 still records the run; if rank 0 died before it did,
+    this process writes the crash row, so the run is not lost."""
     import subprocess
 
+    run_dir.mkdir(parents=True)
+    print(f"run {row['run_id']}: {nproc} processes under torchrun (DDP), rank 0 scores and writes the row")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", __file__]
     # The arguments travel in the environment: torchrun's parser would take `--nproc` for its own option.
-    env = {**os.environ, "RESEARCH_RUN_ID": run_id, "RESEARCH_LABEL": label, "RESEARCH_EVAL_ARGS": json.dumps(argv)}
-    ranks = subprocess.Popen(command, env=env)
+    env = {**os.environ, "RESEARCH_RUN_ID": row["run_id"], "RESEARCH_LABEL": row["label"]}
+    ranks = subprocess.Popen(command, env={**env, "RESEARCH_EVAL_ARGS": json.dumps(argv)})
     try:
-        return ranks.wait()
+        exit_code = ranks.wait()
     except (Terminated, KeyboardInterrupt):
         ranks.send_signal(signal.SIGTERM)
-        return ranks.wait()
+        exit_code = ranks.wait()
+    if (run_dir / "summary.json").exists():
+        return exit_code
+    row["error"] = f"torchrun exited {exit_code} before rank 0 wrote the row (its output is above)"
+    record(row, summary, root, run_dir)
+    return exit_code or 1
+
+
+def join_ranks(device: torch.device) -> torch.device:
+    """Under torchrun: this rank's device, in the process group (NCCL on GPUs, gloo on CPU)."""
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None
+    )
+    return device
 
 
 def crash_message(e: BaseException) -> str:
@@ -839,21 +859,9 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict = {"data_s": data_s, "nproc": args.nproc}
     signal.signal(signal.SIGTERM, on_sigterm)
     if is_launcher:
-        run_dir.mkdir(parents=True)
-        print(f"run {run_id}: {args.nproc} processes under torchrun (DDP), rank 0 scores and writes the row")
-        exit_code = launch_ranks(args.nproc, argv, run_id, row["label"])
-        if (run_dir / "summary.json").exists():
-            return exit_code
-        row["error"] = f"torchrun exited {exit_code} before rank 0 wrote the row (its output is above)"
-        record(row, summary, root, run_dir)  # rank 0 died before recording: the run is not lost
-        return exit_code or 1
+        return launch_ranks(args.nproc, argv, row, summary, root, run_dir)
     if world_size > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-            torch.cuda.set_device(device)
-        torch.distributed.init_process_group(
-            "nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None
-        )
+        device = join_ranks(device)
     keep_code(code_dir, run_dir, cfg)
     if world_size == 1:  # (under DDP the launcher records a rank's death)
         mark_running(row, run_dir)
