@@ -16,6 +16,7 @@ from typing import Literal
 import jaxtyping
 import polars as pl
 import torch
+from loguru import logger
 
 import eval as referee
 from harness import Refusal
@@ -80,9 +81,9 @@ class Smoke:
         if hasattr(cfg, "compile"):  # shape checks wrap every function; compiling through them is not the point here
             cfg = dataclasses.replace(cfg, compile=False)
         budget = args.budget_tokens or 30 * cfg.batch_size * cfg.seq_len
-        referee.logger.remove()
-        referee.logger.add(sys.stderr, format="{time:HH:mm:ss} | {message}", backtrace=False, diagnose=False)
-        referee.logger.info(
+        logger.remove()
+        logger.add(sys.stderr, format="{time:HH:mm:ss} | {message}", backtrace=False, diagnose=False)
+        logger.info(
             f"smoke | {code_dir} | config {config_desc} | device {device} | {budget:,} tokens | shape checks on"
         )
         t0 = time.perf_counter()
