@@ -10,7 +10,7 @@ from matplotlib.figure import Figure  # no pyplot: files only, no display backen
 from matplotlib.ticker import MaxNLocator
 
 from harness.git import main_root
-from harness.table import group_name, ledger, same_group, the_bar
+from harness.table import group_name, ledger, newest_group, same_group, the_bar
 
 
 def step_losses(metrics_path: Path) -> list[tuple[int, float]]:
@@ -22,11 +22,9 @@ def step_losses(metrics_path: Path) -> list[tuple[int, float]]:
 def plot_group(df):
     """The runs worth plotting together: the ok runs comparable with the bar (else with the newest ok
     run), and the crashes and timeouts of the same device and referee."""
-    ok = df.filter(pl.col("status") == "ok")
-    if ok.is_empty():
+    anchor = newest_group(df, the_bar(df))
+    if anchor is None:
         return df.filter(pl.col("status") != "ok")
-    bar = the_bar(df)
-    anchor = bar["row"] if bar is not None else ok.sort("started_at").row(-1, named=True)
     failed = (
         (pl.col("status") != "ok") & (pl.col("device") == anchor["device"]) & (pl.col("eval_sha") == anchor["eval_sha"])
     )

@@ -56,7 +56,8 @@ def where_things_stand(root: Path) -> dict:
     for slug in worktrees:
         rows = df.filter(pl.col("experiment") == slug)
         last[slug] = None if rows.is_empty() else rows.row(-1, named=True)
-    bar, anchor = the_bar(df), newest_group(df)
+    bar = the_bar(df)
+    anchor = newest_group(df, bar)
     # best and bar from one comparable group: the bar's, else the newest ok run's
     in_group = None if anchor is None else df.filter(same_group(anchor) & (pl.col("status") == "ok"))
     best = None if in_group is None else in_group.sort("val_bpb").row(0, named=True)

@@ -72,12 +72,12 @@ def the_bar(df: pl.DataFrame) -> dict | None:
     return dict(group=group_name(newest), mean=values.mean(), std=values.std() or 0.0, n=len(values), row=newest)
 
 
-def newest_group(df: pl.DataFrame) -> dict | None:
-    """The row that names the group to report in: the bar's, else the newest ok row's; None without one."""
-    bar = the_bar(df)
-    ok = df.filter(pl.col("status") == "ok")
+def newest_group(df: pl.DataFrame, bar: dict | None) -> dict | None:
+    """The row that names the group to report in: the bar's (`the_bar(df)`), else the newest ok row's;
+    None without one."""
     if bar is not None:
         return bar["row"]
+    ok = df.filter(pl.col("status") == "ok")
     return None if ok.is_empty() else ok.sort("started_at").row(-1, named=True)
 
 
