@@ -789,9 +789,11 @@ def keep_code(code_dir: Path, run_dir: Path, cfg) -> None:
     (run_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
 
 
-def train_and_score(train, cfg, stream: TrainStream, val: Tensor, device, wall_cap_s: float, row: dict, summary: dict):
-    """Train under the wall-clock cap, save the checkpoint, score; the figures go into `row` and `summary`."""
-    run_dir = stream.metrics_path.parent if stream.metrics_path is not None else None
+def train_and_score(
+    train, cfg, stream: TrainStream, val: Tensor, device, wall_cap_s: float, run_dir: Path, row: dict, summary: dict
+):
+    """Train under the wall-clock cap; then rank 0 saves the checkpoint into `run_dir` and scores. The
+    figures go into `row` and `summary`."""
     preset = PRESETS[device.type]
     t0 = time.perf_counter()
     try:
@@ -810,8 +812,7 @@ def train_and_score(train, cfg, stream: TrainStream, val: Tensor, device, wall_c
     if stream.seq_len is not None:
         flops = model.flops_per_token(stream.seq_len) * stream.tokens_served
         row["mfu"] = flops / wall_s / (device_peak_flops(device) * stream.world_size)
-    if run_dir is not None:
-        torch.save({"model": model.state_dict(), "train_config": dataclasses.asdict(cfg)}, run_dir / "model.pt")
+    torch.save({"model": model.state_dict(), "train_config": dataclasses.asdict(cfg)}, run_dir / "model.pt")
     t0 = time.perf_counter()
     row.update(val_bpb=score(model, val, preset.eval_seq_len, device), status="ok")
     summary["eval_s"] = time.perf_counter() - t0
@@ -895,7 +896,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.use_deterministic_algorithms(True)
         metrics_path = run_dir / "metrics.jsonl" if rank == 0 else None
         stream = TrainStream(corpus.train, budget, args.seed, device, deadline, rank, world_size, metrics_path)
-        train_and_score(train, cfg, stream, corpus.val, device, wall_cap_s, row, summary)
+        train_and_score(train, cfg, stream, corpus.val, device, wall_cap_s, run_dir, row, summary)
         exit_code = 0
     except WallClockExceeded as e:
         row.update(status="timeout", error=str(e))

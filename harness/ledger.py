@@ -105,7 +105,7 @@ def row_problem(line: str, header: tuple[str, ...]) -> str | None:
     return None
 
 
-def ledger_problems(text: str, name: str = "results.tsv") -> list[str]:
+def ledger_problems(text: str, name: str = LEDGER) -> list[str]:
     """Every line of a ledger's text that is not a valid row, as 'NAME:LINE: why'."""
     lines = text.split("\n")
     header = tuple(lines[0].split("\t"))
@@ -224,7 +224,7 @@ def reap_killed_runs(root: Path) -> list[str]:
             dead.append(marker)
     if not dead:
         return []
-    path, reaped = root / "results.tsv", []
+    path, reaped = root / LEDGER, []
     with ledger_lock(path):  # two readers that find the same dead run record it once
         recorded = {line.split("\t", 1)[0] for line in path.read_text().splitlines()[1:]} if path.exists() else set()
         for marker in dead:
