@@ -150,7 +150,12 @@ def train(cfg: Config, data: referee.TrainStream, device: torch.device) -> nn.Mo
             dt = (now - t_last) / max(step - step_last, 1)
             t_last, step_last = now, step
             data.log_step(
-                step, total_steps, loss=loss_value, lr=lr, dt_ms=dt * 1e3, tok_per_s=tokens_per_step / dt,
+                step,
+                total_steps,
+                loss=loss_value,
+                lr=lr,
+                dt_ms=dt * 1e3,
+                tok_per_s=tokens_per_step / dt,
                 mfu=flops_per_step / dt / peak_flops,
-            )  # fmt: skip
+            )
     return model

@@ -437,13 +437,32 @@ def test_concurrent_journal_entries_are_all_kept(tmp_path):
 # --- every failure a sentence ---
 
 BAD_ARGUMENTS = [
-    ("eval", "nosuchconfig"), ("smoke", "nosuchconfig"), ("determinism", "nosuchconfig"),
-    ("baseline", "--seeds", "1"), ("aa", "--experiments", "0"), ("confirm", "nosuch"), ("compare", "nosuch"),
-    ("verify", "nosuch"), ("new", "Bad_Slug"), ("rm", "nosuch"), ("submit", "nosuch"), ("queue", "no label", "main"),
-    ("status", "--bogus"), ("log", "nosuch"), ("follow", "nosuch"), ("journal", " "), ("paper", "no-such-paper"),
-    ("idea", "Bad Slug", "title"), ("ideas", "--bogus"), ("next", "--bogus"), ("report", "nosuch"),
-    ("record", "--bogus"), ("results", "many"), ("best", "--bogus"), ("profile", "--bogus"),
-]  # fmt: skip
+    ("eval", "nosuchconfig"),
+    ("smoke", "nosuchconfig"),
+    ("determinism", "nosuchconfig"),
+    ("baseline", "--seeds", "1"),
+    ("aa", "--experiments", "0"),
+    ("confirm", "nosuch"),
+    ("compare", "nosuch"),
+    ("verify", "nosuch"),
+    ("new", "Bad_Slug"),
+    ("rm", "nosuch"),
+    ("submit", "nosuch"),
+    ("queue", "no label", "main"),
+    ("status", "--bogus"),
+    ("log", "nosuch"),
+    ("follow", "nosuch"),
+    ("journal", " "),
+    ("paper", "no-such-paper"),
+    ("idea", "Bad Slug", "title"),
+    ("ideas", "--bogus"),
+    ("next", "--bogus"),
+    ("report", "nosuch"),
+    ("record", "--bogus"),
+    ("results", "many"),
+    ("best", "--bogus"),
+    ("profile", "--bogus"),
+]
 
 
 @pytest.mark.parametrize("recipe", BAD_ARGUMENTS, ids=lambda r: " ".join(r))

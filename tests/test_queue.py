@@ -215,10 +215,10 @@ def test_the_least_loaded_gpu_group_is_picked():
 
 def test_the_queues_own_flags_are_understood_before_the_label_or_after_the_slug():
     label = "Q: x? H: y"
-    before = tyro.cli(queue.Queue, args=["--backend", "local", "--time-min=5", label, "wider", "--seed", "1"],
-                      return_unknown_args=True)  # fmt: skip
-    after = tyro.cli(queue.Queue, args=[label, "wider", "--seed", "1", "--backend", "local", "--time-min", "5"],
-                     return_unknown_args=True)  # fmt: skip
+    flags_first = ["--backend", "local", "--time-min=5", label, "wider", "--seed", "1"]
+    flags_last = [label, "wider", "--seed", "1", "--backend", "local", "--time-min", "5"]
+    before = tyro.cli(queue.Queue, args=flags_first, return_unknown_args=True)
+    after = tyro.cli(queue.Queue, args=flags_last, return_unknown_args=True)
     assert before == after == (queue.Queue(label, "wider", backend="local", time_min=5), ["--seed", "1"])
     parsed, eval_args = tyro.cli(queue.Queue, args=[label, "wider", "tiny", "--nproc", "4"], return_unknown_args=True)
     assert parsed.nproc == 4 and eval_args == ["tiny"]  # the run's GPUs: Queue passes --nproc on to eval.py
