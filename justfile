@@ -24,9 +24,9 @@ eval *args:
 prepare:
     @exec python -P -m harness prepare
 
-# fast sanity check with shape checks on, no ledger row: just smoke [CONFIG] [--field value ...]
+# fast sanity check through the scored run's workers: ~30 steps, shape checks, the probes, no row: just smoke [CONFIG] [...]
 smoke *args:
-    @exec python -P -m harness smoke "$@"
+    @exec python "{{root}}/eval.py" "$@" --smoke
 
 # --- experiments ---
 

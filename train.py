@@ -1,18 +1,17 @@
 """The training loop of one experiment. REGULAR: experiments edit this file and model.py.
 
-Usage: not run directly; the referee calls `train(cfg, data, device)`:
+Usage: not run directly; the referee calls `train(cfg, data, device)` in a worker process:
     uv run just eval [CONFIG] [--lr 3e-3 --n-layer 6 ...]   # scored run, one ledger row
     uv run just smoke                                      # fast sanity check, no row
 
-The contract with eval.py: `train` draws every batch from `data.batches(batch_size, seq_len)`,
-which stops when the token budget is spent; reports steps with `data.log_step(step, total_steps,
-loss=..., ...)` (the run's metrics.jsonl: smoke needs two losses or more, the loss plot reads it);
-and returns the trained nn.Module, which maps `idx (batch, seq)` to `logits (batch, seq, 256)` and
-has `flops_per_token(seq_len)`.
-`CONFIGS` names the configs `just eval NAME` can pick; the default is the device class's.
-Under `just eval --nproc N` the referee has started the process group: wrap the model in DDP.
-Config fields must not be named seed, device, budget_tokens, description, wall_cap_s, nproc or
-config (eval.py's flags).
+The contract (what this file defines, what `train` gets and returns) is written once, in
+referee/contract.py: `Config`, `CONFIGS` (the configs `just eval NAME` can pick; the default is the
+device class's), `build_model(cfg)` and `train(cfg, data, device)`, which draws every batch from
+`data.batches(batch_size, seq_len)` (it stops when the token budget is spent), reports steps with
+`data.log_step(step, total_steps, loss=..., ...)` and returns the model: an nn.Module mapping
+`idx (batch, seq)` to `logits (batch, seq, 256)`, with `flops_per_token(seq_len)`. It is scored
+from its checkpoint alone. Under `just eval --nproc N` the process group is started: wrap the model
+in DDP.
 """
 
 import math
@@ -25,8 +24,8 @@ from loguru import logger
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-import eval as referee
 from model import GPT, GPTConfig
+from referee.contract import TrainData
 
 
 @dataclass(frozen=True)
@@ -108,7 +107,7 @@ def make_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), fused=device.type == "cuda")
 
 
-def train(cfg: Config, data: referee.TrainStream, device: torch.device) -> nn.Module:
+def train(cfg: Config, data: TrainData, device: torch.device) -> nn.Module:
     # --- model and optimizer ---
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -123,7 +122,7 @@ def train(cfg: Config, data: referee.TrainStream, device: torch.device) -> nn.Mo
     tokens_per_step = cfg.batch_size * cfg.seq_len
     total_steps = data.budget_tokens // tokens_per_step
     flops_per_step = model.flops_per_token(cfg.seq_len) * tokens_per_step
-    peak_flops = referee.device_peak_flops(device) * data.world_size
+    peak_flops = data.peak_flops * data.world_size
     logger.info(f"model {model.num_params() / 1e6:.2f}M params | {total_steps} steps of {tokens_per_step} tokens")
 
     # --- loop ---

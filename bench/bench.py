@@ -8,10 +8,11 @@ Usage:
 
 Each config is trained by this checkout's `train.train` on the referee's batch stream, with the
 referee's settings (strict deterministic algorithms, the seed, the deterministic cuBLAS workspace;
-train.py's own compile and bf16 autocast), then scored by the referee's `evaluate`: the path of
-`just eval`, less the ledger row. tokens/s and MFU are the steady state, from the time the stream
-serves each batch once `--warmup-steps` (compilation) are behind. Speed belongs here, never in a
-timed test.
+train.py's own compile and bf16 autocast), then scored by the referee's core (scoring and probes):
+the loop of `just eval`, in this one process (a scored run trains in a worker process, fed by the
+referee; `bench/README.md` measures what that costs). tokens/s and MFU are the steady state, from
+the time the stream serves each batch once `--warmup-steps` (compilation) are behind. Speed belongs
+here, never in a timed test.
 """
 
 import json
@@ -26,8 +27,9 @@ import torch
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import eval as referee  # noqa: E402  (main's referee, beside this folder)
-from harness.git import checkout_dir  # noqa: E402
+from harness.git import checkout_dir  # noqa: E402  (main's harness and referee, beside this folder)
+from referee import core, data  # noqa: E402
+from referee.worker import device_peak_flops, load_experiment, local_data, local_score, peak_memory_gb, resolve_device  # noqa: E402
 
 SHAPES = {
     # nanoGPT's GPT-2-small shape: 12 layers, 768 wide, context 1024, batch 32
@@ -59,29 +61,31 @@ class Args:
     """steps recorded by --profile"""
 
 
-class TimedStream(referee.TrainStream):
-    """The referee's stream, noting when each batch is asked for (and stepping a profiler if given)."""
+class Timed:
+    """A TrainData (referee/contract.py) that notes when each batch is served (and steps a profiler if given)."""
 
-    def __init__(self, *args, sync, profiler=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.sync, self.profiler, self.times = sync, profiler, []
+    def __init__(self, data, profiler=None):
+        self.data, self.profiler, self.times = data, profiler, []
+
+    def __getattr__(self, name):  # budget_tokens, world_size, rank, peak_flops, log_step
+        return getattr(self.data, name)
 
     def batches(self, batch_size: int, seq_len: int):
-        for batch in super().batches(batch_size, seq_len):
-            self.times.append((time.perf_counter(), self.tokens_served))
+        for batch in self.data.batches(batch_size, seq_len):
+            self.times.append((time.perf_counter(), self.data.stream.tokens_served))
             if self.profiler is not None:
                 self.profiler.step()
             yield batch
 
 
-def run_config(name: str, train, cfg, args: Args, device: torch.device, corpus: referee.Corpus) -> dict:
-    preset = referee.PRESETS[device.type]
+def run_config(name: str, train, cfg, args: Args, device: torch.device, corpus: data.Corpus) -> dict:
+    preset = core.PRESETS[device.type]
     budget = args.budget_tokens or preset.train_tokens
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.manual_seed(args.seed)
-    stream = TimedStream(corpus.train, budget, args.seed, device, float("inf"), sync=sync)
+    stream = Timed(local_data(corpus.train, budget, args.seed, device))
     t0 = time.perf_counter()
     model = train.train(cfg, stream, device)
     sync()
@@ -92,23 +96,23 @@ def run_config(name: str, train, cfg, args: Args, device: torch.device, corpus: 
             f"--warmup-steps {args.warmup_steps} + 1"
         )
     t_warm, tokens_warm = stream.times[args.warmup_steps]
-    steady_tokens = stream.tokens_served - tokens_warm
+    steady_tokens = stream.stream.tokens_served - tokens_warm
     steady_s = t_end - t_warm
     val = corpus.val if args.eval_bytes == 0 else corpus.val[: args.eval_bytes]
     t_eval = time.perf_counter()
-    val_bpb = referee.evaluate(model.eval(), val, min(preset.eval_seq_len, cfg.seq_len), device)
+    val_bpb = local_score(model, val, min(preset.eval_seq_len, cfg.seq_len), device)
     flops_per_s = model.flops_per_token(cfg.seq_len) * steady_tokens / steady_s
     return dict(
         config=name, device=torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
-        params_m=round(model.num_params() / 1e6, 3), steps=len(stream.times), tokens=stream.tokens_served,
+        params_m=round(model.num_params() / 1e6, 3), steps=len(stream.times), tokens=stream.stream.tokens_served,
         train_s=round(t_end - t0, 2), warmup_s=round(t_warm - t0, 1), tokens_per_s=round(steady_tokens / steady_s),
-        mfu=round(flops_per_s / referee.device_peak_flops(device), 4), peak_mem_gb=round(referee.peak_memory_gb(device), 3),
+        mfu=round(flops_per_s / device_peak_flops(device), 4), peak_mem_gb=round(peak_memory_gb(device), 3),
         val_bpb=round(val_bpb, 4), eval_s=round(time.perf_counter() - t_eval, 1), deterministic=torch.are_deterministic_algorithms_enabled(),
         torch=torch.__version__, shape={k: getattr(cfg, k) for k in ("n_layer", "d_model", "d_head", "seq_len", "batch_size", "lr")},
     )  # fmt: skip
 
 
-def profile_config(name: str, train, cfg, args: Args, device: torch.device, corpus: referee.Corpus) -> None:
+def profile_config(name: str, train, cfg, args: Args, device: torch.device, corpus: data.Corpus) -> None:
     """A few steps of `train.train` under torch.profiler, after the warmup; the top kernels by time."""
     from torch.profiler import ProfilerActivity, profile, schedule
 
@@ -119,8 +123,7 @@ def profile_config(name: str, train, cfg, args: Args, device: torch.device, corp
     with profile(
         activities=activities, schedule=schedule(wait=0, warmup=args.warmup_steps, active=args.profile_steps)
     ) as prof:
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        stream = TimedStream(corpus.train, budget, args.seed, device, float("inf"), sync=sync, profiler=prof)
+        stream = Timed(local_data(corpus.train, budget, args.seed, device), profiler=prof)
         train.train(cfg, stream, device)
     sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(f"{name}: top kernels over {args.profile_steps} steps (after {args.warmup_steps} warmup steps), by {sort_by}")
@@ -128,15 +131,15 @@ def profile_config(name: str, train, cfg, args: Args, device: torch.device, corp
 
 
 def main(args: Args) -> None:
-    device = referee.resolve_device(args.device)
+    device = resolve_device(args.device, 1)
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what eval.py sets for every run
     torch.use_deterministic_algorithms(args.deterministic)  # on, as in every scored run: the speed users get
-    train = referee.load_experiment(checkout_dir())  # this checkout's train.py and model.py
+    train = load_experiment(checkout_dir(), checked=False)  # this checkout's train.py and model.py
     names = args.configs or (
         ("default",) if args.profile else ("default", "gpt2-small") if device.type == "cuda" else ("default", "tiny")
     )
-    corpus = referee.load_corpus()
+    corpus = data.load_corpus()
     for name in names:
         if name == "default":
             cfg = train.CONFIGS[device.type]

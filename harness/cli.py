@@ -37,7 +37,6 @@ COMMANDS = {
     "review": ("queue", "review"),
     "plot": ("plots", "plot"),
     "prepare": ("runs", "prepare"),
-    "smoke": ("runs", "Smoke"),
     "baseline": ("runs", "Baseline"),
     "confirm": ("runs", "confirm"),
     "aa": ("runs", "Aa"),

@@ -9,8 +9,8 @@ from harness import Refusal
 from harness.git import MAIN_BRANCH, checkout_dir, config_get, current_branch, git, show, uncommitted_files
 from harness.ledger import LEDGER, RESULTS_COLUMNS, ledger_problems, migrated, without_bad_lines
 
-FROZEN = ("program.md", "eval.py", "meta_journal.md", "justfile")  # and every file of the package:
-FROZEN_PACKAGE = "harness/"  # the workflow that scores and records a run is as frozen as the referee
+FROZEN = ("program.md", "eval.py", "meta_journal.md", "justfile")  # and every file of the packages:
+FROZEN_PACKAGES = ("referee/", "harness/")  # the referee's core and workers; the workflow that records a run
 GLOBAL = (LEDGER, "RESEARCH_JOURNAL.md")
 JOURNAL = "RESEARCH_JOURNAL.md"
 
@@ -20,13 +20,13 @@ def meta_mode() -> bool:
 
 
 def is_frozen(path: str) -> bool:
-    return path in FROZEN or (path.startswith(FROZEN_PACKAGE) and "__pycache__" not in path)
+    return path in FROZEN or (path.startswith(FROZEN_PACKAGES) and "__pycache__" not in path)
 
 
 def frozen_paths(code_dir: Path, root: Path) -> list[str]:
-    """The frozen files of main's last commit and of the checkout (a file added to the package counts)."""
-    on_main = git("ls-tree", "-r", "--name-only", MAIN_BRANCH, "--", *FROZEN, FROZEN_PACKAGE, cwd=root).split("\n")
-    here = [str(p.relative_to(code_dir)) for p in (code_dir / FROZEN_PACKAGE).rglob("*") if p.is_file()]
+    """The frozen files of main's last commit and of the checkout (a file added to a package counts)."""
+    on_main = git("ls-tree", "-r", "--name-only", MAIN_BRANCH, "--", *FROZEN, *FROZEN_PACKAGES, cwd=root).split("\n")
+    here = [str(p.relative_to(code_dir)) for d in FROZEN_PACKAGES for p in (code_dir / d).rglob("*") if p.is_file()]
     return sorted({p for p in on_main + here if p and is_frozen(p)})
 
 

@@ -1,10 +1,8 @@
-"""The commands that run the referee: `just smoke`, `just baseline`, `just confirm`, `just aa`,
-`just determinism`, `just verify` and `just prepare`. The one module of the package that imports the
-referee (eval.py) and torch; scored runs are eval.py subprocesses, so each one writes its own row."""
+"""The commands that run the referee: `just baseline`, `just confirm`, `just aa`, `just determinism`,
+`just verify` and `just prepare`. The one module of the package that imports the referee (eval.py and
+its package) and torch; scored runs are eval.py subprocesses, so each one writes its own row."""
 
-import dataclasses
 import itertools
-import math
 import subprocess
 import sys
 import tempfile
@@ -13,10 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import jaxtyping
 import polars as pl
-import torch
-from loguru import logger
 
 import eval as referee
 from harness import Refusal
@@ -25,6 +20,8 @@ from harness.git import checkout_dir, main_root, show, worktree_dir
 from harness.ledger import LEDGER
 from harness.stats import ALPHA, SEED_PLANS, Outcome, aa_allowed, noise_report, verdict
 from harness.table import BASELINE, baseline_rows, group_name, ledger
+from referee import data
+from referee.worker import resolve_device
 
 Device = Literal["cpu", "cuda", "mps"]
 
@@ -46,63 +43,22 @@ def device_args(device: str | None) -> list[str]:
     return [] if device is None else ["--device", device]
 
 
-def load_corpus(prepare: bool = False) -> referee.Corpus:
-    """eval.py's corpus; a source that is missing, unknown or not prepared is a one-line refusal."""
+def load_corpus(prepare: bool = False) -> data.Corpus:
+    """The referee's corpus; a source that is missing, unknown or not prepared is a one-line refusal."""
     try:
-        return referee.prepare() if prepare else referee.load_corpus()
+        return data.prepare() if prepare else data.load_corpus()
     except ValueError as e:
         raise Refusal(str(e)) from e
 
 
 def prepare() -> None:
-    """Download (a Hugging Face source) and prepare eval.py's DATA_SOURCE, so that runs read it offline."""
+    """Download (a Hugging Face source) and prepare the referee's DATA_SOURCE, so that runs read it offline."""
     t0 = time.perf_counter()
     corpus = load_corpus(prepare=True)
     print(
         f"prepare: {corpus.source} | {corpus.n_files} files | train {len(corpus.train):,} B | "
         f"val {len(corpus.val):,} B | fp {corpus.fingerprint} | {time.perf_counter() - t0:.1f} s"
     )
-
-
-@dataclass(frozen=True)
-class Smoke:
-    """Train this checkout's config for ~30 steps with jaxtyping shape checks on: the loss must fall and stay
-    finite; then the causality probe and the scoring code on a slice of the split. No ledger row. Any
-    argument is eval.py's: just smoke [CONFIG] [--field value ...]"""
-
-    def __call__(self, eval_args: list[str]) -> None:
-        code_dir = checkout_dir()
-        with jaxtyping.install_import_hook(["model", "train"], "beartype.beartype"):
-            train = referee.load_experiment(code_dir)
-        args, config_desc, cfg = referee.parse_args(eval_args, train)
-        device = referee.resolve_device(args.device)
-        if hasattr(cfg, "log_every"):
-            cfg = dataclasses.replace(cfg, log_every=3)
-        if hasattr(cfg, "compile"):  # shape checks wrap every function; compiling through them is not the point here
-            cfg = dataclasses.replace(cfg, compile=False)
-        budget = args.budget_tokens or 30 * cfg.batch_size * cfg.seq_len
-        logger.remove()
-        logger.add(sys.stderr, format="{time:HH:mm:ss} | {message}", backtrace=False, diagnose=False)
-        logger.info(
-            f"smoke | {code_dir} | config {config_desc} | device {device} | {budget:,} tokens | shape checks on"
-        )
-        t0 = time.perf_counter()
-        corpus = load_corpus()
-        torch.manual_seed(args.seed)
-        stream = referee.TrainStream(corpus.train, budget, args.seed, device, time.monotonic() + 600)
-        model = train.train(cfg, stream, device)
-        losses = [m["loss"] for m in stream.metrics if "loss" in m]
-        if len(losses) < 2:
-            raise Refusal(f"train.py reported {len(losses)} losses through data.log_step; smoke needs 2 or more")
-        if not all(math.isfinite(x) for x in losses):
-            raise Refusal(f"non-finite loss in {losses}")
-        if not losses[-1] < losses[0]:
-            raise Refusal(f"loss did not fall: first {losses[0]:.4f}, last {losses[-1]:.4f}")
-        seq_len = referee.PRESETS[device.type].eval_seq_len
-        bpb = referee.score(model, corpus.val[: 64 * seq_len + 1], seq_len, device)
-        print("---")
-        print(f"smoke: ok\nloss_first: {losses[0]:.4f}\nloss_last: {losses[-1]:.4f}")
-        print(f"val_bpb_slice: {bpb:.4f}\ntrain_tokens: {stream.tokens_served}\nwall_s: {time.perf_counter() - t0:.1f}")
 
 
 @dataclass(frozen=True)
@@ -116,7 +72,7 @@ class Baseline:
     """eval.py's --device; it also picks the seed plan"""
 
     def __call__(self, eval_args: list[str]) -> None:
-        plan = SEED_PLANS[self.device or referee.resolve_device(None).type]
+        plan = SEED_PLANS[self.device or resolve_device(None, 1).type]
         n = self.seeds if self.seeds is not None else plan.baseline
         if n < 2:
             raise Refusal(f"--seeds {n}: a std needs at least 2 seeds")
@@ -182,7 +138,7 @@ class Aa:
         if k < 1:
             raise Refusal(f"--experiments {k}: give at least 1 experiment")
         root = main_root()
-        plan = SEED_PLANS[self.device or referee.resolve_device(None).type]
+        plan = SEED_PLANS[self.device or resolve_device(None, 1).type]
         df = ledger(root)
         seeds = iter(itertools.count(1 + (df["seed"].max() if df.height else -1)))
         t0 = time.perf_counter()
@@ -251,19 +207,15 @@ def verify(run_id: str, /) -> None:
             if blob is None:
                 raise Refusal(f"{run_dir} has no train.py, and commit {row['commit']} is not in this repository")
             (code / name).write_bytes(blob)
-    train = referee.load_experiment(code)
-    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
-    model = train.build_model(train.Config(**state["train_config"]))
-    model.load_state_dict(state["model"])
-    device = referee.resolve_device(row["device"])
+    device = resolve_device(row["device"], 1).type
     corpus = load_corpus()
     if corpus.fingerprint != row["data_fp"]:
         raise Refusal(f"the corpus changed: fingerprint {corpus.fingerprint}, the row has {row['data_fp']}")
-    val_bpb = referee.score(model.to(device), corpus.val, referee.PRESETS[device.type].eval_seq_len, device)
-    tolerance = 1e-6 if device.type == "cpu" else 1e-4
-    same_referee = referee.git_blob_sha(root / "eval.py") == row["eval_sha"]
+    val_bpb = referee.rescore(code, run_dir / "model.pt", device, corpus.val)
+    tolerance = 1e-6 if device == "cpu" else 1e-4
+    same_referee = referee.git_blob_sha(referee.CORE) == row["eval_sha"]
     print(f"---\nrecorded: {row['val_bpb']!r}\nrescored: {val_bpb!r}\ndifference: {val_bpb - row['val_bpb']:+.3g}")
-    print(f"referee: {'same eval.py' if same_referee else 'eval.py changed since'}\ncode: {code}")
+    print(f"referee: {'same core' if same_referee else 'referee/core.py changed since'}\ncode: {code}")
     if abs(val_bpb - row["val_bpb"]) > tolerance:
         print(f"verify: MISMATCH — run {run_id} does not reproduce its recorded val_bpb (tolerance {tolerance:g})")
         raise SystemExit(1)

@@ -209,7 +209,7 @@ def test_confirm_scores_fresh_seeds_of_the_experiment_and_of_main(project):
     assert "no pull request" in just(project, "submit", "same").stdout
 
 
-def test_aa_passes_on_mains_own_code_and_fails_when_runs_drift(project):
+def test_aa_passes_on_mains_own_code_and_fails_when_runs_drift(project, tmp_path):
     result = just(project, "aa", "--experiments", "1", *TINY)
     assert result.returncode == 0, result.stdout + result.stderr
     out = block(result.stdout)
@@ -225,7 +225,7 @@ def test_aa_passes_on_mains_own_code_and_fails_when_runs_drift(project):
         train_py.read_text().replace(
             "    return model\n",
             "    from pathlib import Path\n"
-            "    counter = Path(__file__).with_name('drift.count')\n"
+            f"    counter = Path({str(tmp_path / 'drift.count')!r})  # outside the checkout: workers may write there\n"
             "    runs = int(counter.read_text()) if counter.exists() else 0\n"
             "    counter.write_text(str(runs + 1))\n"
             "    if runs < 3:\n"

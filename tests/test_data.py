@@ -9,15 +9,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-import eval as referee
 from conftest import block, git, just, ledger
+from referee import core, data
 
 TINY_RUN = ("eval", "tiny", "--budget-tokens", "4000")
 
 
 def set_data_source(project: Path, source: str) -> None:
-    """What a researcher does in meta-mode: edit eval.py's DATA_SOURCE and commit it on main."""
-    path = project / "eval.py"
+    """What a researcher does in meta-mode: edit the referee's DATA_SOURCE and commit it on main."""
+    path = project / "referee" / "data.py"
     text = path.read_text()
     assert 'DATA_SOURCE = "stdlib"' in text
     path.write_text(text.replace('DATA_SOURCE = "stdlib"', f"DATA_SOURCE = {source!r}"))
@@ -26,7 +26,7 @@ def set_data_source(project: Path, source: str) -> None:
 
 @pytest.fixture
 def meta_project(project: Path, monkeypatch) -> Path:
-    monkeypatch.setenv("META_MODE", "1")  # for the commit of eval.py (conftest.run drops it for runs)
+    monkeypatch.setenv("META_MODE", "1")  # for the commit of referee/data.py (conftest.run drops it for runs)
     return project
 
 
@@ -50,10 +50,10 @@ def test_text_folder_end_to_end(meta_project, tmp_path):
     assert result.returncode == 0, result.stderr
     assert block(result.stdout)["status"] == "ok"
     [row] = ledger(meta_project).to_dicts()
-    corpus = referee.load_corpus(f"text:{folder}", tmp_path / "other-cache")
-    assert row["data_fp"] == corpus.fingerprint != referee.load_corpus().fingerprint
+    corpus = data.load_corpus(f"text:{folder}", tmp_path / "other-cache")
+    assert row["data_fp"] == corpus.fingerprint != data.load_corpus().fingerprint
     assert corpus.n_files == 60  # .git/HEAD is not corpus
-    expected_val = b"".join((folder / r).read_bytes() for r in referee.text_files(folder) if referee.is_validation(r))
+    expected_val = b"".join((folder / r).read_bytes() for r in data.text_files(folder) if core.is_validation(r))
     assert corpus.val.numpy().tobytes() == expected_val
 
 
@@ -61,7 +61,7 @@ def test_single_text_file_keeps_its_last_twentieth_for_validation(tmp_path):
     lines = [f"line {i} of a single long text\n" for i in range(400)]
     path = tmp_path / "book.txt"
     path.write_text("".join(lines))
-    corpus = referee.load_corpus(f"text:{path}", tmp_path / "cache")
+    corpus = data.load_corpus(f"text:{path}", tmp_path / "cache")
     train, val = corpus.train.numpy().tobytes().decode(), corpus.val.numpy().tobytes().decode()
     assert train + val == path.read_text()
     assert val.startswith("line ") and train.endswith("\n")  # cut at a line start
@@ -88,9 +88,9 @@ def test_fingerprint_changes_with_the_source(tmp_path):
     a = text_folder(tmp_path / "a")
     b = text_folder(tmp_path / "b", n=61)
     fps = {
-        referee.load_corpus().fingerprint,
-        referee.load_corpus(f"text:{a}", tmp_path / "cache").fingerprint,
-        referee.load_corpus(f"text:{b}", tmp_path / "cache").fingerprint,
+        data.load_corpus().fingerprint,
+        data.load_corpus(f"text:{a}", tmp_path / "cache").fingerprint,
+        data.load_corpus(f"text:{b}", tmp_path / "cache").fingerprint,
     }
     assert len(fps) == 3
 
@@ -109,10 +109,10 @@ def hub_dataset(hub: Path, repo: str, files: dict[str, bytes]) -> Path:
     commit, and refs/main naming the commit."""
     base = hub / f"datasets--{repo.replace('/', '--')}"
     commit = hashlib.sha1(repo.encode()).hexdigest()
-    for rel, data in files.items():
-        blob = base / "blobs" / hashlib.sha256(data).hexdigest()
+    for rel, content in files.items():
+        blob = base / "blobs" / hashlib.sha256(content).hexdigest()
         blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
+        blob.write_bytes(content)
         link = base / "snapshots" / commit / rel
         link.parent.mkdir(parents=True, exist_ok=True)
         link.unlink(missing_ok=True)
@@ -153,10 +153,10 @@ def test_hf_dataset_is_prepared_offline_then_scored(meta_project, tmp_path):
     result = just(meta_project, *TINY_RUN, env=env)
     assert result.returncode == 0, result.stderr
     [row] = ledger(meta_project).to_dicts()
-    sep = referee.HF_DOC_SEPARATOR.decode()
+    sep = data.HF_DOC_SEPARATOR.decode()
     expected_train = "".join(t + sep for t in train_a + train_b).encode()
     expected_val = "".join(t + sep for t in val).encode()
-    assert row["status"] == "ok" and row["data_fp"] == referee.fingerprint(expected_train, expected_val)
+    assert row["status"] == "ok" and row["data_fp"] == core.fingerprint(expected_train, expected_val)
 
 
 def test_hf_without_validation_split_uses_the_document_hash_rule(meta_project, tmp_path):
@@ -165,9 +165,9 @@ def test_hf_without_validation_split_uses_the_document_hash_rule(meta_project, t
     set_data_source(meta_project, "hf:owner/one-split")
     prepared = just(meta_project, "prepare", env=hf_env(tmp_path))
     assert prepared.returncode == 0, prepared.stderr
-    sep = referee.HF_DOC_SEPARATOR
-    expected_val = b"".join(d.encode() + sep for d in docs if referee.is_validation(d.encode() + sep))
-    folder = referee.hf_prepared_dir("owner/one-split", tmp_path / "cache")
+    sep = data.HF_DOC_SEPARATOR
+    expected_val = b"".join(d.encode() + sep for d in docs if core.is_validation(d.encode() + sep))
+    folder = data.hf_prepared_dir("owner/one-split", tmp_path / "cache")
     assert (folder / "val.bin").read_bytes() == expected_val and 0 < len(expected_val) < len(docs) * 150 / 5
 
 
@@ -186,7 +186,7 @@ def test_hf_config_reads_that_configs_files_only(meta_project, tmp_path):
     prepared = just(meta_project, "prepare", env=hf_env(tmp_path))
     assert prepared.returncode == 0, prepared.stderr
     assert "2 files" in prepared.stdout
-    folder = referee.hf_prepared_dir("owner/multi:fr", tmp_path / "cache")
+    folder = data.hf_prepared_dir("owner/multi:fr", tmp_path / "cache")
     assert (folder / "train.bin").read_bytes().startswith("Il était une fois 0.".encode())
     assert b"Once upon a time" not in (folder / "train.bin").read_bytes() + (folder / "val.bin").read_bytes()
 
@@ -222,24 +222,24 @@ def test_hf_prepare_resumes_after_a_failure(meta_project, tmp_path):
     hub_dataset(hub, repo, {**good, "data/train-00000-of-00002.parquet": b"broken after its conversion"})
     result = just(meta_project, "prepare", env=env)
     assert result.returncode == 0, result.stderr
-    folder = referee.hf_prepared_dir(repo, tmp_path / "cache")
-    sep = referee.HF_DOC_SEPARATOR.decode()
+    folder = data.hf_prepared_dir(repo, tmp_path / "cache")
+    sep = data.HF_DOC_SEPARATOR.decode()
     assert (folder / "train.bin").read_bytes() == "".join(t + sep for t in stories(60)).encode()
     assert not list(folder.glob("parts-*"))  # the staging parts are gone once train.bin is whole
 
 
 def test_hf_split_words():
-    assert referee.hf_split("data/train-00000-of-00002.parquet") == "train"
-    assert referee.hf_split("default/validation/0000.parquet") == "val"
-    assert referee.hf_split("en/dev.parquet") == "val"
-    assert referee.hf_split("sample/test-0.parquet") == "test"
-    assert referee.hf_split("data/00000.parquet") == "train"
-    assert referee.hf_split("test_config/train/0000.parquet") == "train"  # the file's own word wins
+    assert data.hf_split("data/train-00000-of-00002.parquet") == "train"
+    assert data.hf_split("default/validation/0000.parquet") == "val"
+    assert data.hf_split("en/dev.parquet") == "val"
+    assert data.hf_split("sample/test-0.parquet") == "test"
+    assert data.hf_split("data/00000.parquet") == "train"
+    assert data.hf_split("test_config/train/0000.parquet") == "train"  # the file's own word wins
 
 
 def test_smoke_refuses_an_unprepared_source_in_one_line(meta_project, tmp_path):
     set_data_source(meta_project, "hf:someone/never-prepared")
     result = just(meta_project, "smoke", "tiny", env={"RESEARCH_CACHE_DIR": str(tmp_path / "cache")})
-    assert result.returncode == 1
-    assert "\nerror: DATA_SOURCE 'hf:someone/never-prepared' is not prepared" in result.stderr
+    assert result.returncode == 2  # bad input, as for just eval: the same path
+    assert result.stderr.startswith("error: DATA_SOURCE 'hf:someone/never-prepared' is not prepared")
     assert "Traceback" not in result.stderr

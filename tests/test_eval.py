@@ -1,7 +1,9 @@
-"""The referee: split, fingerprint, metric, causality probe, ledger. Real data and real models on CPU."""
+"""The referee: split, fingerprint, batch stream, metric, probes, wire, ledger. Real data and real models on CPU."""
 
 import math
+import socket
 import subprocess
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,8 @@ import eval as referee
 from conftest import in_processes
 from harness import guard, ledger, table
 from model import GPT, GPTConfig
+from referee import core, data, wire
+from referee.worker import crash_message, local_score
 
 CPU = torch.device("cpu")
 
@@ -21,10 +25,12 @@ CPU = torch.device("cpu")
 
 def test_public_interface_is_pinned():
     names = {
-        "VOCAB_SIZE", "PRESETS", "Model", "Corpus", "TrainStream", "load_corpus", "evaluate", "score",
-        "causality_violation", "device_peak_flops", "WallClockExceeded", "main",
+        "VOCAB_SIZE", "PRESETS", "BatchStream", "scoring_batches", "forward_logits", "batch_nats", "score",
+        "causality_violation", "state_violation", "is_validation", "fingerprint",
     }  # fmt: skip
-    assert names <= set(dir(referee))
+    assert names <= set(dir(core))
+    assert {"DATA_SOURCE", "Corpus", "load_corpus", "prepare", "forbidden_paths"} <= set(dir(data))
+    assert {"main", "rescore", "git_blob_sha", "CORE"} <= set(dir(referee))
     assert {"RESULTS_SCHEMA", "RESULTS_COLUMNS", "append_result", "check_ledger"} <= set(dir(ledger))
     assert ledger.RESULTS_COLUMNS == tuple(
         (
@@ -32,14 +38,14 @@ def test_public_interface_is_pinned():
             "tokens_per_s mfu peak_mem_gb params_m label eval_sha data_fp description error budget_tokens"
         ).split()
     )
-    assert referee.VOCAB_SIZE == 256
+    assert core.VOCAB_SIZE == 256
 
 
 def test_golden_value_on_a_tiny_seeded_model():
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=1, d_model=32, d_head=16, max_seq_len=64)).eval()
     val = torch.tensor(list(b"def f(x):\n    return x + 1\n" * 20), dtype=torch.uint8)
-    assert referee.evaluate(model, val, 64, CPU) == pytest.approx(8.064763, abs=1e-4)
+    assert local_score(model, val, 64, CPU) == pytest.approx(8.064763, abs=1e-4)
 
 
 # --- data: split and fingerprint ---
@@ -54,15 +60,15 @@ def write_tree(root: Path, files: dict[str, str]) -> Path:
 
 def test_split_is_deterministic_and_stable_when_files_are_added(tmp_path):
     names = [f"pkg{i // 10}/mod_{i}.py" for i in range(400)]
-    split = {n: referee.is_validation(n) for n in names}
-    assert split == {n: referee.is_validation(n) for n in names}
+    split = {n: core.is_validation(n) for n in names}
+    assert split == {n: core.is_validation(n) for n in names}
     assert 0.02 < sum(split.values()) / len(names) < 0.09  # about 5%
     src = write_tree(tmp_path / "src", {n: f"x = {i}\n" for i, n in enumerate(names)})
-    before = referee.load_corpus(f"text:{src}", tmp_path / "cache")
+    before = data.load_corpus(f"text:{src}", tmp_path / "cache")
     write_tree(src, {"zzz/new_module.py": "y = 2\n"})
-    after = referee.load_corpus(f"text:{src}", tmp_path / "cache")
+    after = data.load_corpus(f"text:{src}", tmp_path / "cache")
     # The new file lands in one split; the other split is byte-for-byte what it was.
-    if referee.is_validation("zzz/new_module.py"):
+    if core.is_validation("zzz/new_module.py"):
         assert torch.equal(before.train, after.train) and len(after.val) == len(before.val) + 6
     else:
         assert torch.equal(before.val, after.val) and len(after.train) == len(before.train) + 6
@@ -70,43 +76,50 @@ def test_split_is_deterministic_and_stable_when_files_are_added(tmp_path):
 
 def test_site_packages_are_not_corpus(tmp_path):
     src = write_tree(tmp_path, {"a.py": "a\n", "site-packages/b.py": "b\n", "x/dist-packages/c.py": "c\n"})
-    assert referee.stdlib_files(src) == ["a.py"]
+    assert data.stdlib_files(src) == ["a.py"]
 
 
 def test_fingerprint_changes_when_data_changes_and_only_then(tmp_path):
     src = write_tree(tmp_path / "src", {f"m{i}.py": f"v = {i}\n" for i in range(60)})
-    first = referee.load_corpus(f"text:{src}", tmp_path / "cache")
-    assert referee.load_corpus(f"text:{src}", tmp_path / "cache").fingerprint == first.fingerprint
+    first = data.load_corpus(f"text:{src}", tmp_path / "cache")
+    assert data.load_corpus(f"text:{src}", tmp_path / "cache").fingerprint == first.fingerprint
     (src / "m3.py").write_text("v = 'changed'\n")
-    assert referee.load_corpus(f"text:{src}", tmp_path / "cache").fingerprint != first.fingerprint
+    assert data.load_corpus(f"text:{src}", tmp_path / "cache").fingerprint != first.fingerprint
 
 
 def test_default_corpus_is_this_interpreters_stdlib():
-    corpus = referee.load_corpus()
+    corpus = data.load_corpus()
     assert corpus.n_files > 500 and len(corpus.val) > 100_000
     assert 0.02 < len(corpus.val) / (len(corpus.train) + len(corpus.val)) < 0.12
-    assert corpus.fingerprint == referee.fingerprint(corpus.train.numpy().tobytes(), corpus.val.numpy().tobytes())
+    assert corpus.fingerprint == core.fingerprint(corpus.train.numpy().tobytes(), corpus.val.numpy().tobytes())
 
 
-def test_train_stream_is_seeded_budgeted_and_train_split_only(tmp_path):
+def test_the_batch_stream_is_seeded_budgeted_and_train_split_only():
     tokens = torch.arange(1000, dtype=torch.int64).to(torch.uint8)
 
     def take(seed):
-        stream = referee.TrainStream(tokens, 100, seed, CPU, deadline=math.inf)
-        return stream, list(stream.batches(2, 10))
+        stream = core.BatchStream(tokens, 100, seed)
+        batches = list(iter(lambda: stream.next_rows(0, 2, 10), None))
+        return stream, batches
 
     stream, batches = take(0)
     assert len(batches) == 5 and stream.tokens_served == 100  # stops when the budget is spent
-    x, y = batches[0]
-    assert x.shape == y.shape == (2, 10) and torch.equal(x[:, 1:], y[:, :-1])
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, take(0)[1], strict=True))
-    assert not all(torch.equal(a[0], b[0]) for a, b in zip(batches, take(1)[1], strict=True))
+    window = batches[0]
+    assert window.shape == (2, 11) and window.dtype == torch.uint8  # inputs and the byte after each
+    assert all(torch.equal(a, b) for a, b in zip(batches, take(0)[1], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(batches, take(1)[1], strict=True))
 
 
-def test_train_stream_stops_at_the_deadline():
-    stream = referee.TrainStream(torch.zeros(100, dtype=torch.uint8), 10**6, 0, CPU, deadline=0.0)
-    with pytest.raises(referee.WallClockExceeded):
-        next(stream.batches(1, 4))
+def test_under_ddp_each_rank_takes_its_rows_of_one_global_batch():
+    tokens = torch.randint(256, (5000,), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    single, shared = core.BatchStream(tokens, 10**4, 3), core.BatchStream(tokens, 10**4, 3, world_size=2)
+    for _ in range(4):
+        whole = single.next_rows(0, 4, 16)
+        second, first = shared.next_rows(1, 4, 16), shared.next_rows(0, 4, 16)  # ranks ask in any order
+        assert torch.equal(torch.cat([first, second]), whole)
+    assert shared.tokens_served == single.tokens_served == 4 * 4 * 16  # counted once for all ranks
+    with pytest.raises(ValueError, match="batch_size=5 does not split over 2 processes"):
+        shared.next_rows(0, 5, 16)
 
 
 # --- the metric ---
@@ -135,7 +148,7 @@ class PreviousByteBigram(nn.Module):
 def test_a_uniform_model_scores_exactly_8_bits_per_byte():
     val = torch.randint(256, (3 * 64 + 17,), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     model = FixedDistribution(torch.full((256,), 1 / 256))
-    assert referee.evaluate(model, val, 64, CPU) == pytest.approx(8.0, abs=1e-6)
+    assert local_score(model, val, 64, CPU) == pytest.approx(8.0, abs=1e-6)
 
 
 @pytest.mark.parametrize("n_val", [2, 64, 65, 200, 1000])  # shorter than, equal to and past the window
@@ -145,7 +158,7 @@ def test_fixed_probabilities_score_what_hand_arithmetic_says(n_val):
     probs = torch.rand(256, generator=gen, dtype=torch.float64) + 0.1
     probs /= probs.sum()
     expected = sum(-math.log2(probs[b].item()) for b in val[1:].tolist()) / (n_val - 1)
-    got = referee.evaluate(FixedDistribution(probs.float()), val, 64, CPU)
+    got = local_score(FixedDistribution(probs.float()), val, 64, CPU)
     assert got == pytest.approx(expected, rel=1e-5)
 
 
@@ -153,7 +166,18 @@ def test_an_input_dependent_model_scores_what_hand_arithmetic_says():
     val = torch.tensor(list(b"aaab" * 50 + b"xyz"), dtype=torch.uint8)
     pairs = list(zip(val[:-1].tolist(), val[1:].tolist(), strict=True))
     expected = sum(1.0 if a == b else -math.log2(0.5 / 255) for a, b in pairs) / len(pairs)
-    assert referee.evaluate(PreviousByteBigram(), val, 32, CPU) == pytest.approx(expected, rel=1e-5)
+    assert local_score(PreviousByteBigram(), val, 32, CPU) == pytest.approx(expected, rel=1e-5)
+
+
+def test_every_validation_byte_is_a_target_once_and_a_batch_holds_windows_far_apart():
+    n_val, seq_len = 100_003, 256
+    batches = core.scoring_batches(n_val, seq_len)
+    targets = sorted(t for b in batches for w in b for t in range(w.start + 1, w.start + 1 + w.length))
+    assert targets == list(range(1, n_val))
+    assert all(len(b) <= core.EVAL_BATCH_SIZE for b in batches)
+    full = [b for b in batches if b[0].length == seq_len]
+    gaps = [abs(u.start - w.start) for b in full for u, w in zip(b, b[1:], strict=False)]
+    assert min(gaps) >= seq_len * (len(full) - 1)  # no row's next bytes are another row's inputs
 
 
 class PeeksAhead(nn.Module):
@@ -163,20 +187,96 @@ class PeeksAhead(nn.Module):
         return torch.nn.functional.one_hot(idx.roll(-1, dims=1), 256).float() * 10
 
 
+class PeeksAtTheNextRow(nn.Module):
+    """Predicts a row's last target from the next row's first byte: what windows side by side would leak."""
+
+    def forward(self, idx):
+        logits = torch.zeros(*idx.shape, 256)
+        logits[:, -1] = torch.nn.functional.one_hot(idx.roll(-1, dims=0)[:, 0], 256).float() * 30
+        return logits
+
+
+class LearnsWhileScored(nn.Module):
+    """Moves its prediction toward every batch it is shown: state that a fresh worker does not have."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("counts", torch.ones(256))
+
+    def forward(self, idx):
+        logits = self.counts.log().expand(*idx.shape, 256).clone()
+        self.counts += torch.bincount(idx.reshape(-1), minlength=256)
+        return logits
+
+
 def test_the_causality_probe_refuses_a_model_that_peeks_ahead():
-    val = referee.load_corpus().val
-    problem = referee.causality_violation(PeeksAhead(), val, 256, CPU)
-    assert problem is not None and "changed logits" in problem
-    assert referee.causality_violation(PreviousByteBigram(), val, 256, CPU) is None
-    assert referee.causality_violation(GPT(GPTConfig()).eval(), val, 256, CPU) is None
+    val = data.load_corpus().val[:100_000]
+    with pytest.raises(ValueError, match="not causal, refused: changing bytes after position"):
+        local_score(PeeksAhead(), val, 256, CPU)
+    assert local_score(PreviousByteBigram(), val, 256, CPU) > 0
+    assert local_score(GPT(GPTConfig(n_layer=1, d_model=32, d_head=16)), val, 256, CPU) > 0
 
 
-def test_the_causality_probe_refuses_wrong_logit_shapes():
+def test_a_batch_of_windows_far_apart_gives_no_gain_to_a_model_that_reads_the_next_row():
+    val = data.load_corpus().val[:100_000]
+    uniform = local_score(FixedDistribution(torch.full((256,), 1 / 256)), val, 256, CPU)
+    assert local_score(PeeksAtTheNextRow(), val, 256, CPU) >= uniform  # its "peek" is a wrong guess
+
+
+def test_a_model_that_learns_while_it_is_scored_is_refused_by_a_probe():
+    val = data.load_corpus().val[:100_000]
+    # Its logits drift with every batch, so the causality probe, sent after the pass, already sees them move.
+    with pytest.raises(ValueError, match="not causal|state probe"):
+        local_score(LearnsWhileScored(), val, 256, CPU, fresh_model=LearnsWhileScored())
+
+
+def test_the_state_probe_refuses_logits_that_a_fresh_worker_does_not_repeat():
+    val = data.load_corpus().val[:100_000]
+    first, fresh = (FixedDistribution(torch.softmax(torch.randn(256), 0)) for _ in range(2))
+    with pytest.raises(ValueError, match="refused by the state probe: batch \\d+ scored again in a fresh worker"):
+        local_score(first, val, 256, CPU, fresh_model=fresh)
+
+
+def test_logits_of_the_wrong_shape_are_refused():
     class TooFewClasses(nn.Module):
         def forward(self, idx):
             return torch.zeros(*idx.shape, 100)
 
-    assert "shape" in referee.causality_violation(TooFewClasses(), torch.zeros(300, dtype=torch.uint8), 256, CPU)
+    with pytest.raises(ValueError, match="logits have shape"):
+        local_score(TooFewClasses(), torch.zeros(600, dtype=torch.uint8), 256, CPU)
+
+
+# --- the wire: what a worker sends the referee is checked, never unpickled ---
+
+
+def pipe() -> tuple[Connection, Connection]:
+    a, b = socket.socketpair()
+    return Connection(a.detach()), Connection(b.detach())
+
+
+def test_a_tensor_crosses_the_wire_bit_for_bit():
+    ours, theirs = pipe()
+    for t in (torch.randn(3, 5, 256), torch.randn(2, 4, 256).bfloat16(), torch.randint(256, (7, 9), dtype=torch.uint8)):
+        wire.send(theirs, {"op": "logits"}, t)
+        header, got = wire.recv(ours, t.numel() * t.element_size())
+        assert header["op"] == "logits" and got.dtype == t.dtype and torch.equal(got, t)
+
+
+@pytest.mark.parametrize(
+    "header, why",
+    [
+        (b"\x80\x04pickled", "not a JSON header"),
+        (b'{"no": "op"}', "without an op"),
+        (b'{"op": "logits", "dtype": "float64", "shape": [1], "nbytes": 8}', "not allowed"),
+        (b'{"op": "logits", "dtype": "float32", "shape": [2, 2], "nbytes": 12}', "12 bytes for shape"),
+        (b'{"op": "logits", "dtype": "float32", "shape": [1000, 1000], "nbytes": 4000000}', "at most 4096"),
+    ],
+)
+def test_a_message_the_protocol_does_not_allow_is_refused(header, why):
+    ours, theirs = pipe()
+    theirs.send_bytes(header)
+    with pytest.raises(wire.WireError, match=why):
+        wire.recv(ours, 4096)
 
 
 # --- the ledger ---
@@ -248,10 +348,10 @@ def test_a_crash_of_strict_determinism_names_the_op_and_the_fix():
         "histc_cuda does not have a deterministic implementation, but you set "
         "'torch.use_deterministic_algorithms(True)'. You can turn off determinism just for this operation, ..."
     )
-    message = referee.crash_message(RuntimeError(torch_says))
+    message = crash_message(RuntimeError(torch_says))
     assert message.startswith("non-deterministic op: histc_cuda has no deterministic kernel")
     assert "Replace it in train.py/model.py" in message and "turn off" not in message
-    assert referee.crash_message(ValueError("bad\nvalue")) == "ValueError: bad value"
+    assert crash_message(ValueError("bad\nvalue")) == "ValueError: bad value"
 
 
 def test_an_older_ledger_is_migrated_on_append_and_keeps_every_row(tmp_path):
@@ -298,5 +398,5 @@ def test_eval_sha_is_the_git_blob_hash(tmp_path):
 
 
 def test_presets_are_sane():
-    for name, preset in referee.PRESETS.items():
+    for name, preset in core.PRESETS.items():
         assert preset.train_tokens > 0 and preset.wall_cap_s > 0 and preset.eval_seq_len > 0, name

@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 import torch
 
-import eval as referee
 import train
 from conftest import block, git, just, ledger, new
 from model import GPT, GPTConfig
+from referee.worker import local_data, local_score
 
 pytestmark = [
     pytest.mark.gpu,
@@ -25,17 +25,18 @@ def test_two_runs_with_one_seed_give_the_identical_val_bpb_on_cuda(project):
     assert set(ledger(project)["device"]) == {"cuda"}
 
 
-def test_the_causality_probe_works_on_cuda():
+def test_the_probes_work_on_cuda():
     device = torch.device("cuda")
-    model = GPT(GPTConfig(n_layer=1, d_model=64, d_head=32)).to(device).eval()
-    val = torch.randint(256, (4096,), dtype=torch.uint8)
-    assert referee.causality_violation(model, val, 256, device) is None
+    model = GPT(GPTConfig(n_layer=1, d_model=64, d_head=32)).to(device)
+    val = torch.randint(256, (40_000,), dtype=torch.uint8)
+    assert local_score(model, val, 256, device) > 0  # causal, stateless: both probes pass in bf16 autocast
 
     class PeeksAhead(torch.nn.Module):
         def forward(self, idx):
             return model(idx.roll(-1, dims=1))
 
-    assert "changed logits" in referee.causality_violation(PeeksAhead(), val, 256, device)
+    with pytest.raises(ValueError, match="not causal"):
+        local_score(PeeksAhead(), val, 256, device)
 
 
 def test_training_on_cuda_runs_in_bf16_autocast():
@@ -45,10 +46,8 @@ def test_training_on_cuda_runs_in_bf16_autocast():
     )
     try:
         cfg = train.CONFIGS["tiny"]
-        stream = referee.TrainStream(
-            torch.randint(256, (100_000,), dtype=torch.uint8), 4 * cfg.batch_size * cfg.seq_len, 0,
-            torch.device("cuda"), float("inf"),
-        )  # fmt: skip
+        tokens = torch.randint(256, (100_000,), dtype=torch.uint8)
+        stream = local_data(tokens, 4 * cfg.batch_size * cfg.seq_len, 0, torch.device("cuda"))
         train.train(dataclasses.replace(cfg, compile=False), stream, torch.device("cuda"))
     finally:
         hook.remove()

@@ -101,12 +101,13 @@ def test_rm_removes_a_scored_or_merged_worktree(project):
 # --- the taxonomy guard ---
 
 
-def test_a_frozen_edit_in_a_worktree_is_refused_and_accepted_in_meta_mode(project):
+@pytest.mark.parametrize("path", ["eval.py", "referee/core.py", "referee/new_module.py"])
+def test_a_frozen_edit_in_a_worktree_is_refused_and_accepted_in_meta_mode(project, path):
     wt = new(project, "frozen")
-    text = (wt / "eval.py").read_text() + "\n# bend the metric\n"
-    refused = commit(wt, "eval.py", text, env=hooked_env())
-    assert refused.returncode != 0 and "FROZEN eval.py" in refused.stderr and "META_MODE=1" in refused.stderr
-    assert commit(wt, "eval.py", text, env=hooked_env(meta=True)).returncode == 0
+    text = ((wt / path).read_text() if (wt / path).exists() else "") + "\n# bend the metric\n"
+    refused = commit(wt, path, text, env=hooked_env())
+    assert refused.returncode != 0 and f"FROZEN {path}" in refused.stderr and "META_MODE=1" in refused.stderr
+    assert commit(wt, path, text, env=hooked_env(meta=True)).returncode == 0
 
 
 def test_scoring_a_worktree_whose_frozen_files_differ_is_refused(project):

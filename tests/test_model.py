@@ -7,9 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-import eval as referee
 import train
 from model import GPT, GPTConfig
+from referee import core, data
+from referee.args import RESERVED
+from referee.contract import check_experiment
+from referee.worker import local_data, local_score
 
 
 def test_forward_shapes_and_backward():
@@ -78,13 +81,13 @@ def test_flops_per_token_is_what_torch_counts_in_a_training_step():
 
 def test_every_named_config_builds_a_model_that_covers_its_device_eval_context():
     for name, cfg in train.CONFIGS.items():
-        eval_seq_len = referee.PRESETS.get(name, referee.PRESETS["cpu"]).eval_seq_len
+        eval_seq_len = core.PRESETS.get(name, core.PRESETS["cpu"]).eval_seq_len
         assert train.build_model(cfg).cfg.max_seq_len >= max(cfg.seq_len, eval_seq_len), name
 
 
-def test_config_fields_do_not_collide_with_the_referees_flags():
-    fields = {f.name for f in dataclasses.fields(train.Config)}
-    assert not fields & ({f.name for f in dataclasses.fields(referee.EvalArgs)} | {"config"})
+def test_train_py_keeps_the_contract_and_its_fields_do_not_shadow_the_referees_flags():
+    check_experiment(train, RESERVED)
+    assert not {f.name for f in dataclasses.fields(train.Config)} & RESERVED
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
@@ -96,14 +99,14 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
 
 
 def test_training_lowers_the_loss_and_is_deterministic():
-    corpus = referee.load_corpus()
+    corpus = data.load_corpus()
     cfg = train.CONFIGS["tiny"]
 
-    def run() -> torch.Tensor:
+    def run() -> float:
         torch.manual_seed(0)
-        stream = referee.TrainStream(corpus.train, 60 * cfg.batch_size * cfg.seq_len, 0, torch.device("cpu"), 1e18)
+        stream = local_data(corpus.train, 60 * cfg.batch_size * cfg.seq_len, 0, torch.device("cpu"))
         model = train.train(cfg, stream, torch.device("cpu"))
-        return referee.evaluate(model, corpus.val[:20_000], 256, torch.device("cpu"))
+        return local_score(model, corpus.val[:20_000], 256, torch.device("cpu"))
 
     first = run()
     assert first < 5.0  # from 8 bits per byte for an untrained model
@@ -111,8 +114,8 @@ def test_training_lowers_the_loss_and_is_deterministic():
 
 
 def test_a_non_finite_loss_fails_fast_with_step_and_value():
-    corpus = referee.load_corpus()
+    corpus = data.load_corpus()
     cfg = dataclasses.replace(train.CONFIGS["tiny"], lr=float("inf"), log_every=1)
-    stream = referee.TrainStream(corpus.train, 10**6, 0, torch.device("cpu"), 1e18)
+    stream = local_data(corpus.train, 10**6, 0, torch.device("cpu"))
     with pytest.raises(FloatingPointError, match=r"non-finite loss nan at step 1"):
         train.train(cfg, stream, torch.device("cpu"))

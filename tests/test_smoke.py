@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-import eval as referee
 from conftest import JUST, block, git, just, ledger, run
 from harness.ledger import RESULTS_COLUMNS
+from referee import data
 
 TINY = ["tiny", "--budget-tokens", "6000"]
 
@@ -32,8 +32,8 @@ def test_eval_prints_the_block_writes_one_row_and_a_run_folder(project):
     assert r["run_id"] == out["run_id"] and repr(r["val_bpb"]) == out["val_bpb"] and 2.0 < r["val_bpb"] < 8.0
     assert r["train_tokens"] == int(out["train_tokens"]) == 5632  # whole batches of 8 x 64 within 6000
     assert r["commit"] == git("rev-parse", "--short=12", "HEAD", cwd=project)
-    assert r["eval_sha"] == git("hash-object", "eval.py", cwd=project)
-    assert r["data_fp"] == referee.load_corpus().fingerprint
+    assert r["eval_sha"] == git("hash-object", "referee/core.py", cwd=project)  # the core alone
+    assert r["data_fp"] == data.load_corpus().fingerprint
     assert r["description"] == "a first run, with spaces" and r["label"] is None
     assert r["mfu"] > 0 and r["tokens_per_s"] > 0 and r["params_m"] > 0 and r["peak_mem_gb"] > 0
     run_dir = project / "runs" / r["run_id"]

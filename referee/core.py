@@ -1,0 +1,297 @@
+"""The metric's core: everything that decides val_bpb, read top to bottom. FROZEN (meta-mode only).
+
+Every row's `eval_sha` is the git blob hash of this file and of nothing else: arguments, processes,
+signals, logging and rows (eval.py, referee/worker.py, ...) can change without splitting comparable
+groups; a change here is a new referee and needs new baselines. The data is named by `data_fp`.
+
+The split: a file is in the validation split when sha256(its relative path) mod VAL_MODULUS == 0
+(about 5% of files), so the split never shifts when files are added; a single text file keeps its
+last 1/VAL_MODULUS for validation. `data_fp` hashes the prepared bytes of both splits.
+
+The budget: the referee's BatchStream serves seeded random windows of the training split, counts
+them, and stops when the preset's (or --budget-tokens) training tokens are spent. The experiment,
+in a worker process, sees nothing else of the data.
+
+The metric, val_bpb (validation bits per byte; lower is better):
+    Let v[0..N-1] be the validation bytes and T the preset's `eval_seq_len`. For every window start
+    s = 0, T, 2T, ... < N-1 the model sees the inputs v[s : min(s+T, N-1)] and predicts the next
+    byte at every position; the targets v[s+1 : min(s+T, N-1)+1] stay with the referee. Every byte
+    v[1..N-1] is predicted exactly once.
+        val_bpb = sum over all targets of -log2 softmax(logits)[target]  /  (N - 1)
+    The scoring worker returns logits only; the referee casts them to float32 and takes the log-softmax
+    in its own process. A uniform model scores exactly 8. Windows go to the worker one batch at a time
+    (its logits come back before the next batch leaves), and a batch holds windows that are far apart
+    in the text, so no row holds the next row's bytes.
+
+The probes, on batches chosen with secret randomness after the scoring pass (the model cannot know
+which): causality (a copy of a batch whose rows are changed after a random cut must give the same
+logits up to the cut) and state (the same batches scored again in a second fresh worker must give
+identical logits, so a model that learns while it is scored, or carries state between batches, is
+refused).
+"""
+
+import hashlib
+import math
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int, UInt8
+from torch import Tensor
+
+# --- Constants (fixed: changing any of them changes eval_sha) ---
+
+VOCAB_SIZE = 256
+VAL_MODULUS = 20  # a file is validation when sha256(relpath) % VAL_MODULUS == 0: about 5%
+EVAL_BATCH_SIZE = 32  # windows per scoring batch
+PROBE_ATOL = 1e-4  # float32 logits up to a causality probe's cut may move by at most this much
+STATE_PROBE_BATCHES = 2  # batches scored again in a fresh worker, which must give identical logits
+
+
+@dataclass(frozen=True)
+class Preset:
+    train_tokens: int
+    """training tokens the batch stream serves, then it stops"""
+    wall_cap_s: float
+    """training wall-clock seconds after which the run ends as `timeout` (scoring has the same cap)"""
+    eval_seq_len: int
+    """context length of the scoring windows"""
+
+
+PRESETS = {
+    # 2-core laptop or CI box: about 7 minutes of training at ~17k tokens/s, scoring included < 10 min.
+    "cpu": Preset(train_tokens=7_000_000, wall_cap_s=1200.0, eval_seq_len=256),
+    "mps": Preset(train_tokens=50_000_000, wall_cap_s=2400.0, eval_seq_len=256),
+    # One H100-class GPU: a 5-40 minute research run.
+    "cuda": Preset(train_tokens=600_000_000, wall_cap_s=2400.0, eval_seq_len=1024),
+}
+
+
+# --- The split ---
+
+
+def is_validation(name: str | bytes) -> bool:
+    """The split rule for documents: sha256 of the file's relative path (or of the document's
+    bytes, for a dataset without a validation split) mod VAL_MODULUS == 0."""
+    data = name.encode() if isinstance(name, str) else name
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "big") % VAL_MODULUS == 0
+
+
+def split_one_file(data: bytes) -> tuple[bytes, bytes]:
+    """One text file: the validation split is its last 1/VAL_MODULUS, from the line that starts there."""
+    at = len(data) - len(data) // VAL_MODULUS
+    newline = data.find(b"\n", at)
+    cut = newline + 1 if newline != -1 else at
+    return data[:cut], data[cut:]
+
+
+def fingerprint(train: bytes, val: bytes) -> str:
+    h = hashlib.sha256()
+    for name, part in ((b"train", train), (b"val", val)):
+        h.update(name + len(part).to_bytes(8, "big") + part)
+    return h.hexdigest()[:16]
+
+
+# --- Training: the budgeted stream (referee side) and the worker's settings ---
+
+
+class BatchStream:
+    """Seeded random windows of the training split, drawn in the referee's process until the budget is
+    spent. Under DDP every rank takes its own rows of one global batch per step, so the data a run sees
+    depends on the seed alone, not on the process count."""
+
+    def __init__(self, tokens: UInt8[Tensor, " n_train"], budget_tokens: int, seed: int, world_size: int = 1):
+        self.tokens = tokens
+        self.budget_tokens = budget_tokens
+        self.world_size = world_size
+        self.tokens_served = 0  # by all ranks together: what the row's train_tokens reports
+        self.shape: tuple[int, int] | None = None  # (batch_size, seq_len) of the first request
+        self.generator = torch.Generator().manual_seed(seed)
+        self.drawn: list[Tensor] = []  # global batches not yet taken by every rank
+        self.first_kept = 0  # the step of drawn[0]
+        self.taken = [0] * world_size  # steps each rank has taken
+
+    def check_shape(self, batch_size: int, seq_len: int) -> None:
+        if batch_size <= 0 or seq_len <= 0:
+            raise ValueError(f"batch_size={batch_size} and seq_len={seq_len} must be positive")
+        if batch_size % self.world_size:
+            raise ValueError(
+                f"batch_size={batch_size} does not split over {self.world_size} processes: "
+                f"use a multiple of {self.world_size} (--batch-size) or another --nproc"
+            )
+        if seq_len + 1 > len(self.tokens):
+            raise ValueError(f"seq_len={seq_len} is longer than the training split ({len(self.tokens)} bytes)")
+        if self.world_size > 1 and self.shape not in (None, (batch_size, seq_len)):
+            raise ValueError(f"under DDP every step has one shape: {self.shape}, then ({batch_size}, {seq_len})")
+
+    def next_rows(self, rank: int, batch_size: int, seq_len: int) -> UInt8[Tensor, "rows seq_plus_1"] | None:
+        """Rank `rank`'s rows (inputs and the byte after each) of its next step; None once the budget is spent."""
+        self.check_shape(batch_size, seq_len)
+        self.shape = self.shape or (batch_size, seq_len)
+        step = self.taken[rank]
+        if step == self.first_kept + len(self.drawn):  # the first rank to ask for this step draws it
+            if self.tokens_served + batch_size * seq_len > self.budget_tokens:
+                return None
+            starts = torch.randint(len(self.tokens) - seq_len, (batch_size, 1), generator=self.generator)
+            self.drawn.append(self.tokens[starts + torch.arange(seq_len + 1)])
+            self.tokens_served += batch_size * seq_len
+        window = self.drawn[step - self.first_kept]
+        self.taken[rank] += 1
+        while self.drawn and min(self.taken) > self.first_kept:  # every rank has taken it
+            self.drawn.pop(0)
+            self.first_kept += 1
+        rows = batch_size // self.world_size
+        return window[rank * rows : (rank + 1) * rows]
+
+
+def seed_worker(seed: int) -> None:
+    """What a training or scoring worker sets before the experiment's code runs: the seed of its weights,
+    and strict determinism (an op with no deterministic kernel ends the run), so one seed gives one number."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS, before the first CUDA call
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+
+
+# --- Scoring ---
+
+
+@dataclass(frozen=True)
+class Window:
+    start: int
+    length: int  # inputs; the targets are the `length` bytes after `start`
+
+
+def scoring_batches(n_val: int, seq_len: int) -> list[list[Window]]:
+    """The validation windows in the batches they are scored in: window i of the full windows goes to
+    batch i mod n_batches, so the rows of one batch are far apart in the text; the shorter tail window,
+    if any, is a batch of its own, last."""
+    if n_val < 2:
+        raise ValueError(f"validation split has {n_val} bytes; need at least 2")
+    starts = range(0, n_val - 1, seq_len)
+    full = [Window(s, seq_len) for s in starts if s + seq_len <= n_val - 1]
+    n_batches = math.ceil(len(full) / EVAL_BATCH_SIZE)
+    batches = [full[b::n_batches] for b in range(n_batches)]
+    if len(full) < len(starts):
+        batches.append([Window(starts[-1], n_val - 1 - starts[-1])])
+    return batches
+
+
+def batch_inputs(val: UInt8[Tensor, " n_val"], batch: list[Window]) -> UInt8[Tensor, "batch seq"]:
+    return torch.stack([val[w.start : w.start + w.length] for w in batch])
+
+
+def batch_targets(val: UInt8[Tensor, " n_val"], batch: list[Window]) -> Int[Tensor, "batch seq"]:
+    return torch.stack([val[w.start + 1 : w.start + 1 + w.length] for w in batch]).long()
+
+
+@torch.no_grad()
+def forward_logits(model, inputs: UInt8[Tensor, "batch seq"], device: torch.device) -> Tensor:
+    """In the scoring worker: the model's logits for one batch, in eval mode, bf16 autocast on CUDA."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        return model(inputs.to(device).long())
+
+
+def batch_nats(logits: Float[Tensor, "batch seq vocab"], targets: Int[Tensor, "batch seq"]) -> float:
+    """In the referee: the summed negative log-likelihood of one batch's targets, in nats, from float32."""
+    return F.cross_entropy(logits.float().reshape(-1, VOCAB_SIZE), targets.reshape(-1), reduction="sum").item()
+
+
+def val_bpb(total_nats: float, n_val: int) -> float:
+    value = total_nats / math.log(2) / (n_val - 1)
+    if not math.isfinite(value):
+        raise FloatingPointError(f"val_bpb is {value}")
+    return value
+
+
+# --- The probes ---
+
+
+def probe_choice(batches: list[list[Window]]) -> tuple[int, list[int]]:
+    """The causality probe's batch and the state probe's batches, drawn from the full batches with secret
+    randomness: nothing the experiment can compute tells it which batches are probed."""
+    full = [i for i, b in enumerate(batches) if b[0].length == batches[0][0].length] or [0]
+    state = [full.pop(secrets.randbelow(len(full))) for _ in range(min(STATE_PROBE_BATCHES, len(full)))]
+    return secrets.choice(state), state
+
+
+def perturbed(inputs: UInt8[Tensor, "batch seq"]) -> tuple[UInt8[Tensor, "batch seq"], list[int]]:
+    """A copy of a batch with every row's bytes after a random cut replaced by random bytes; the cuts."""
+    out, cuts = inputs.clone(), []
+    gen = torch.Generator().manual_seed(secrets.randbits(63))
+    for row in range(out.size(0)):
+        cut = secrets.randbelow(max(out.size(1) - 1, 1))
+        out[row, cut + 1 :] = torch.randint(VOCAB_SIZE, (out.size(1) - cut - 1,), generator=gen, dtype=torch.uint8)
+        cuts.append(cut)
+    return out, cuts
+
+
+def causality_violation(reference: Tensor, probed: Tensor, cuts: list[int]) -> str | None:
+    """None if each row's logits up to its cut did not move; otherwise what the model peeked at."""
+    for row, cut in enumerate(cuts):
+        diff = (probed[row, : cut + 1].float() - reference[row, : cut + 1].float()).abs().max().item()
+        if not diff <= PROBE_ATOL:
+            return f"changing bytes after position {cut} changed logits at positions <= {cut} by {diff:.3g}"
+    return None
+
+
+def state_violation(first: Tensor, again: Tensor, batch: int) -> str | None:
+    """None if a fresh worker gave the identical logits for a batch; otherwise by how much they differ."""
+    if torch.equal(first, again):
+        return None
+    diff = (first.float() - again.float()).abs().max().item()
+    return (
+        f"batch {batch} scored again in a fresh worker gave different logits (max difference {diff:.3g}): "
+        "the model's output depends on what it saw before (it learns or keeps state while scored) or on chance"
+    )
+
+
+# --- One model scored: the pass over the validation split, then the probes ---
+
+
+class Scorer(Protocol):
+    """A scoring worker, as the referee sees it: it is sent one batch of inputs and returns its logits."""
+
+    def send_inputs(self, inputs: UInt8[Tensor, "batch seq"]) -> None: ...
+
+    def receive_logits(self) -> Tensor: ...
+
+
+def logits_of(scorer: Scorer, inputs: UInt8[Tensor, "batch seq"]) -> Float[Tensor, "batch seq vocab"]:
+    logits = scorer.receive_logits()
+    if logits.shape != (*inputs.shape, VOCAB_SIZE) or not logits.is_floating_point():
+        raise ValueError(f"logits have shape {tuple(logits.shape)} ({logits.dtype}), expected {(*inputs.shape, 256)}")
+    return logits
+
+
+def score(first: Scorer, fresh: Callable[[], Scorer], val: UInt8[Tensor, " n_val"], seq_len: int) -> float:
+    """val_bpb of the model behind `first`; a ValueError naming the probe that refused it. `fresh()` gives a
+    second worker that has seen nothing, for the state probe."""
+    batches = scoring_batches(len(val), seq_len)
+    total_nats, kept = 0.0, {}
+    causal, state = probe_choice(batches)
+    first.send_inputs(batch_inputs(val, batches[0]))
+    for i, batch in enumerate(batches):
+        logits = logits_of(first, batch_inputs(val, batch))
+        if i + 1 < len(batches):  # the next batch leaves once this one's logits are back
+            first.send_inputs(batch_inputs(val, batches[i + 1]))
+        total_nats += batch_nats(logits, batch_targets(val, batch))
+        if i in state:
+            kept[i] = logits
+    probe, cuts = perturbed(batch_inputs(val, batches[causal]))
+    first.send_inputs(probe)
+    problem = causality_violation(kept[causal], logits_of(first, probe), cuts)
+    if problem is not None:
+        raise ValueError(f"model is not causal, refused: {problem}")
+    again, order = fresh(), list(kept)
+    secrets.SystemRandom().shuffle(order)
+    for i in order:
+        inputs = batch_inputs(val, batches[i])
+        again.send_inputs(inputs)
+        problem = state_violation(kept[i], logits_of(again, inputs), i)
+        if problem is not None:
+            raise ValueError(f"model refused by the state probe: {problem}")
+    return val_bpb(total_nats, len(val))

@@ -1,0 +1,259 @@
+"""The corpus: where the data comes from, how it is prepared and cached, and what a worker may not open.
+FROZEN (meta-mode only). The split rule and the fingerprint are in referee/core.py; every row carries the
+fingerprint (`data_fp`) of the bytes it was trained and scored on, so rows of different data never compare.
+
+Files are sorted by relative path and split by core.is_validation; a single text file splits at its last
+5%; a Hugging Face dataset keeps its own validation split, or, without one, sends a document to validation
+when sha256(document) mod 20 == 0 (its test split is unused).
+"""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from jaxtyping import UInt8
+from torch import Tensor
+
+from harness.ledger import write_atomic
+from referee.core import VAL_MODULUS, fingerprint, is_validation, split_one_file
+
+ROOT = Path(__file__).resolve().parents[1]  # the main checkout, which relative text:PATH sources start from
+
+DATA_SOURCE = "stdlib"
+"""The corpus every run trains and is scored on; changing it is meta-mode work, and the fingerprint
+(`data_fp`) of every later row changes with it:
+    "stdlib"                 the running interpreter's standard library `.py` files (no download)
+    "text:PATH"              a folder of text files (every file whose path has no hidden part) or
+                             one text file; PATH absolute or relative to the main checkout
+    "hf:OWNER/NAME[:CONFIG]" a Hugging Face dataset's parquet files, downloaded once by
+                             `just prepare` and read offline after that (column HF_TEXT_COLUMN)
+"""
+HF_TEXT_COLUMN = "text"
+HF_DOC_SEPARATOR = b"\n\n"  # between the documents (rows) of a Hugging Face dataset
+# A dataset file's split is the first of these words found in its path, read from the file name up.
+# fmt: off
+HF_SPLIT_WORDS = {
+    "train": "train", "training": "train",
+    "validation": "val", "valid": "val", "val": "val", "dev": "val",
+    "test": "test", "testing": "test",
+}
+# fmt: on
+SOURCE_FORMS = "'stdlib', 'text:PATH' or 'hf:OWNER/NAME[:CONFIG]'"
+
+
+def stdlib_dir() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_files(folder: Path) -> list[str]:
+    """Relative paths of the standard library's `.py` files, sorted; installed packages are not corpus."""
+    rel = (p.relative_to(folder).as_posix() for p in folder.rglob("*.py") if p.is_file())
+    return sorted(r for r in rel if not {"site-packages", "dist-packages"} & set(r.split("/")))
+
+
+def text_files(folder: Path) -> list[str]:
+    """Relative paths of every file under `folder` with no hidden part (.git, .DS_Store), sorted."""
+    rel = (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return sorted(r for r in rel if not any(part.startswith(".") for part in r.split("/")))
+
+
+@dataclass(frozen=True)
+class Corpus:
+    train: UInt8[Tensor, " n_train"]
+    val: UInt8[Tensor, " n_val"]
+    fingerprint: str
+    source: str
+    n_files: int
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(os.environ.get("RESEARCH_CACHE_DIR") or Path(base) / "research-harness")
+
+
+def parse_source(source: str) -> tuple[str, str]:
+    kind, _, arg = source.partition(":")
+    if kind == "stdlib" and not arg or kind in ("text", "hf") and arg:
+        return kind, arg
+    raise ValueError(f"DATA_SOURCE {source!r} is not a data source: use {SOURCE_FORMS} (referee/data.py, meta-mode)")
+
+
+def text_path(arg: str) -> Path:
+    path = Path(arg).expanduser()
+    path = path if path.is_absolute() else ROOT / path
+    if not path.exists():
+        raise ValueError(f"DATA_SOURCE 'text:{arg}': {path} does not exist; point it at a folder or a file of text")
+    return path.resolve()
+
+
+def load_corpus(source: str = DATA_SOURCE, cache_dir: Path | None = None) -> Corpus:
+    """The prepared corpus. Local sources are prepared here, once per distinct file listing, and
+    cached as two byte files; a Hugging Face source must have been prepared by `just prepare`.
+    The fingerprint is recomputed from the bytes on every load, so it always names what was used."""
+    kind, arg = parse_source(source)
+    cache_dir = cache_dir or default_cache_dir()
+    if kind == "hf":
+        folder = hf_prepared_dir(arg, cache_dir)
+        manifest = folder / "manifest.json"
+        if not manifest.exists():
+            raise ValueError(
+                f"DATA_SOURCE {source!r} is not prepared (nothing in {folder}): run `uv run just prepare` once, "
+                "with internet; runs read the prepared copy offline"
+            )
+        info = json.loads(manifest.read_text())
+        if info["text_column"] != HF_TEXT_COLUMN:
+            raise ValueError(
+                f"{folder} was prepared from column {info['text_column']!r}, referee/data.py reads {HF_TEXT_COLUMN!r}: "
+                "run `uv run just prepare` again"
+            )
+        train, val = (folder / "train.bin").read_bytes(), (folder / "val.bin").read_bytes()
+        n_files, where = len(info["files"]), f"{source}@{info['commit'][:12]}"
+    elif (folder := stdlib_dir().resolve() if kind == "stdlib" else text_path(arg)).is_file():
+        train, val = split_one_file(folder.read_bytes())  # text:PATH naming one file
+        n_files, where = 1, str(folder)
+    else:
+        files = stdlib_files(folder) if kind == "stdlib" else text_files(folder)
+        if not files:
+            raise ValueError(f"DATA_SOURCE {source!r}: no files under {folder}, the corpus is empty")
+        stats = ((r, (folder / r).stat()) for r in files)
+        listing = "\n".join(f"{r}\t{s.st_size}\t{s.st_mtime_ns}" for r, s in stats)
+        key = hashlib.sha256(f"{folder}\n{VAL_MODULUS}\n{listing}".encode()).hexdigest()[:16]
+        train_path, val_path = cache_dir / f"{key}.train.bin", cache_dir / f"{key}.val.bin"
+        if not (train_path.exists() and val_path.exists()):
+            parts: dict[bool, list[bytes]] = {True: [], False: []}
+            for r in files:
+                parts[is_validation(r)].append((folder / r).read_bytes())
+            write_atomic(train_path, b"".join(parts[False]))
+            write_atomic(val_path, b"".join(parts[True]))
+        train, val = train_path.read_bytes(), val_path.read_bytes()
+        n_files, where = len(files), str(folder)
+    if len(val) < 2 or not train:
+        raise ValueError(
+            f"DATA_SOURCE {source!r} gives {len(train):,} training and {len(val):,} validation bytes; "
+            f"both splits need data (a file is validation when sha256 of its path mod {VAL_MODULUS} is 0: add files)"
+        )
+    return Corpus(
+        train=torch.frombuffer(bytearray(train), dtype=torch.uint8),
+        val=torch.frombuffer(bytearray(val), dtype=torch.uint8),
+        fingerprint=fingerprint(train, val),
+        source=where,
+        n_files=n_files,
+    )
+
+
+def hf_prepared_dir(spec: str, cache_dir: Path) -> Path:
+    return cache_dir / ("hf-" + spec.replace("/", "--").replace(":", "--"))
+
+
+def hf_split(relpath: str) -> str:
+    """train, val or test: the first split word in the file's path, read from the file name up;
+    a file with none is training data."""
+    for part in reversed(relpath.lower().split("/")):
+        for word in re.split(r"[^a-z]+", part):
+            if word in HF_SPLIT_WORDS:
+                return HF_SPLIT_WORDS[word]
+    return "train"
+
+
+def hf_download(repo: str, config: str) -> tuple[Path, list[str]]:
+    """The dataset's parquet files in the local hub cache: downloaded (resuming a partial download)
+    unless HF_HUB_OFFLINE=1, where the cached snapshot is used. Datasets stored in another format
+    are read from the Hub's parquet conversion (revision refs/convert/parquet)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    patterns = [f"{config}/*.parquet", f"*/{config}/*.parquet"] if config else ["*.parquet"]  # that config only
+    for revision in ("main", "refs/convert/parquet"):
+        try:
+            folder = Path(snapshot_download(repo, repo_type="dataset", revision=revision, allow_patterns=patterns))
+        except (HfHubHTTPError, LocalEntryNotFoundError) as e:
+            if revision == "main":
+                raise ValueError(f"hf:{repo}: could not download it ({type(e).__name__}: {e})") from e
+            continue
+        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.parquet"))
+        if config:
+            files = [f for f in files if config in f.split("/")[:-1]]
+        if files:
+            return folder, files
+    where = f" in a folder named {config!r}" if config else ""
+    raise ValueError(f"hf:{repo}: no parquet files{where} on its main branch nor in its parquet conversion")
+
+
+def prepare_hf(spec: str, cache_dir: Path) -> Path:
+    """Download a Hugging Face dataset and turn it into train.bin / val.bin. Resumable: each
+    parquet file is converted once into its own part files; a rerun skips the finished ones."""
+    import polars as pl
+    from tqdm import tqdm
+
+    repo, _, config = spec.partition(":")
+    snapshot, files = hf_download(repo, config)
+    splits = {f: hf_split(f) for f in files}
+    files = [f for f in files if splits[f] != "test"]  # the test split stays unseen
+    has_val = "val" in splits.values()
+    out = hf_prepared_dir(spec, cache_dir)
+    parts = out / f"parts-{snapshot.name[:12]}-{HF_TEXT_COLUMN}"
+    for i, name in enumerate(tqdm(files, desc=f"prepare hf:{spec}", unit="file")):
+        if (parts / f"{i:05d}.done").exists():
+            continue
+        try:
+            columns = pl.read_parquet_schema(snapshot / name)
+            texts = pl.read_parquet(snapshot / name, columns=[HF_TEXT_COLUMN]) if HF_TEXT_COLUMN in columns else None
+        except (pl.exceptions.PolarsError, OSError) as e:
+            raise ValueError(
+                f"hf:{spec}: cannot read {snapshot / name} ({type(e).__name__}: {e}); delete the dataset's "
+                "folder from the hub cache (huggingface-cli delete-cache) and run `uv run just prepare` again"
+            ) from e
+        if columns.get(HF_TEXT_COLUMN) != pl.String:
+            raise ValueError(
+                f"hf:{spec}: {name} has no text column {HF_TEXT_COLUMN!r} (its columns: "
+                f"{', '.join(f'{c} ({t})' for c, t in columns.items())}); set HF_TEXT_COLUMN in referee/data.py (meta-mode)"
+            )
+        chunks: dict[bool, list[bytes]] = {True: [], False: []}
+        for text in texts[HF_TEXT_COLUMN]:
+            if text:
+                doc = text.encode() + HF_DOC_SEPARATOR
+                chunks[splits[name] == "val" if has_val else is_validation(doc)].append(doc)
+        write_atomic(parts / f"{i:05d}.train", b"".join(chunks[False]))
+        write_atomic(parts / f"{i:05d}.val", b"".join(chunks[True]))
+        write_atomic(parts / f"{i:05d}.done", b"")
+    for split in ("train", "val"):  # streamed part by part: a large dataset never sits in memory twice
+        tmp = out / f"{split}.bin.tmp{os.getpid()}"
+        with tmp.open("wb") as whole:
+            for i in range(len(files)):
+                with (parts / f"{i:05d}.{split}").open("rb") as part:
+                    shutil.copyfileobj(part, whole)
+        os.replace(tmp, out / f"{split}.bin")
+    manifest = dict(source=f"hf:{spec}", commit=snapshot.name, text_column=HF_TEXT_COLUMN, files=files)
+    write_atomic(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+    shutil.rmtree(parts)
+    return out
+
+
+def prepare(source: str = DATA_SOURCE, cache_dir: Path | None = None) -> Corpus:
+    """What `just prepare` does: download and convert a Hugging Face source; then load, so a
+    local source is checked and cached as well."""
+    kind, arg = parse_source(source)
+    cache_dir = cache_dir or default_cache_dir()
+    if kind == "hf":
+        prepare_hf(arg, cache_dir)
+    return load_corpus(source, cache_dir)
+
+
+def forbidden_paths(source: str = DATA_SOURCE, cache_dir: Path | None = None) -> tuple[list[str], str | None]:
+    """What a worker may not open: the data's folders and files (the prepared cache, the source), and the
+    standard library's folder when its .py files are the corpus."""
+    kind, arg = parse_source(source)
+    paths = [cache_dir or default_cache_dir()]
+    if kind == "text":
+        paths.append(text_path(arg))
+    elif kind == "hf":
+        from huggingface_hub import constants
+
+        paths.append(Path(constants.HF_HUB_CACHE) / f"datasets--{arg.partition(':')[0].replace('/', '--')}")
+    return [os.path.realpath(p) for p in paths], os.path.realpath(stdlib_dir()) if kind == "stdlib" else None

@@ -1,0 +1,211 @@
+"""The referee's side of its worker processes (referee/worker.py): start them, talk to them, serve their
+training batches, take their logits. FROZEN (meta-mode only). Imports no torch until a tensor arrives, so
+that eval.py starts the first workers before it imports torch itself."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+
+from loguru import logger
+
+from referee import wire
+
+ROOT = Path(__file__).resolve().parents[1]  # the main checkout
+
+
+class WallClockExceeded(Exception):
+    """Training (or scoring) ran past the cap."""
+
+
+class WorkerFailed(Exception):
+    """A worker reported an error, a refusal, or ended without the answer the referee waited for."""
+
+    def __init__(self, message: str, exit_code: int | None = None, refused: bool = False):
+        super().__init__(message)
+        self.exit_code, self.refused = exit_code, refused
+
+
+class Worker:
+    """A worker process and the referee's end of its socket pair. Its output goes to this terminal and the log."""
+
+    def __init__(self, job: dict, env: dict, cwd: str, log_file: Path | None):
+        ours, theirs = socket.socketpair()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-P", "-m", "referee.worker", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        self.max_logits_bytes = 0  # set when a scoring worker is told its context
+        self.deadline: float | None = None  # time.monotonic() by which each answer must come (scoring)
+        self.name = f"{job['kind']} worker" + (f" (rank {job['rank']})" if job["world_size"] > 1 else "")
+        self.echoes = [
+            threading.Thread(target=echo, args=(pipe, out, log_file), daemon=True)
+            for pipe, out in ((self.proc.stdout, sys.stdout), (self.proc.stderr, sys.stderr))
+        ]
+        for thread in self.echoes:
+            thread.start()
+        self.send({"op": "job", **job})
+
+    def send(self, header: dict, tensor=None) -> None:
+        wire.send(self.conn, header, tensor)
+
+    def recv(self, max_bytes: int = 0) -> tuple[dict, object]:
+        """The next message, by the deadline if one is set; a worker's error or refusal, or its end, as WorkerFailed."""
+        if self.deadline is not None and not wait([self.conn], timeout=max(self.deadline - time.monotonic(), 0)):
+            raise WallClockExceeded(f"scoring passed the cap: the {self.name} did not answer in time")
+        try:
+            header, tensor = wire.recv(self.conn, max_bytes)
+        except (EOFError, OSError):
+            try:
+                code = self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                code = self.proc.wait()
+            for thread in self.echoes:
+                thread.join(timeout=5)  # its last lines, before the message that names it
+            raise WorkerFailed(f"the {self.name} exited with code {code} (its output is above)", code) from None
+        if header["op"] == "refused":
+            raise WorkerFailed(f"refused: the {self.name} tried {header['what']}", refused=True)
+        if header["op"] == "error":
+            raise WorkerFailed(header["error"])
+        return header, tensor
+
+    def expect(self, op: str, max_bytes: int = 0) -> tuple[dict, object]:
+        header, tensor = self.recv(max_bytes)
+        if header["op"] != op:
+            raise WorkerFailed(f"the {self.name} sent {header['op']!r} where the protocol wants {op!r}")
+        return header, tensor
+
+    # core.Scorer: inputs out, logits back
+    def send_inputs(self, inputs) -> None:
+        self.send({"op": "inputs"}, inputs)
+
+    def receive_logits(self):
+        return self.expect("logits", self.max_logits_bytes)[1]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.conn.close()
+
+
+def echo(pipe, out, log_file: Path | None) -> None:
+    """A worker's output, line by line, to this process's terminal and to the run's log."""
+    log = open(log_file, "a") if log_file else None  # noqa: SIM115 (closed below, when the pipe ends)
+    for line in iter(pipe.readline, b""):
+        text = line.decode(errors="replace")
+        out.write(text)
+        out.flush()
+        if log:
+            log.write(text)
+            log.flush()
+    if log:
+        log.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker_job(code: Path, checkpoint: Path, trains: bool, **fields) -> dict:
+    """What a worker is told: where the experiment's code and the checkpoint are, and what it may not touch."""
+    from referee.data import forbidden_paths
+
+    data, stdlib = forbidden_paths()
+    own = sorted({str(code.resolve()), str(checkpoint.resolve())})
+    writable = [str(checkpoint.resolve())] if trains else []
+    job = dict(args=[], config_file=None, seed=0, device=None, smoke=False, threads=None)
+    policy = dict(root=str(ROOT), own=own, writable=writable, data=data, stdlib=stdlib)
+    return {**job, **fields, "code": str(code), "checkpoint": str(checkpoint), "policy": policy}
+
+
+def start_workers(kind: str, n: int, job: dict, scratch: str, log: Path | None) -> list["Worker"]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+    if n > 1:
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(n))
+    return [
+        Worker(
+            {**job, "kind": kind, "rank": r, "world_size": n},
+            {**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            scratch,
+            log,
+        )
+        for r in range(n)
+    ]
+
+
+def serve_training(workers: list[Worker], stream, wall_cap_s: float, metrics_path: Path, on_first_batch) -> dict:
+    """Batches to every rank until each returns its model, within the wall-clock cap; rank 0's `done`."""
+    by_conn, done, deadline = {w.conn: w for w in workers}, {}, time.monotonic() + wall_cap_s
+    while len(done) < len(workers):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise WallClockExceeded(
+                f"training passed the wall-clock cap of {wall_cap_s:.0f} s after {stream.tokens_served:,} tokens"
+            )
+        for conn in wait([w.conn for w in workers if id(w) not in done], timeout=left):
+            worker = by_conn[conn]
+            header, _ = worker.recv()
+            if header["op"] == "next":
+                if stream.shape is None:
+                    on_first_batch()
+                try:
+                    rows = stream.next_rows(workers.index(worker), header["batch_size"], header["seq_len"])
+                except ValueError as e:
+                    worker.send({"op": "error", "error": str(e)})
+                    continue
+                wire.send(conn, {"op": "batch" if rows is not None else "end"}, rows)
+            elif header["op"] == "log" and worker is workers[0]:
+                log_step(header, stream.tokens_served, metrics_path)
+            elif header["op"] == "done":
+                done[id(worker)] = header
+            elif header["op"] != "log":
+                raise WorkerFailed(f"the {worker.name} sent {header['op']!r} while training")
+    return done[id(workers[0])]
+
+
+def log_step(header: dict, tokens: int, metrics_path: Path | None) -> None:
+    """train.py's report of one step: a log line, and a JSON line of runs/{id}/metrics.jsonl."""
+    record = dict(step=header["step"], total_steps=header["total_steps"], tokens=tokens)
+    record.update((k, v) for k, v in header.items() if k not in ("op", *record))
+    if metrics_path is not None:
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    values = " | ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+        for k, v in record.items()
+        if k not in ("step", "total_steps", "tokens")
+    )
+    logger.info(f"step {record['step']}/{record['total_steps']} | {values}")
+
+
+def score(scorers: list[Worker], val, seq_len: int, checkpoint: str, deadline: float) -> float:
+    """val_bpb from a fresh scoring worker (core.score), the second one for the state probe."""
+    from referee import core
+
+    for worker in scorers:
+        worker.max_logits_bytes = core.EVAL_BATCH_SIZE * seq_len * core.VOCAB_SIZE * 4
+        worker.deadline = deadline
+        worker.send({"op": "load", "checkpoint": checkpoint, "seq_len": seq_len})
+    for worker in scorers:
+        worker.expect("device")
+        worker.expect("ready")
+    first, again = scorers
+    val_bpb = core.score(first, lambda: again, val, seq_len)
+    for worker in scorers:
+        worker.send({"op": "end"})
+    return val_bpb
