@@ -148,11 +148,11 @@ class BatchStream:
         return window[rank * rows : (rank + 1) * rows]
 
 
-def seed_worker(seed: int) -> None:
-    """What a training or scoring worker sets before the experiment's code runs: the seed of its weights,
-    and strict determinism (an op with no deterministic kernel ends the run), so one seed gives one number."""
+def strict_determinism() -> None:
+    """In every worker, before the experiment's code loads: an op with no deterministic kernel ends the run
+    (a crash row naming it), never a silently different number for the same seed. (torch imports its compiler
+    to set this, a second or more: a worker pays it while it starts, not while it trains or scores.)"""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS, before the first CUDA call
-    torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
 
 
@@ -273,11 +273,10 @@ def score(first: Scorer, fresh: Callable[[], Scorer], val: UInt8[Tensor, " n_val
     batches = scoring_batches(len(val), seq_len)
     total_nats, kept = 0.0, {}
     causal, state = probe_choice(batches)
-    first.send_inputs(batch_inputs(val, batches[0]))
-    for i, batch in enumerate(batches):
-        logits = logits_of(first, batch_inputs(val, batch))
-        if i + 1 < len(batches):  # the next batch leaves once this one's logits are back
-            first.send_inputs(batch_inputs(val, batches[i + 1]))
+    for i, batch in enumerate(batches):  # one batch at a time: the next leaves once these logits are back
+        inputs = batch_inputs(val, batch)
+        first.send_inputs(inputs)
+        logits = logits_of(first, inputs)
         total_nats += batch_nats(logits, batch_targets(val, batch))
         if i in state:
             kept[i] = logits

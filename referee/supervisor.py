@@ -3,10 +3,12 @@ training batches, take their logits. FROZEN (meta-mode only). Imports no torch u
 that eval.py starts the first workers before it imports torch itself."""
 
 import json
+import mmap
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from multiprocessing.connection import Connection, wait
@@ -47,7 +49,9 @@ class Worker:
         theirs.close()
         self.conn = Connection(ours.detach())
         self.max_logits_bytes = 0  # set when a scoring worker is told its context
+        self.logits_buffer = None  # a scoring worker's logits arrive in this shared mmap
         self.deadline: float | None = None  # time.monotonic() by which each answer must come (scoring)
+        self.cleanup: list = []  # what stop() undoes
         self.name = f"{job['kind']} worker" + (f" (rank {job['rank']})" if job["world_size"] > 1 else "")
         self.echoes = [
             threading.Thread(target=echo, args=(pipe, out, log_file), daemon=True)
@@ -65,7 +69,7 @@ class Worker:
         if self.deadline is not None and not wait([self.conn], timeout=max(self.deadline - time.monotonic(), 0)):
             raise WallClockExceeded(f"scoring passed the cap: the {self.name} did not answer in time")
         try:
-            header, tensor = wire.recv(self.conn, max_bytes)
+            header, tensor = wire.recv(self.conn, max_bytes, self.logits_buffer)
         except (EOFError, OSError):
             try:
                 code = self.proc.wait(timeout=30)
@@ -94,11 +98,22 @@ class Worker:
     def receive_logits(self):
         return self.expect("logits", self.max_logits_bytes)[1]
 
+    def share_logits_buffer(self, size: int) -> str:
+        """A file of `size` bytes, mapped here, that the scoring worker writes its logits into; its path."""
+        fd, path = tempfile.mkstemp(prefix="logits-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        os.ftruncate(fd, size)
+        self.logits_buffer = mmap.mmap(fd, size)
+        os.close(fd)
+        self.cleanup.append(lambda: (self.logits_buffer.close(), os.unlink(path)))
+        return path
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
         self.conn.close()
+        while self.cleanup:
+            self.cleanup.pop()()
 
 
 def echo(pipe, out, log_file: Path | None) -> None:
@@ -134,7 +149,10 @@ def worker_job(code: Path, checkpoint: Path, trains: bool, **fields) -> dict:
 
 
 def start_workers(kind: str, n: int, job: dict, scratch: str, log: Path | None) -> list["Worker"]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+    # OpenMP threads spin ~0.1 ms, not libgomp's default of a few, for the next parallel region before they
+    # sleep: between two batches the referee needs a core, and on 2 cores two spinning threads starve it
+    # (bench/README.md: scoring 35 s instead of 95 s). How long a thread waits never changes a number.
+    env = {"GOMP_SPINCOUNT": "100000", **os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
     if n > 1:
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(n))
     return [
@@ -200,7 +218,8 @@ def score(scorers: list[Worker], val, seq_len: int, checkpoint: str, deadline: f
     for worker in scorers:
         worker.max_logits_bytes = core.EVAL_BATCH_SIZE * seq_len * core.VOCAB_SIZE * 4
         worker.deadline = deadline
-        worker.send({"op": "load", "checkpoint": checkpoint, "seq_len": seq_len})
+        logits_file = worker.share_logits_buffer(worker.max_logits_bytes)
+        worker.send({"op": "load", "checkpoint": checkpoint, "seq_len": seq_len, "logits_file": logits_file})
     for worker in scorers:
         worker.expect("device")
         worker.expect("ready")

@@ -13,6 +13,7 @@ inputs the referee sends, one batch at a time; the targets never leave the refer
 
 import dataclasses
 import importlib
+import mmap
 import os
 import resource
 import signal
@@ -170,9 +171,9 @@ class Link:
         self.conn, self.lock = Connection(fd), threading.Lock()
         self.started = False  # the run began: before, an error is bad input, which the referee reports in one line
 
-    def send(self, header: dict, tensor: Tensor | None = None) -> None:
+    def send(self, header: dict, tensor: Tensor | None = None, buffer=None) -> None:
         with self.lock:
-            wire.send(self.conn, header, tensor)
+            wire.send(self.conn, header, tensor, buffer)
 
     def recv(self, op: str, max_bytes: int = 0) -> tuple[dict, Tensor | None]:
         header, tensor = wire.recv(self.conn, max_bytes)
@@ -201,7 +202,7 @@ def train_worker(link: Link, job: dict, device: torch.device) -> None:
     go, _ = link.recv("go")
     link.started = True
     peak_flops = device_peak_flops(device)  # before the seed: its random matrices must not move the weights
-    core.seed_worker(job["seed"])
+    torch.manual_seed(job["seed"])  # the seed of the weights
     rank, world_size = job["rank"], job["world_size"]
     if world_size > 1:
         torch.distributed.init_process_group(
@@ -232,17 +233,17 @@ def score_worker(link: Link, job: dict, device: torch.device) -> None:
     load, _ = link.recv("load")
     link.started = True
     state = torch.load(load["checkpoint"], map_location="cpu", weights_only=True)
-    core.seed_worker(job["seed"])
     model = train.build_model(train.Config(**state["train_config"]))
     check_model(model, "build_model()")
     model.load_state_dict(state["model"])
     model.to(device).eval()
     link.send({"op": "ready"})
-    while True:
-        header, inputs = wire.recv(link.conn, core.EVAL_BATCH_SIZE * load["seq_len"])
-        if header["op"] == "end":
-            return
-        link.send({"op": "logits"}, core.forward_logits(model, inputs, device))
+    with open(load["logits_file"], "r+b") as f, mmap.mmap(f.fileno(), 0) as logits_buffer:
+        while True:
+            header, inputs = wire.recv(link.conn, core.EVAL_BATCH_SIZE * load["seq_len"])
+            if header["op"] == "end":
+                return
+            link.send({"op": "logits"}, core.forward_logits(model, inputs, device), buffer=logits_buffer)
 
 
 def resolve_device(name: str | None, world_size: int) -> torch.device:
@@ -280,6 +281,7 @@ def main(fd: int) -> int:
     try:
         if job["threads"]:
             torch.set_num_threads(job["threads"])
+        core.strict_determinism()
         device = resolve_device(job["device"], job["world_size"])
         link.send({"op": "device", "device": device.type})
         sandbox.install(sandbox.Policy(**job["policy"]), lambda what: link.send({"op": "refused", "what": what}))

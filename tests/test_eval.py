@@ -1,6 +1,7 @@
 """The referee: split, fingerprint, batch stream, metric, probes, wire, ledger. Real data and real models on CPU."""
 
 import math
+import mmap
 import socket
 import subprocess
 from multiprocessing.connection import Connection
@@ -260,6 +261,22 @@ def test_a_tensor_crosses_the_wire_bit_for_bit():
         wire.send(theirs, {"op": "logits"}, t)
         header, got = wire.recv(ours, t.numel() * t.element_size())
         assert header["op"] == "logits" and got.dtype == t.dtype and torch.equal(got, t)
+
+
+def test_logits_cross_in_a_shared_buffer_and_only_where_one_was_agreed(tmp_path):
+    ours, theirs = pipe()
+    path = tmp_path / "logits"
+    path.write_bytes(bytes(4096))
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0) as shared:
+        logits = torch.randn(2, 3, 4)
+        wire.send(theirs, {"op": "logits"}, logits, buffer=shared)
+        header, got = wire.recv(ours, 4096, buffer=shared)
+        assert header["in_buffer"] and torch.equal(got, logits)
+        shared[:4] = bytes(4)  # the sender writing again changes nothing the receiver already has
+        assert torch.equal(got, logits)
+        wire.send(theirs, {"op": "logits"}, logits, buffer=shared)
+        with pytest.raises(wire.WireError, match="where none was agreed"):
+            wire.recv(ours, 4096)
 
 
 @pytest.mark.parametrize(
