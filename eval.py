@@ -41,7 +41,7 @@ from harness.git import checkout_dir, experiment_name, head_commit, tracked_dirt
 from harness.guard import install_hooks, require_scoring_allowed
 from harness.ledger import LEDGER, RUNNING, append_result, check_ledger, mark_running, new_run_id
 from harness.pueue import run_label
-from referee.args import parse_eval_args, split_config_name
+from referee.args import parse_eval_args, print_help, split_config_name
 from referee.supervisor import WallClockExceeded, Worker, WorkerFailed, score, serve_training, start_workers, worker_job
 
 # torch, and the referee modules that import it, are imported once the first workers are started: they
@@ -142,9 +142,12 @@ def read_config_file(path: Path | None) -> list | None:
 def main(argv: list[str] | None = None) -> int:
     end_with_parent()
     argv = sys.argv[1:] if argv is None else argv
-    args = parse_eval_args(argv)
-    scored = not (args.smoke or "-h" in argv or "--help" in argv)
     code_dir = checkout_dir()
+    help_asked = "-h" in argv or "--help" in argv
+    if help_asked:
+        print_help(code_dir / "train.py", argv)  # from train.py's source, at once; if it is not plain, a worker's
+    args = parse_eval_args(argv)
+    scored = not (args.smoke or help_asked)
     install_hooks(ROOT)
     if scored:
         require_scoring_allowed(code_dir, ROOT)

@@ -3,12 +3,11 @@ the confirmation on fresh seeds that `just confirm` runs and `just submit` needs
 exact commands to run next."""
 
 import dataclasses
-import shlex
 
 import polars as pl
 
-from harness import Refusal
-from harness.git import WORKTREES, main_root
+from harness import Refusal, advice
+from harness.git import main_root
 from harness.stats import SEED_PLANS, Outcome, Verdict, verdict
 from harness.table import baseline_rows, group_name, ledger, ok_rows, print_json, same_group
 
@@ -18,21 +17,6 @@ CONFIRM = "confirm"  # `just confirm SLUG`: "confirm seed S" (the experiment), "
 def exploration_rows(df, slug: str):
     """The slug's ok rows that took part in choosing it: all but its confirmation rows."""
     return ok_rows(df, slug).filter(~pl.col("description").fill_null("").str.starts_with(CONFIRM))
-
-
-def eval_args_of(row: dict) -> list[str]:
-    """The eval.py arguments that repeat a row's run (its config, device and budget), less the seed."""
-    name, _, overrides = row["config"].partition(":")
-    args = ["--config", name] if name.endswith(".json") else [name]
-    for item in filter(None, overrides.split(",")):
-        key, _, value = item.partition("=")
-        args += [f"--{key.replace('_', '-')}", value]
-    return [*args, "--device", row["device"], "--budget-tokens", str(row["budget"])]
-
-
-def seed_commands(slug: str, row: dict, seeds: range) -> str:
-    where = "" if slug == "main" else f"cd {WORKTREES}/{slug} && "
-    return "\n".join(f"  {where}uv run just eval {shlex.join([*eval_args_of(row), '--seed', str(s)])}" for s in seeds)
 
 
 def first_fresh_seed(df, row: dict) -> int:
@@ -45,25 +29,26 @@ def compare_slug(df, slug: str) -> Verdict:
     the advice names the commands to run next."""
     mine = exploration_rows(df, slug)
     if mine.is_empty():
-        raise Refusal(f"no ok rows for {slug!r}: score it first (cd {WORKTREES}/{slug} && uv run just eval)")
+        raise Refusal(f"no ok rows for {slug!r}: score it first ({advice.command('eval', where=slug)})")
     newest = mine.sort("started_at").row(-1, named=True)
     runs = mine.filter(same_group(newest))
     base = baseline_rows(df, newest)
     result = verdict(runs["val_bpb"].to_list(), base["val_bpb"].to_list())
     plan = SEED_PLANS[newest["device"]]
     first = first_fresh_seed(df, newest)
-    fresh = range(first, first + max(plan.runs - runs.height, 2))
     if base.height < 2:
-        advice = f"no baseline in this group ({group_name(newest)}): run it with\n  uv run just baseline {plan.baseline} {shlex.join(eval_args_of(newest)[1:])}"
+        seeds = f"{base.height} baseline seed{'' if base.height == 1 else 's'}"
+        then = f"{seeds} in this group ({group_name(newest)}): a verdict needs 2; run\n  {advice.baseline(newest, plan.baseline)}"
     elif result.outcome in (Outcome.PROMISING, Outcome.INCONCLUSIVE) and runs.height < plan.runs:
-        advice = f"{result.advice}; {plan.runs - runs.height} more seeds:\n{seed_commands(slug, newest, fresh)}"
+        then = f"{result.advice}; {advice.seed_runs(slug, newest, range(first, first + plan.runs - runs.height))}"
     elif result.outcome == Outcome.INCONCLUSIVE:
-        advice = f"{result.advice} at {runs.height} seeds: drop it, or resolve a smaller effect with more seeds:\n{seed_commands(slug, newest, fresh)}"
+        more = advice.seed_runs(slug, newest, range(first, first + 2))
+        then = f"{result.advice} at {runs.height} seeds: drop it, or resolve a smaller effect with {more}"
     elif result.outcome == Outcome.IMPROVED:
-        advice = f"{result.advice}: uv run just confirm {slug}"
+        then = f"{result.advice}: {advice.confirm(slug)}"
     else:
-        advice = result.advice
-    return dataclasses.replace(result, advice=advice)
+        then = result.advice
+    return dataclasses.replace(result, advice=then)
 
 
 def confirmation_rows(df, slug: str):
@@ -84,7 +69,7 @@ def confirmation(df, slug: str) -> Verdict | None:
         return None
     result = verdict(mine["val_bpb"].to_list(), mains["val_bpb"].to_list())
     if result.outcome == Outcome.IMPROVED:
-        return dataclasses.replace(result, advice=f"confirmed: just submit {slug} opens the pull request")
+        return dataclasses.replace(result, advice=f"confirmed: `{advice.submit(slug)}` opens the pull request")
     return dataclasses.replace(result, advice="not confirmed on fresh seeds: no pull request; report it as it is")
 
 

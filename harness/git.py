@@ -78,8 +78,9 @@ def uncommitted_files(cwd: Path, *pathspec: str) -> list[str]:
 
 
 def tracked_dirty(cwd: Path) -> bool:
-    """Whether tracked files differ from HEAD (untracked files do not count)."""
-    return bool(git("status", "--porcelain", "--untracked-files=no", cwd=cwd))
+    """Whether tracked code (.py files) differs from HEAD: the research record (ledger, journal, ideas) and
+    untracked files do not make a run's commit dirty."""
+    return bool(git("status", "--porcelain", "--untracked-files=no", "--", "*.py", cwd=cwd))
 
 
 def commit(cwd: Path, message: str, *pathspec: str) -> str | None:

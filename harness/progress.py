@@ -7,8 +7,9 @@ from pathlib import Path
 
 import polars as pl
 
+from harness import Refusal, advice
 from harness.compare import compare_slug
-from harness.git import WORKTREES, main_root
+from harness.git import WORKTREES, main_root, uncommitted_files
 from harness.guard import JOURNAL, journal_head
 from harness.records import ideas_table
 from harness.table import best_rows, group_name, ledger, newest_group, print_json, print_table, same_group, the_bar
@@ -82,15 +83,68 @@ def next_step(root: Path) -> dict:
     return dict(mode="IMPLEMENT", idea=best, why=why)
 
 
+def pending(root: Path) -> tuple[list[dict], str | None]:
+    """What is waiting, in the order to do it: experiments called improved and not confirmed, finished
+    labelled runs not reviewed, experiments with runs and no report, and the record not committed; and why
+    the queue was not checked, if it was not."""
+    from harness.compare import confirmation
+    from harness.queue import unreviewed
+    from harness.records import RECORD
+    from harness.stats import Outcome
+
+    df, todo = ledger(root), []
+    experiments = df.filter((pl.col("experiment") != "main") & (pl.col("status") == "ok"))["experiment"].unique(
+        maintain_order=True
+    )
+    for slug in experiments:
+        if compare_slug(df, slug).outcome == Outcome.IMPROVED and confirmation(df, slug) is None:
+            todo.append(
+                dict(
+                    kind="confirm",
+                    slug=slug,
+                    why="called improved, not yet confirmed on fresh seeds",
+                    command=advice.confirm(slug),
+                )
+            )
+    queue_unchecked = None
+    try:
+        runs = unreviewed(root)
+    except Refusal as e:  # pueue is optional: say that the queue was not looked at, and why
+        runs, queue_unchecked = [], str(e)
+    for run in runs:
+        what = f"{run['kind']} {run['id']} ({run['slug']}) finished: its Q and H meet the result"
+        todo.append(dict(kind="review", slug=run["slug"], why=what, command=advice.command("review")))
+    for slug in df.filter(pl.col("experiment") != "main")["experiment"].unique(maintain_order=True):
+        if not any((root / "9_reports").glob(f"*_{slug}.md")):
+            todo.append(
+                dict(kind="report", slug=slug, why="has runs and no report", command=advice.command("report", slug))
+            )
+    changed = uncommitted_files(root, *RECORD)
+    if changed:
+        what = f"{len(changed)} changed: {', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}"
+        todo.append(
+            dict(
+                kind="record", slug=None, why=f"the record is not committed ({what})", command=advice.command("record")
+            )
+        )
+    return todo, queue_unchecked
+
+
 def what_next(json: bool = False) -> None:
-    """The seed's algorithm: IDEATE or IMPLEMENT (which idea, and why), and where things stand."""
+    """What is pending (confirm, review, report, record), then the seed's algorithm: IDEATE or IMPLEMENT (which
+    idea, and why), and where things stand."""
     root = main_root()
+    todo, queue_unchecked = pending(root)
     step, state = next_step(root), where_things_stand(root)
     if json:
-        return print_json({**step, **state})
-    print(f"mode: {step['mode']}\nwhy: {step['why']}")
+        return print_json({"pending": todo, "queue_unchecked": queue_unchecked, **step, **state})
+    for item in todo:
+        print(f"pending {item['kind']}: {item['slug'] + ' ' if item['slug'] else ''}{item['why']}\n  {item['command']}")
+    if queue_unchecked:
+        print(f"queue: not checked ({queue_unchecked})")
+    print(f"mode: {step['mode']}{' (once the above is done)' if todo else ''}\nwhy: {step['why']}")
     if step["idea"]:
-        print(f"next: uv run just new {step['idea']['slug']}   # {step['idea']['file']}")
+        print(f"next: {advice.new(step['idea']['slug'])}   # {step['idea']['file']}")
     print(f"\nledger: {state['rows']} rows")
     bar, b = state["bar"], state["best"]
     if bar is not None:

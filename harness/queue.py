@@ -206,18 +206,24 @@ def follow(task_id: str, /) -> None:
 REVIEWED = re.compile(r"<!-- reviewed: (\S+) -->")
 
 
+def review_key(run: dict) -> str:
+    return run["row"]["run_id"] if run["row"] is not None else f"task-{run['id']}-{run['slug']}"
+
+
+def unreviewed(root: Path) -> list[dict]:
+    """The finished labelled runs that no journal entry reviews yet."""
+    done = set(REVIEWED.findall((root / JOURNAL).read_text()))
+    return [run for run in queued_runs(root) if run["done"] and review_key(run) not in done]
+
+
 def review() -> None:
     """Prepend a journal entry for every finished labelled run not reviewed yet: Q, H, what was
     observed, and an empty inference line to fill in before committing."""
     root = main_root()
     journal = root / JOURNAL
-    done = set(REVIEWED.findall(journal.read_text()))
     written = 0
-    for run in queued_runs(root):
-        row = run["row"]
-        key = row["run_id"] if row is not None else f"task-{run['id']}-{run['slug']}"
-        if not run["done"] or key in done:
-            continue
+    for run in unreviewed(root):
+        row, key = run["row"], review_key(run)
         if row is None:
             observed = (
                 f"{run['kind']} {run['id']} ended {run['state']} without a ledger row (see: just log {run['id']})"
@@ -246,7 +252,6 @@ def review() -> None:
             ]
         )
         prepend_entry(journal, entry)
-        done.add(key)
         written += 1
     print(
         f"review: {written} new journal entries"

@@ -25,7 +25,7 @@ from harness.git import (
 )
 from harness.guard import JOURNAL, journal_head
 from harness.ledger import LEDGER
-from harness.table import baseline_rows, ledger, markdown, print_json, print_table
+from harness.table import baseline_rows, group_name, ledger, markdown, print_json, print_table, same_group
 
 
 def idea_files(root: Path) -> list[Path]:
@@ -128,18 +128,20 @@ def report(slug: str, /) -> None:
     if path.exists():
         raise Refusal(f"{path.relative_to(root)} exists: edit it")
     ok = rows.filter(pl.col("status") == "ok")
-    base = None if ok.is_empty() else baseline_rows(df, ok.sort("started_at").row(-1, named=True))
-    cols = ["run_id", "commit", "seed", "status", "val_bpb", "train_tokens", "wall_s", "label", "description", "error"]
+    newest = (ok if ok.height else rows).sort("started_at").row(-1, named=True)
+    rows, base = rows.filter(same_group(newest)), baseline_rows(df, newest)  # one comparable group
+    cols = ["run_id", "commit", "seed", "status", "val_bpb", "budget", "train_tokens", "wall_s", "label", "description"]
+    cols += ["error"]
     branch_exists = succeeds("rev-parse", "--verify", "--quiet", f"exp/{slug}", cwd=root)
     diffstat = git("diff", "--stat", f"{MAIN_BRANCH}...exp/{slug}", cwd=root) if branch_exists else ""
     idea_path = idea_file(root, slug)
-    no_baseline = base is None or base.is_empty()
     fields = dict(
         slug=slug,
         date=date,
         idea="(none)" if idea_path is None else str(idea_path.relative_to(root)),
+        group=group_name(newest),
         rows=markdown(rows.select(cols)),
-        baseline="(no baseline rows in its group: just baseline)" if no_baseline else markdown(base.select(cols)),
+        baseline="(no baseline rows in this group: just baseline)" if base.is_empty() else markdown(base.select(cols)),
         diffstat=f"```\n{diffstat or '(no diff against ' + MAIN_BRANCH + ')'}\n```",
     )
     text = (root / "9_reports" / "_TEMPLATE.md").read_text()

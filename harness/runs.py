@@ -9,19 +9,19 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import polars as pl
+import tyro
 
 import eval as referee
 from harness import Refusal
-from harness.compare import CONFIRM, confirmation, eval_args_of, exploration_rows, first_fresh_seed
+from harness.advice import rerun_args
+from harness.compare import CONFIRM, confirmation, exploration_rows, first_fresh_seed
 from harness.git import checkout_dir, main_root, show, worktree_dir
 from harness.ledger import LEDGER
 from harness.stats import ALPHA, SEED_PLANS, Outcome, aa_allowed, noise_report, verdict
 from harness.table import BASELINE, baseline_rows, group_name, ledger
-from referee import data
-from referee.worker import resolve_device
 
 Device = Literal["cpu", "cuda", "mps"]
 
@@ -43,8 +43,17 @@ def device_args(device: str | None) -> list[str]:
     return [] if device is None else ["--device", device]
 
 
-def load_corpus(prepare: bool = False) -> data.Corpus:
+def device_class(device: str | None) -> str:
+    """The device class a run would use: the one asked for, else cuda, else mps, else cpu."""
+    from referee.worker import resolve_device
+
+    return resolve_device(device, 1).type
+
+
+def load_corpus(prepare: bool = False):
     """The referee's corpus; a source that is missing, unknown or not prepared is a one-line refusal."""
+    from referee import data  # torch: imported once a command runs, so that every --help is instant
+
     try:
         return data.prepare() if prepare else data.load_corpus()
     except ValueError as e:
@@ -72,7 +81,7 @@ class Baseline:
     """eval.py's --device; it also picks the seed plan"""
 
     def __call__(self, eval_args: list[str]) -> None:
-        plan = SEED_PLANS[self.device or resolve_device(None, 1).type]
+        plan = SEED_PLANS[device_class(self.device)]
         n = self.seeds if self.seeds is not None else plan.baseline
         if n < 2:
             raise Refusal(f"--seeds {n}: a std needs at least 2 seeds")
@@ -87,9 +96,18 @@ class Baseline:
         print("---\n" + "\n".join([f"group: {group_name(newest)}", *noise_report(values, plan)]))
 
 
-def confirm(slug: str, n: int | None = None, /) -> None:
-    """Score N fresh seeds of the experiment SLUG and N of main (default: the device's seed plan),
-    interleaved, at the config, device and budget of its newest rows; judge those rows alone."""
+def confirm(
+    slug: Annotated[str, tyro.conf.arg(metavar="SLUG")],
+    n: Annotated[int | None, tyro.conf.arg(metavar="N")] = None,
+    /,
+) -> None:
+    """Score N fresh seeds of the experiment SLUG and N of main, interleaved, at the config, device and budget
+    of its newest rows; judge those rows alone.
+
+    Args:
+        slug: the experiment (its worktree, 5_worktrees/SLUG)
+        n: fresh seeds of each side (default: the device's seed plan)
+    """
     root = main_root()
     path = worktree_dir(root, slug)
     if not path.is_dir():
@@ -112,7 +130,7 @@ def confirm(slug: str, n: int | None = None, /) -> None:
             (path, newest, f"{CONFIRM} seed {seed}"),
             (root, base.row(-1, named=True), f"{CONFIRM} {slug} seed {seed}"),
         ):
-            out = run_eval(where, [*eval_args_of(row), "--seed", str(seed), "--description", description])
+            out = run_eval(where, [*rerun_args(row), "--seed", str(seed), "--description", description])
             print(f"{description}: val_bpb {float(out['val_bpb']):.6f} ({out['run_id']})")
     result = confirmation(ledger(root), slug)
     print(f"---\n{slug} on fresh seeds: {result.outcome}\n{result.why}\n{result.advice}")
@@ -138,7 +156,7 @@ class Aa:
         if k < 1:
             raise Refusal(f"--experiments {k}: give at least 1 experiment")
         root = main_root()
-        plan = SEED_PLANS[self.device or resolve_device(None, 1).type]
+        plan = SEED_PLANS[device_class(self.device)]
         df = ledger(root)
         seeds = iter(itertools.count(1 + (df["seed"].max() if df.height else -1)))
         t0 = time.perf_counter()
@@ -207,7 +225,7 @@ def verify(run_id: str, /) -> None:
             if blob is None:
                 raise Refusal(f"{run_dir} has no train.py, and commit {row['commit']} is not in this repository")
             (code / name).write_bytes(blob)
-    device = resolve_device(row["device"], 1).type
+    device = device_class(row["device"])
     corpus = load_corpus()
     if corpus.fingerprint != row["data_fp"]:
         raise Refusal(f"the corpus changed: fingerprint {corpus.fingerprint}, the row has {row['data_fp']}")

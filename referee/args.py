@@ -1,10 +1,11 @@
 """`just eval`'s command line: the referee's own flags (EvalArgs), then CONFIG and train.Config's fields, which
 only a worker can read (train.py is never imported by the referee). FROZEN (meta-mode only)."""
 
+import ast
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 
 @dataclass(frozen=True)
@@ -76,20 +77,81 @@ def describe_config(name: str, base, cfg) -> str:
     return name + (":" + ",".join(changed) if changed else "")
 
 
-def parse_train_args(argv: list[str], train, device_type: str, config_file: tuple[str, dict] | None):
-    """In the training worker: `[CONFIG] [--eval flags] [--train.Config fields]` parsed together (so --help
-    shows both); the fields override the chosen config's values. The Config and its description."""
+def cli_type(config_type: type, base) -> type:
+    """`just eval`'s whole command line: the referee's flags and a Config's fields, side by side."""
     import tyro
 
-    name, flags = split_config_name(argv)
-    config_name, base = resolve_train_config(train, name, config_file, device_type)
-    cli_type = dataclasses.make_dataclass(
+    return dataclasses.make_dataclass(
         "Cli",
         [
             ("eval", EvalArgs, dataclasses.field(default_factory=EvalArgs)),
-            ("train", train.Config, dataclasses.field(default_factory=lambda: base)),
+            # every field takes a value (`--compile False`), so a row's config string reruns as it reads
+            (
+                "train",
+                Annotated[config_type, tyro.conf.FlagConversionOff],
+                dataclasses.field(default_factory=lambda: base),
+            ),
         ],
     )
+
+
+def parse_cli(cli: type, flags: list[str]):
+    import tyro
+
     doc = "Train and score one run; append its row to results.tsv. CONFIG names an entry of train.CONFIGS."
-    parsed = tyro.cli(cli_type, args=flags, description=doc, config=(tyro.conf.OmitArgPrefixes,), prog="just eval")
+    return tyro.cli(cli, args=flags, description=doc, config=(tyro.conf.OmitArgPrefixes,), prog="just eval")
+
+
+def parse_train_args(argv: list[str], train, device_type: str, config_file: tuple[str, dict] | None):
+    """In the training worker: `[CONFIG] [--eval flags] [--train.Config fields]` parsed together (so --help
+    shows both); the fields override the chosen config's values. The Config and its description."""
+    name, flags = split_config_name(argv)
+    config_name, base = resolve_train_config(train, name, config_file, device_type)
+    parsed = parse_cli(cli_type(train.Config, base), flags)
     return parsed.train, describe_config(config_name, base, parsed.train)
+
+
+PLAIN_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "None": None}
+
+
+def plain_type(node: ast.expr):
+    """An annotation made of int, float, bool, str, None, `|` and Literal[constants], read without running
+    any code; ValueError for anything else."""
+    if isinstance(node, ast.Name) and node.id in PLAIN_TYPES:
+        return PLAIN_TYPES[node.id]
+    if isinstance(node, ast.Constant) and node.value is None:
+        return None
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return plain_type(node.left) | plain_type(node.right)
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "Literal":
+        values = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        return Literal[tuple(ast.literal_eval(v) for v in values)]
+    raise ValueError(f"not a plain annotation: {ast.unparse(node)}")
+
+
+def config_from_source(source: str) -> type:
+    """train.py's Config rebuilt from its source (fields, plain types, literal defaults, docstrings), so that
+    `just eval --help` prints without importing train.py, and torch with it; ValueError if it is not plain."""
+    import tyro
+
+    tree = ast.parse(source)
+    config = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Config"), None)
+    if config is None:
+        raise ValueError("train.py has no class Config")
+    fields = []
+    for node, after in zip(config.body, [*config.body[1:], None], strict=True):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            doc = after.value.value if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) else ""
+            kind = Annotated[plain_type(node.annotation), tyro.conf.arg(help=str(doc))]
+            fields.append((node.target.id, kind, dataclasses.field(default=ast.literal_eval(node.value))))
+    return dataclasses.make_dataclass("Config", fields, frozen=True)
+
+
+def print_help(train_py: Path, argv: list[str]) -> bool:
+    """`just eval --help` from train.py's source; False when its Config is not plain (a worker prints it then)."""
+    try:
+        config = config_from_source(train_py.read_text())
+    except (OSError, SyntaxError, ValueError, TypeError):
+        return False
+    parse_cli(cli_type(config, config()), split_config_name(argv)[1])  # tyro prints the help and exits
+    return True

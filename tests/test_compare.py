@@ -38,7 +38,7 @@ def test_compare_reads_the_ledger_and_names_the_next_commands(project):
     assert result["outcome"] == "improved" and result["baseline"] == [2.0, 2.02, 2.01] and result["runs"] == [1.9, 1.91]
     assert result["advice"].endswith("just confirm faster") and result["confirmation"] is None
     other = just(project, "compare", "other-budget").stdout
-    assert "inconclusive" in other and "uv run just baseline 3 --device cpu --budget-tokens 5" in other
+    assert "inconclusive" in other and "uv run just baseline --seeds 3 tiny --device cpu --budget-tokens 5" in other
     lucky = just(project, "compare", "lucky").stdout
     assert lucky.startswith("lucky: promising") and "2 more seeds" in lucky
     assert "cd 5_worktrees/lucky && uv run just eval tiny --device cpu --budget-tokens 1000 --seed 3" in lucky

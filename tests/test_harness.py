@@ -276,6 +276,44 @@ def test_next_ideates_below_30_ideas_then_implements_the_best_rated_untried(proj
     assert "mode: IMPLEMENT" in text and "just new idea-03" in text and "best: 2.0000" in text
 
 
+def test_next_lists_what_is_pending_before_the_mode_in_order(project):
+    baseline = [
+        dict(experiment="main", val_bpb=v, seed=i, description=f"baseline seed {i}/3")
+        for i, v in enumerate((2.0, 2.02, 2.01))
+    ]
+    add_rows(
+        project,
+        *baseline,
+        dict(experiment="faster", val_bpb=1.9, seed=3),
+        dict(experiment="faster", val_bpb=1.91, seed=4),
+    )
+    text = just(project, "next").stdout
+    kinds = [line.split(":")[0] for line in text.splitlines() if line.startswith("pending ")]
+    assert kinds == ["pending confirm", "pending report", "pending record"], text
+    assert (
+        "  uv run just confirm faster" in text
+        and "  uv run just report faster" in text
+        and "  uv run just record" in text
+    )
+    assert "queue: not checked (pueue" in text and text.index("pending record") < text.index(
+        "mode: IDEATE (once the above"
+    )
+    state = json.loads(just(project, "next", "--json").stdout)
+    assert [p["kind"] for p in state["pending"]] == ["confirm", "report", "record"] and state["mode"] == "IDEATE"
+
+    confirming = [
+        dict(experiment="faster", val_bpb=1.9 + s / 1000, seed=s, description=f"confirm seed {s}") for s in (5, 6, 7)
+    ]
+    mains = [
+        dict(experiment="main", val_bpb=2.0 + s / 1000, seed=s, description=f"confirm faster seed {s}")
+        for s in (5, 6, 7)
+    ]
+    add_rows(project, *confirming, *mains)
+    assert just(project, "report", "faster").returncode == 0 and just(project, "record").returncode == 0
+    text = just(project, "next").stdout
+    assert "pending" not in text and text.startswith("queue: not checked")
+
+
 def test_ideas_lists_worktree_results_and_report(project):
     write_ideas(project, 2, rated={"idea-01": 7})
     new(project, "idea-01")
@@ -294,11 +332,14 @@ def test_report_contains_the_slugs_rows_the_bar_and_the_diff(project):
         dict(experiment="main", val_bpb=2.5, commit="m1", description="baseline seed 0/1"),
         dict(experiment="wider", val_bpb=2.25, commit="w1", label="Q: wider? H: -0.2"),
         dict(experiment="main", val_bpb=2.75, commit="m2", train_tokens=999, description="baseline seed 0/1"),
+        dict(experiment="wider", status="crash", budget_tokens=10**6, error="killed at another budget"),
     )
     assert just(project, "report", "wider").returncode == 0
     text = next((project / "9_reports").glob("*_wider.md")).read_text()
     assert "r1-wider" in text and "Q: wider? H: -0.2" in text
-    assert "r0-main" in text and "r2-main" not in text
+    assert "r0-main" in text and "r2-main" not in text  # main's baseline of the experiment's own group
+    assert "r3-wider" not in text and "| budget |" in text and "In one comparable group: cpu, 1,000 tokens" in text
+    assert text.count("## main's baseline in the same group") == 1
     assert "model.py" in text and "1 file changed" in text
     assert "no rows" in just(project, "report", "nothing-here").stderr
 
@@ -433,6 +474,25 @@ def test_concurrent_journal_entries_are_all_kept(tmp_path):
     text = journal.read_text()
     assert text.startswith("# Research Journal\n\nintro\n\n") and text.endswith("## old entry\n\nold body\n")
     assert all(f"body {w}-{i}\n" in text for w in range(4) for i in range(15)) and text.count("## entry") == 60
+
+
+# --- every help at once ---
+
+RECIPES_WITH_HELP = ["eval", "smoke", "baseline", "confirm", "aa", "determinism", "verify", "compare", "queue", "next"]
+
+
+@pytest.mark.parametrize("recipe", RECIPES_WITH_HELP)
+def test_every_help_prints_without_importing_torch(project, recipe):
+    """eval's and smoke's help read train.py's Config from its source; the harness imports torch only to run."""
+    result = just(project, recipe, "--help", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert result.returncode == 0 and "usage: just " in result.stdout, result.stderr[-2000:]
+    imported = {
+        line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")
+    }
+    assert "numpy" in imported or "tyro" in imported  # the import log is there
+    assert "torch" not in imported, f"just {recipe} --help imported torch"
+    if recipe in ("eval", "smoke"):
+        assert "--n-layer INT" in result.stdout and "--lr FLOAT" in result.stdout  # train.Config's fields too
 
 
 # --- every failure a sentence ---

@@ -1,0 +1,53 @@
+"""Every command the harness prints for a person or an agent to run next, built here and nowhere else, so
+that each one runs as printed (tests/test_advice.py parses every command the harness emits against the
+real command line)."""
+
+import shlex
+
+from harness.git import WORKTREES
+
+
+def command(recipe: str, *args: str, where: str = "main") -> str:
+    """`uv run just RECIPE ARGS`, run from the experiment's worktree unless `where` is main."""
+    cd = "" if where == "main" else f"cd {WORKTREES}/{where} && "
+    return f"{cd}uv run just {shlex.join([recipe, *args])}"
+
+
+def rerun_args(row: dict, config: bool = True) -> list[str]:
+    """The eval.py arguments that repeat a row's run: its config (with `config`) and fields, its device and
+    budget, its process count; not its seed."""
+    name, _, fields = row["config"].partition(":")
+    args = []
+    for item in filter(None, fields.split(",")):
+        key, _, value = item.partition("=")
+        flag = key.replace("_", "-")
+        if key == "nproc" or config:  # every train.Config field takes a value, booleans and None included
+            args += [f"--{flag}", value]
+    head = (["--config", name] if name.endswith(".json") else [name]) if config else []
+    return [*head, *args, "--device", row["device"], "--budget-tokens", str(row["budget"])]
+
+
+def seed_runs(slug: str, row: dict, seeds: range) -> str:
+    """'N more seed(s):' and one `just eval` per seed, from the slug's worktree."""
+    lines = [f"  {command('eval', *rerun_args(row), '--seed', str(s), where=slug)}" for s in seeds]
+    return f"{len(seeds)} more seed{'' if len(seeds) == 1 else 's'}:\n" + "\n".join(lines)
+
+
+def baseline(row: dict, seeds: int) -> str:
+    """main's baseline at a row's config name, device and budget (main's code: the row's field overrides
+    are the experiment's, not main's)."""
+    name = row["config"].partition(":")[0]
+    head = ["--config", name] if name.endswith(".json") else [name]
+    return command("baseline", "--seeds", str(seeds), *head, *rerun_args(row, config=False))
+
+
+def confirm(slug: str) -> str:
+    return command("confirm", slug)
+
+
+def submit(slug: str) -> str:
+    return command("submit", slug)
+
+
+def new(slug: str) -> str:
+    return command("new", slug)

@@ -1,0 +1,130 @@
+"""Every command the harness prints runs as printed: each one that compare, confirm, next and submit emit,
+in the states that make them, is parsed by the real command line (tyro, and the referee's parser for
+eval.py's arguments), says what follows it in the right number, and names no flag twice."""
+
+import dataclasses
+import functools
+import importlib
+import re
+import shlex
+
+import pytest
+import tyro
+
+import train
+from conftest import add_rows, just
+from harness import advice
+from harness.cli import COMMANDS
+from harness.git import WORKTREES
+from referee.args import parse_eval_args, parse_train_args
+
+PASSES_EVAL_ARGS = {"baseline", "aa", "determinism", "queue"}  # their other arguments are eval.py's
+
+
+def parse(recipe: str, args: list[str]) -> None:
+    """What `uv run just RECIPE ARGS` parses, parsed here by the same code, without running anything."""
+    if recipe == "eval":
+        parse_eval_args(args)
+        parse_train_args(args, train, "cpu", None)
+        return
+    module, attribute = COMMANDS[recipe]
+    target = getattr(importlib.import_module(f"harness.{module}"), attribute)
+    if isinstance(target, type):  # a dataclass: parsing builds it and runs nothing
+        _, rest = tyro.cli(target, args=args, return_unknown_args=True)
+        if recipe in PASSES_EVAL_ARGS:
+            parse(["eval"][0], rest)
+        else:
+            assert not rest, f"just {recipe} leaves {rest} unparsed"
+    else:  # a function: the same signature, a body that does nothing
+        tyro.cli(functools.wraps(target)(lambda *a, **k: None), args=args)
+
+
+def commands_in(text: str) -> list[str]:
+    return re.findall(r"(?:cd \S+ && )?uv run just [^\n`]+", text)
+
+
+def check_runs_as_printed(command: str) -> None:
+    words = shlex.split(command, comments=True)
+    if words[0] == "cd":
+        assert words[1].startswith(f"{WORKTREES}/") and words[2] == "&&", command
+        words = words[3:]
+    assert words[:3] == ["uv", "run", "just"], command
+    flags = [w for w in words if w.startswith("--")]
+    assert len(flags) == len(set(flags)), f"a flag twice: {command}"
+    parse(words[3], words[4:])
+
+
+def baseline(*values: float, **fields) -> list[dict]:
+    return [
+        dict(experiment="main", val_bpb=v, seed=i, description=f"baseline seed {i}/{len(values)}", **fields)
+        for i, v in enumerate(values)
+    ]
+
+
+def test_every_command_compare_prints_runs_as_printed(project):
+    overrides = dict(config="tiny:lr=0.001,compile=False,nproc=2", budget_tokens=1000)
+    add_rows(
+        project,
+        *baseline(2.0, config="tiny", budget_tokens=500),
+        dict(experiment="lonely", val_bpb=1.9, config="tiny", budget_tokens=500),
+        *baseline(2.0, 2.02, 2.01, config="tiny", budget_tokens=1000),
+        dict(experiment="lucky", val_bpb=1.5, **overrides),
+        dict(experiment="unsure", val_bpb=2.0, **overrides),
+        dict(experiment="unsure", val_bpb=2.01, seed=4, **overrides),
+        dict(experiment="same", val_bpb=2.0, config="tiny", budget_tokens=1000),
+        dict(experiment="same", val_bpb=2.03, seed=5, config="tiny", budget_tokens=1000),
+        dict(experiment="same", val_bpb=2.0, seed=6, config="tiny", budget_tokens=1000),
+        dict(experiment="faster", val_bpb=1.9, config="tiny", budget_tokens=1000),
+        dict(experiment="faster", val_bpb=1.91, seed=7, config="tiny", budget_tokens=1000),
+    )
+    printed = {slug: just(project, "compare", slug).stdout for slug in ("lonely", "lucky", "unsure", "same", "faster")}
+    assert "1 run and 1 baseline seed" in printed["lonely"] and "a verdict needs 2; run" in printed["lonely"]
+    assert "uv run just baseline --seeds 3 tiny --device cpu --budget-tokens 500" in printed["lonely"]
+    assert "promising" in printed["lucky"] and "2 more seeds:" in printed["lucky"]
+    assert "--lr 0.001 --compile False --nproc 2" in printed["lucky"]
+    assert "1 more seed:" in printed["unsure"] and len(commands_in(printed["unsure"])) == 1
+    assert "drop it, or resolve a smaller effect with 2 more seeds:" in printed["same"]
+    assert printed["faster"].rstrip().endswith("uv run just confirm faster")
+    commands = [c for text in printed.values() for c in commands_in(text)]
+    assert len(commands) == 1 + 2 + 1 + 2 + 1
+    for command in commands:
+        check_runs_as_printed(command)
+
+
+def test_the_commands_of_next_and_of_a_confirmed_experiment_run_as_printed(project):
+    for i in range(30):
+        (project / "1_ideas" / f"2026-01-01_idea-{i}.md").write_text(f"# idea {i}\n\nRating: {i % 10}/10\n")
+    printed = just(project, "next").stdout
+    assert "next: uv run just new idea-" in printed
+    confirming = [
+        dict(experiment="fast", val_bpb=v, seed=s, config="tiny", budget_tokens=1000, description=f"confirm seed {s}")
+        for s, v in ((10, 1.5), (11, 1.51), (12, 1.49))
+    ] + [
+        dict(
+            experiment="main",
+            val_bpb=v,
+            seed=s,
+            config="tiny",
+            budget_tokens=1000,
+            description=f"confirm fast seed {s}",
+        )
+        for s, v in ((10, 2.0), (11, 2.01), (12, 1.99))
+    ]
+    add_rows(project, *baseline(2.0, 2.02, 2.01, config="tiny", budget_tokens=1000), *confirming)
+    add_rows(project, dict(experiment="fast", val_bpb=1.5, seed=3, config="tiny", budget_tokens=1000))
+    printed += just(project, "compare", "fast").stdout
+    assert "confirmed: `uv run just submit fast` opens the pull request" in printed
+    commands = commands_in(printed)
+    assert len(commands) == 4  # new; 2 more seeds of the exploration (one run is only promising); submit
+    for command in commands:
+        check_runs_as_printed(command)
+
+
+@pytest.mark.parametrize("row_config", ["cpu", "tiny:n_layer=3", "runs/x/train_config.json", "cpu:nproc=2"])
+def test_a_rerun_names_each_flag_once(row_config):
+    row = dict(config=row_config, device="cpu", budget=7000)
+    for command in (advice.seed_runs("x", row, range(1, 3)), advice.baseline(row, 3)):
+        for line in commands_in(command):
+            flags = [w for w in shlex.split(line) if w.startswith("--")]
+            assert len(flags) == len(set(flags)), line
+    assert dataclasses.fields(train.Config)  # the fields the overrides name exist
