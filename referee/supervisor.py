@@ -167,10 +167,12 @@ def start_workers(kind: str, n: int, job: dict, scratch: str, log: Path | None) 
 
 
 def serve_training(workers: list[Worker], stream, wall_cap_s: float, metrics_path: Path, on_first_batch) -> dict:
-    """Batches to every rank until each returns its model, within the wall-clock cap; rank 0's `done`."""
-    by_conn, done, deadline = {w.conn: w for w in workers}, {}, time.monotonic() + wall_cap_s
+    """Batches to every rank until each returns its model, within the wall-clock cap (or until the pace of its
+    step lines says the cap will pass); rank 0's `done`."""
+    by_conn, done, steps = {w.conn: w for w in workers}, {}, []
+    start = time.monotonic()
     while len(done) < len(workers):
-        left = deadline - time.monotonic()
+        left = start + wall_cap_s - time.monotonic()
         if left <= 0:
             raise WallClockExceeded(
                 f"training passed the wall-clock cap of {wall_cap_s:.0f} s after {stream.tokens_served:,} tokens"
@@ -189,11 +191,30 @@ def serve_training(workers: list[Worker], stream, wall_cap_s: float, metrics_pat
                 wire.send(conn, {"op": "batch" if rows is not None else "end"}, rows)
             elif header["op"] == "log" and worker is workers[0]:
                 log_step(header, stream.tokens_served, metrics_path)
+                steps.append((time.monotonic() - start, stream.tokens_served, header["step"], header["total_steps"]))
+                check_pace(steps, stream.budget_tokens, wall_cap_s)
             elif header["op"] == "done":
                 done[id(worker)] = header
             elif header["op"] != "log":
                 raise WorkerFailed(f"the {worker.name} sent {header['op']!r} while training")
     return done[id(workers[0])]
+
+
+def check_pace(steps: list[tuple], budget: int, wall_cap_s: float) -> None:
+    """From the third step line on (the first may hold compilation), if the pace since the second puts the end
+    of the budget 10% past the cap, end the run now, saying where it would stop and what budget would fit."""
+    if len(steps) < 3 or steps[-1][1] <= steps[1][1]:
+        return
+    (t1, tokens1, step1, _), (t, tokens, step, total) = steps[1], steps[-1]
+    rate = (tokens - tokens1) / (t - t1)
+    needed = t + (budget - tokens) / rate
+    if needed > 1.1 * wall_cap_s:
+        stop = step + int((wall_cap_s - t) * rate / ((tokens - tokens1) / max(step - step1, 1)))
+        raise WallClockExceeded(
+            f"training would pass the wall-clock cap of {wall_cap_s:.0f} s: at {rate:,.0f} tokens/s the budget of "
+            f"{budget:,} tokens needs about {needed:,.0f} s, and the cap would stop it near step {stop} of {total}; "
+            f"about {int(tokens + rate * (wall_cap_s - t)):,} tokens fit (--budget-tokens), or a faster config does"
+        )
 
 
 def log_step(header: dict, tokens: int, metrics_path: Path | None) -> None:

@@ -42,7 +42,7 @@ def test_the_wall_clock_cap_under_ddp_is_one_timeout_row(project):
     result = just(project, "eval", "tiny", "--nproc", "2", "--wall-cap-s", "3", "--budget-tokens", "10000000")
     assert result.returncode == 1
     [row] = ledger(project).to_dicts()
-    assert row["status"] == "timeout" and row["error"].startswith("training passed the wall-clock cap")
+    assert row["status"] == "timeout" and "wall-clock cap" in row["error"]
 
 
 def test_a_rank_that_dies_without_a_word_leaves_the_referees_crash_row(project):

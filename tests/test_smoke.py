@@ -89,6 +89,15 @@ def test_the_wall_clock_cap_writes_a_timeout_row(project):
     assert r["status"] == "timeout" and "wall-clock cap" in r["error"] and 0 <= r["train_tokens"] < 10**8
 
 
+def test_a_budget_the_cap_cannot_hold_ends_early_saying_what_fits(project):
+    # Projected from the pace of its first step lines, not found out at the cap.
+    result = just(project, "eval", "tiny", "--budget-tokens", "100000000", "--wall-cap-s", "300")
+    assert result.returncode == 1
+    r = ledger(project).row(0, named=True)
+    assert r["status"] == "timeout" and "would pass the wall-clock cap of 300 s" in r["error"], r["error"]
+    assert "tokens fit (--budget-tokens)" in r["error"] and r["train_tokens"] < 10**8
+
+
 def start_long_run(project, *args: str) -> subprocess.Popen:
     """A recipe whose run trains for minutes, in a session of its own, as a terminal would start it."""
     return subprocess.Popen(
