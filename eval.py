@@ -56,14 +56,14 @@ class Terminated(BaseException):
     """SIGTERM (a queue's kill): turned into an exception so the run still writes its row."""
 
 
-def rescore(code: Path, checkpoint: Path, device: str, val) -> float:
+def rescore(code: Path, checkpoint: Path, device: str, val, threads: int | None) -> float:
     """`just verify`: a kept run's val_bpb again, from its code and checkpoint, through the same scoring
     workers and probes as every scored run."""
     from referee import core
 
     preset, scratch, scorers = core.PRESETS[device], tempfile.mkdtemp(prefix="worker-verify-"), []
     try:
-        job = worker_job(code, checkpoint, trains=False, device=device)
+        job = worker_job(code, checkpoint, trains=False, device=device, threads=threads)
         scorers = [start_workers("score", 1, job, scratch, None)[0] for _ in range(2)]
         return score(scorers, val, preset.eval_seq_len, str(checkpoint), time.monotonic() + preset.wall_cap_s)
     finally:
@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         run_id += f"-{os.urandom(2).hex()}"  # a queued id used before: `pueue restart` keeps the task's environment
     run_dir = ROOT / "runs" / run_id if scored else Path(tempfile.mkdtemp(prefix="smoke-"))
     keep_code(code_dir, run_dir)
-    threads = max(1, (os.cpu_count() or 1) // args.nproc) if args.nproc > 1 else None  # DDP on CPU: cores split
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = args.threads or max(1, cores // args.nproc)  # fixed for the run: a CPU run's number depends on it
     fields = dict(
         args=argv, config_file=read_config_file(args.config), seed=args.seed, device=args.device, smoke=args.smoke
     )
@@ -237,6 +238,7 @@ def run(
         budget_tokens=budget,
         description=args.description,
         data_fp=corpus.fingerprint,
+        threads=job["threads"] if device == "cpu" else None,  # the number of a CPU run depends on it; a GPU run's not
     )
     summary: dict = {"data_s": data_s, "nproc": args.nproc}
     (run_dir / "train_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
@@ -248,6 +250,12 @@ def run(
         f"run {run_id} | experiment {experiment} | commit {commit}{' (dirty)' if tracked_dirty(code_dir) else ''}"
     )
     logger.info(f"torch {torch.__version__} | cuda {torch.version.cuda} | device {device} | seed {args.seed}")
+    if device == "cpu":
+        logger.info(
+            f"threads {job['threads']} per worker ({'--threads' if args.threads else 'the cores here'}"
+            f"{f' / {args.nproc} processes' if args.nproc > 1 and not args.threads else ''}): the number depends on it; "
+            "the row records it and compares only at this count"
+        )
     logger.info(f"config {config} | {cfg}")
     if args.wall_cap_s is not None and args.wall_cap_s > preset.wall_cap_s:
         logger.warning(f"--wall-cap-s {args.wall_cap_s:g} is above the {device} preset's cap: a cap is only lowered")

@@ -15,7 +15,7 @@ def command(recipe: str, *args: str, where: str = "main") -> str:
 
 def rerun_args(row: dict, config: bool = True) -> list[str]:
     """The eval.py arguments that repeat a row's run: its config (with `config`) and fields, its device and
-    budget, its process count; not its seed."""
+    budget, its process and thread counts; not its seed."""
     name, _, fields = row["config"].partition(":")
     args = []
     for item in filter(None, fields.split(",")):
@@ -24,7 +24,8 @@ def rerun_args(row: dict, config: bool = True) -> list[str]:
         if key == "nproc" or config:  # every train.Config field takes a value, booleans and None included
             args += [f"--{flag}", value]
     head = (["--config", name] if name.endswith(".json") else [name]) if config else []
-    return [*head, *args, "--device", row["device"], "--budget-tokens", str(row["budget"])]
+    threads = ["--threads", str(row["threads"])] if row.get("threads") else []  # the number depends on it
+    return [*head, *args, "--device", row["device"], "--budget-tokens", str(row["budget"]), *threads]
 
 
 def seed_runs(slug: str, row: dict, seeds: range) -> str:

@@ -35,6 +35,7 @@ RESULTS_SCHEMA = {  # the ledger's columns, in order, with their polars dtypes
     "description": "String",
     "error": "String",
     "budget_tokens": "Int64",  # added 2026-11: the budget asked for (train_tokens is what whole batches served)
+    "threads": "Int64",  # added 2026-11: CPU threads of each worker, on which a CPU run's number depends
 }
 RESULTS_COLUMNS = tuple(RESULTS_SCHEMA)
 STATUSES = ("ok", "crash", "timeout")

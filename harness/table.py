@@ -10,7 +10,7 @@ import polars as pl
 from harness import Refusal
 from harness.ledger import LEDGER, RESULTS_COLUMNS, RESULTS_SCHEMA, check_ledger, reap_killed_runs
 
-COMPARABLE = ("eval_sha", "data_fp", "device", "budget")  # rows compare only within these
+COMPARABLE = ("eval_sha", "data_fp", "device", "budget", "threads")  # rows compare only within these
 BASELINE = "baseline seed"  # description prefix of the rows `just baseline` writes
 SCHEMA = {name: getattr(pl, dtype) for name, dtype in RESULTS_SCHEMA.items()}
 SHOWN = ["run_id", "experiment", "config", "seed", "device", "status", "val_bpb", "train_tokens", "wall_s", "label"]
@@ -43,13 +43,16 @@ def ledger(root: Path) -> pl.DataFrame:
 
 
 def same_group(row: dict) -> pl.Expr:
-    """A filter: the rows comparable with `row` (same eval_sha, data_fp, device, budget)."""
-    return pl.all_horizontal(pl.col(c) == row[c] for c in COMPARABLE)
+    """A filter: the rows comparable with `row` (same eval_sha, data_fp, device, budget and CPU threads; an
+    empty threads cell, a GPU run's or an older row's, matches an empty one)."""
+    return pl.all_horizontal(pl.col(c).eq_missing(row[c]) for c in COMPARABLE)
 
 
 def group_name(row: dict) -> str:
-    """A comparable group in words: device, budget, data fingerprint, eval.py hash."""
-    return f"{row['device']}, {row['budget']:,} tokens, data {row['data_fp']}, eval.py {row['eval_sha'][:10]}"
+    """A comparable group in words: device (and its threads), budget, data fingerprint, referee core hash."""
+    threads = row.get("threads")
+    device = row["device"] + (f" ({threads} thread{'s' * (threads > 1)})" if threads else "")
+    return f"{device}, {row['budget']:,} tokens, data {row['data_fp']}, referee {row['eval_sha'][:10]}"
 
 
 def ok_rows(df: pl.DataFrame, experiment: str) -> pl.DataFrame:

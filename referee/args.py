@@ -24,6 +24,9 @@ class EvalArgs:
     """lower the preset's training wall-clock cap (never raise it), for quick checks"""
     nproc: int = 1
     """processes for this one run, with DDP: one per GPU (gloo processes on CPU)"""
+    threads: int | None = None
+    """CPU threads of each worker (default: this machine's cores, split over --nproc); a CPU run's number
+    depends on it, so it is recorded and rows compare only at one count"""
     smoke: bool = False
     """a fast sanity check instead of a scored run: ~30 steps with shape checks, the probes on a slice, no row"""
 
@@ -32,6 +35,8 @@ class EvalArgs:
             raise ValueError(f"--budget-tokens {self.budget_tokens}: must be a positive number of tokens")
         if self.wall_cap_s is not None and self.wall_cap_s <= 0:
             raise ValueError(f"--wall-cap-s {self.wall_cap_s}: must be a positive number of seconds")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads {self.threads}: must be 1 or more")
 
 
 RESERVED = {f.name for f in dataclasses.fields(EvalArgs)}  # no train.Config field may shadow these

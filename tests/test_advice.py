@@ -115,7 +115,8 @@ def test_the_commands_of_next_and_of_a_confirmed_experiment_run_as_printed(proje
     printed += just(project, "compare", "fast").stdout
     assert "confirmed: `uv run just submit fast` opens the pull request" in printed
     commands = commands_in(printed)
-    assert len(commands) == 4  # new; 2 more seeds of the exploration (one run is only promising); submit
+    # record (the ideas are not committed); new; 2 more seeds of the exploration (one run is only promising); submit
+    assert len(commands) == 5
     for command in commands:
         check_runs_as_printed(command)
 

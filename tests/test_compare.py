@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import struct
 
 import pytest
@@ -69,6 +70,21 @@ def test_rows_compare_by_the_budget_asked_for_not_the_tokens_served(project):
     assert result["outcome"] == "improved" and len(result["baseline"]) == 3
 
 
+def test_rows_at_another_cpu_thread_count_are_another_group(project):
+    # The same seed gives another number at another thread count: no verdict across counts.
+    add_rows(
+        project,
+        *baseline_rows(2.0, 2.02, 2.01, budget_tokens=1000, threads=2),
+        *[
+            dict(experiment="one-thread", val_bpb=v, seed=s, budget_tokens=1000, threads=1)
+            for s, v in ((0, 1.5), (1, 1.5))
+        ],
+    )
+    printed = just(project, "compare", "one-thread").stdout
+    assert "inconclusive" in printed and "cpu (1 thread), 1,000 tokens" in printed
+    assert "uv run just baseline --seeds 3 cpu --device cpu --budget-tokens 1000 --threads 1" in printed
+
+
 def test_submit_opens_a_pull_request_only_for_a_result_confirmed_on_fresh_seeds(project):
     new(project, "faster")
     rows = [
@@ -119,7 +135,7 @@ def test_baseline_writes_n_rows_and_prints_the_noise_floor(project):
     assert float(out["mean"]) == pytest.approx(mean, abs=1e-6) and float(out["std"]) == pytest.approx(std, abs=1e-6)
     effect = stats.resolvable_effect(stats.SEED_PLANS["cpu"])
     assert float(out["resolvable_effect"].split()[0]) == pytest.approx(effect * std, abs=1e-6)
-    assert out["group"].startswith("cpu, 3,000 tokens") and std > 0
+    assert out["group"].startswith(f"cpu ({len(os.sched_getaffinity(0))} thread") and std > 0
 
 
 def test_determinism_passes_on_cpu(project):

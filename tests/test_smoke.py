@@ -35,6 +35,7 @@ def test_eval_prints_the_block_writes_one_row_and_a_run_folder(project):
     assert r["eval_sha"] == git("hash-object", "referee/core.py", cwd=project)  # the core alone
     assert r["data_fp"] == data.load_corpus().fingerprint
     assert r["description"] == "a first run, with spaces" and r["label"] is None
+    assert r["threads"] == len(os.sched_getaffinity(0))  # the cores here, fixed for the run and recorded
     assert r["mfu"] > 0 and r["tokens_per_s"] > 0 and r["params_m"] > 0 and r["peak_mem_gb"] > 0
     run_dir = project / "runs" / r["run_id"]
     kept = {"train.log", "metrics.jsonl", "train_config.json", "summary.json", "model.pt", "train.py", "model.py"}
@@ -53,10 +54,11 @@ def test_same_seed_same_metric_a_saved_config_reproduces_and_overrides_are_recor
     assert first["label"] == label["RESEARCH_LABEL"] and first["seed"] == 0
     saved = project / "runs" / first["run_id"] / "train_config.json"
     assert just(project, "eval", f"--config={saved}", "--budget-tokens", "6000").returncode == 0
-    assert just(project, "eval", *TINY, "--seed", "1", "--d-model", "96").returncode == 0
+    assert just(project, "eval", *TINY, "--seed", "1", "--d-model", "96", "--threads", "1").returncode == 0
     _, again, other = ledger(project).iter_rows(named=True)
     assert again["config"] == str(saved) and again["val_bpb"] == first["val_bpb"]  # same seed: bitwise equal
     assert other["config"] == "tiny:d_model=96" and other["val_bpb"] != first["val_bpb"] and other["label"] is None
+    assert other["threads"] == 1
 
 
 def commit_change(project, path, old, new):
