@@ -28,3 +28,8 @@ imports only git, ledger, guard and pueue.
 
 class Refusal(ValueError):
     """A command refused: the message says what, which rule, and how to proceed."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM to a harness command (a queue's or a scheduler's kill): handled as Ctrl-C is, and passed on to
+    the run in progress, which writes its own row."""

@@ -4,11 +4,12 @@ runs, so a ledger query never loads torch. Any failure is one line on stderr nam
 `--debug` shows the traceback instead."""
 
 import importlib
+import signal
 import sys
 
 import tyro
 
-from harness import Refusal
+from harness import Refusal, Terminated
 from harness.git import main_root
 from harness.guard import install_hooks, pre_commit_violations
 
@@ -65,14 +66,23 @@ def run(argv: list[str]) -> int:
     return 0
 
 
+def on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: a second must not interrupt the wait for the row
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     if debug:
         argv.remove("--debug")
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         return run(argv)
-    except KeyboardInterrupt:  # Ctrl-C: a run in progress records its own crash row
+    except Terminated:  # passed on to a run in progress, which recorded its own crash row
+        print("terminated", file=sys.stderr)
+        return 143
+    except KeyboardInterrupt:  # Ctrl-C reached a run in progress too: it recorded its own crash row
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:

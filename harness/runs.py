@@ -15,7 +15,7 @@ import polars as pl
 import tyro
 
 import eval as referee
-from harness import Refusal
+from harness import Refusal, Terminated
 from harness.advice import rerun_args
 from harness.compare import CONFIRM, confirmation, exploration_rows, first_fresh_seed
 from harness.git import checkout_dir, main_root, show, worktree_dir
@@ -29,12 +29,19 @@ Device = Literal["cpu", "cuda", "mps"]
 def run_eval(cwd: Path, args: list[str]) -> dict:
     """One scored run as a subprocess of main's eval.py; its printed block as a dict."""
     root = main_root()
-    result = subprocess.run([sys.executable, str(root / "eval.py"), *args], cwd=cwd, stdout=subprocess.PIPE, text=True)
-    block = result.stdout.rsplit("---\n", 1)[-1]
+    run = subprocess.Popen([sys.executable, str(root / "eval.py"), *args], cwd=cwd, stdout=subprocess.PIPE, text=True)
+    try:
+        stdout, _ = run.communicate()
+    except KeyboardInterrupt as interrupt:  # Ctrl-C reached the run too; a kill of this process alone is passed on
+        if isinstance(interrupt, Terminated):
+            run.terminate()
+        run.communicate()  # the run writes its crash row and its block into a pipe still read
+        raise
+    block = stdout.rsplit("---\n", 1)[-1]
     out = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
-    if result.returncode != 0 or out.get("status") != "ok":
+    if run.returncode != 0 or out.get("status") != "ok":
         raise Refusal(
-            f"eval.py {' '.join(args)} failed ({out.get('status', result.returncode)}): {out.get('error', 'see its log above')}"
+            f"eval.py {' '.join(args)} failed ({out.get('status', run.returncode)}): {out.get('error', 'see its log above')}"
         )
     return out
 

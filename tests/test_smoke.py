@@ -234,16 +234,24 @@ def test_a_run_killed_without_its_row_gets_one_crash_row_on_the_next_read(projec
     assert ledger(project).height == 1  # read again: still one row
 
 
-def test_ctrl_c_during_baseline_records_the_run_and_prints_no_traceback(project):
+@pytest.mark.parametrize(
+    "sig, said, code, error",
+    [(signal.SIGINT, "interrupted", 130, "KeyboardInterrupt"), (signal.SIGTERM, "terminated", 143, "Terminated")],
+)
+def test_ctrl_c_or_a_kill_during_baseline_records_the_run_and_prints_one_line(project, sig, said, code, error):
     proc = start_long_run(project, "baseline", "--seeds", "2", "tiny", "--budget-tokens", "100000000")
     try:
         wait_until_training(project)
-        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole foreground group
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)  # a terminal's Ctrl-C: the whole foreground group
+        else:  # a queue's kill: the harness's process alone, which passes it on to the run
+            harness = subprocess.run(["pgrep", "-s", str(proc.pid), "-f", "harness baseline"], capture_output=True)
+            subprocess.run(["kill", "-TERM", *harness.stdout.split()], check=True)
         _, err = proc.communicate(timeout=120)
     finally:
         kill_group(proc)
     last = err.rstrip().splitlines()[-2:]
-    assert last[0] == "interrupted" and "exit code 130" in last[1]
-    assert not re.search(r'harness/\w+\.py", line', err)  # the run's log shows where it was; the harness no traceback
+    assert last[0] == said and f"exit code {code}" in last[1], err[-2000:]
+    assert "BrokenPipe" not in err and not re.search(r'harness/\w+\.py", line', err)  # no traceback
     df = ledger(project)
-    assert df.height == 1 and df["error"][0].startswith("KeyboardInterrupt")
+    assert df.height == 1 and df["error"][0].startswith(error)
