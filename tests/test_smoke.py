@@ -177,6 +177,7 @@ def test_smoke_checks_shapes_and_the_loss_and_writes_no_row(project):
     assert result.returncode == 0, result.stderr
     out = block(result.stdout)
     assert out["smoke"] == "ok" and float(out["loss_last"]) < float(out["loss_first"])
+    assert out["checked"].startswith("30 steps of the config with shape checks")
     assert ledger(project).is_empty()
 
 
