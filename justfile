@@ -136,6 +136,10 @@ verify run_id *args:
 plot:
     @exec python -P -m harness plot
 
+# the research record as a static site in 9_reports/site/ (open index.html; --serve keeps it current): just site [--serve]
+site *args:
+    @exec python -P -m harness site "$@"
+
 # --- development ---
 
 # the top kernels of a few training steps of this checkout's config (torch.profiler): just profile [--configs NAME]

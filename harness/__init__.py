@@ -18,6 +18,7 @@ may import (`uv run just lint` checks it: import-linter and ruff's banned-api, s
     queue      labelled runs on pueue: queue, gpus, status, review             pueue, cluster, records, table
     cluster    Slurm through submitit                                          submitit
     plots      progress.png and loss curves                                    table, matplotlib
+    website    the record as a static site: `just site`                        compare, records, queue, plotly, jinja2
     runs       smoke, baseline, confirm, A/A, determinism, verify, prepare     the referee (torch), compare
     cli        tyro parses each command; one-line errors                       each module, when it runs
 

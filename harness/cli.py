@@ -37,6 +37,7 @@ COMMANDS = {
     "follow": ("queue", "follow"),
     "review": ("queue", "review"),
     "plot": ("plots", "plot"),
+    "site": ("website", "site"),
     "prepare": ("runs", "prepare"),
     "baseline": ("runs", "Baseline"),
     "confirm": ("runs", "confirm"),
