@@ -39,7 +39,7 @@ from loguru import logger
 
 from harness.git import checkout_dir, experiment_name, head_commit, tracked_dirty
 from harness.guard import install_hooks, require_scoring_allowed
-from harness.ledger import LEDGER, RUNNING, append_result, check_ledger, mark_running, new_run_id
+from harness.ledger import LEDGER, RUNNING, append_result, check_ledger, mark_running, new_run_id, role_problem
 from harness.pueue import run_label
 from referee.args import parse_eval_args, print_help, split_config_name
 from referee.supervisor import WallClockExceeded, Worker, WorkerFailed, score, serve_training, start_workers, worker_job
@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         print_help(code_dir / "train.py", argv)  # from train.py's source, at once; if it is not plain, a worker's
     args = parse_eval_args(argv)
     scored = not (args.smoke or help_asked)
+    role = os.environ.get("RESEARCH_ROLE", "exploration")  # set by the command that runs it (baseline, confirm...)
+    if role_problem(role):
+        raise ValueError(f"RESEARCH_ROLE: {role_problem(role)}; unset it for a plain run")
     install_hooks(ROOT)
     if scored:
         require_scoring_allowed(code_dir, ROOT)
@@ -173,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     row: dict = {}
     try:
         workers = start_workers("train", args.nproc, job, scratch, run_dir / "train.log")
-        return run(args, workers, job, code_dir, experiment, run_id, run_dir, scratch, row)
+        return run(args, workers, job, code_dir, experiment, role, run_id, run_dir, scratch, row)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the run is over: a kill now must not lose its row
         for worker in workers:
@@ -189,6 +192,7 @@ def run(
     job: dict,
     code_dir: Path,
     experiment: str,
+    role: str,
     run_id: str,
     run_dir: Path,
     scratch: str,
@@ -239,6 +243,7 @@ def run(
         description=args.description,
         data_fp=corpus.fingerprint,
         threads=job["threads"] if device == "cpu" else None,  # the number of a CPU run depends on it; a GPU run's not
+        role=role,
     )
     summary: dict = {"data_s": data_s, "nproc": args.nproc}
     (run_dir / "train_config.json").write_text(json.dumps(cfg, indent=2) + "\n")

@@ -8,15 +8,15 @@ import polars as pl
 
 from harness import Refusal, advice
 from harness.git import main_root
+from harness.ledger import CONFIRM_ROLE
 from harness.stats import SEED_PLANS, Outcome, Verdict, verdict
 from harness.table import baseline_rows, group_name, ledger, ok_rows, print_json, same_group
 
-CONFIRM = "confirm"  # `just confirm SLUG`: "confirm seed S" (the experiment), "confirm SLUG seed S" (main)
-
 
 def exploration_rows(df, slug: str):
-    """The slug's ok rows that took part in choosing it: all but its confirmation rows."""
-    return ok_rows(df, slug).filter(~pl.col("description").fill_null("").str.starts_with(CONFIRM))
+    """The slug's ok rows that took part in choosing it: its plain runs (not its confirmation or determinism
+    runs)."""
+    return ok_rows(df, slug).filter(pl.col("role") == "exploration")
 
 
 def first_fresh_seed(df, row: dict) -> int:
@@ -53,11 +53,11 @@ def compare_slug(df, slug: str) -> Verdict:
 
 def confirmation_rows(df, slug: str):
     """(the slug's confirmation rows, main's rows run beside them) in the group of the newest one."""
-    mine = ok_rows(df, slug).filter(pl.col("description").str.starts_with(f"{CONFIRM} seed"))
+    mine = ok_rows(df, slug).filter(pl.col("role") == CONFIRM_ROLE + slug)
     if mine.is_empty():
         return mine, mine
     group = same_group(mine.sort("started_at").row(-1, named=True))
-    mains = ok_rows(df, "main").filter(group & pl.col("description").str.starts_with(f"{CONFIRM} {slug} seed"))
+    mains = ok_rows(df, "main").filter(group & (pl.col("role") == CONFIRM_ROLE + slug))
     return mine.filter(group), mains
 
 

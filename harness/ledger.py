@@ -36,9 +36,21 @@ RESULTS_SCHEMA = {  # the ledger's columns, in order, with their polars dtypes
     "error": "String",
     "budget_tokens": "Int64",  # added 2026-11: the budget asked for (train_tokens is what whole batches served)
     "threads": "Int64",  # added 2026-11: CPU threads of each worker, on which a CPU run's number depends
+    "role": "String",  # added 2026-11: what the run is for, written by the command that ran it (ROLES)
 }
 RESULTS_COLUMNS = tuple(RESULTS_SCHEMA)
 STATUSES = ("ok", "crash", "timeout")
+# A row's role: a plain `just eval` explores; `just baseline`, `aa` and `determinism` write theirs; both
+# sides of `just confirm SLUG` write confirm:SLUG. It reaches eval.py as RESEARCH_ROLE.
+ROLES = ("exploration", "baseline", "aa", "determinism")
+CONFIRM_ROLE = "confirm:"
+
+
+def role_problem(role: str) -> str | None:
+    """Why `role` is not one a command writes; None if it is one."""
+    if role in ROLES or (role.startswith(CONFIRM_ROLE) and len(role) > len(CONFIRM_ROLE) and " " not in role):
+        return None
+    return f"role={role!r} is not one of {', '.join(ROLES)} or {CONFIRM_ROLE}SLUG"
 
 
 def new_run_id(experiment: str) -> str:
@@ -60,6 +72,8 @@ def format_row(row: dict) -> str:
         raise ValueError(f"unknown ledger columns {sorted(unknown)}; the columns are {RESULTS_COLUMNS}")
     if row.get("status") not in STATUSES:
         raise ValueError(f"status {row.get('status')!r} is not one of {STATUSES}")
+    if row.get("role") is not None and role_problem(row["role"]):
+        raise ValueError(role_problem(row["role"]))
 
     def cell(column: str) -> str:
         value = row.get(column)
@@ -96,6 +110,8 @@ def row_problem(line: str, header: tuple[str, ...]) -> str | None:
             return f"no {column}"
         if column == "status" and cell not in STATUSES:
             return f"status={cell!r} is not one of {', '.join(STATUSES)}"
+        if column == "role" and cell and role_problem(cell):
+            return role_problem(cell)
         try:
             if cell and kind == "Int64":
                 int(cell)

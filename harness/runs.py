@@ -3,6 +3,7 @@
 its package) and torch; scored runs are eval.py subprocesses, so each one writes its own row."""
 
 import itertools
+import os
 import subprocess
 import sys
 import tempfile
@@ -17,19 +18,21 @@ import tyro
 import eval as referee
 from harness import Refusal, Terminated
 from harness.advice import rerun_args
-from harness.compare import CONFIRM, confirmation, exploration_rows, first_fresh_seed
+from harness.compare import confirmation, exploration_rows, first_fresh_seed
 from harness.git import checkout_dir, main_root, show, worktree_dir
-from harness.ledger import LEDGER
+from harness.ledger import CONFIRM_ROLE, LEDGER
 from harness.stats import ALPHA, SEED_PLANS, Outcome, aa_allowed, noise_report, verdict
-from harness.table import BASELINE, baseline_rows, group_name, ledger
+from harness.table import baseline_rows, group_name, ledger
 
 Device = Literal["cpu", "cuda", "mps"]
 
 
-def run_eval(cwd: Path, args: list[str]) -> dict:
-    """One scored run as a subprocess of main's eval.py; its printed block as a dict."""
+def run_eval(cwd: Path, args: list[str], role: str) -> dict:
+    """One scored run as a subprocess of main's eval.py, its row written with `role`; its printed block as a dict."""
     root = main_root()
-    run = subprocess.Popen([sys.executable, str(root / "eval.py"), *args], cwd=cwd, stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, "RESEARCH_ROLE": role}
+    command = [sys.executable, str(root / "eval.py"), *args]
+    run = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, text=True)
     try:
         stdout, _ = run.communicate()
     except KeyboardInterrupt as interrupt:  # Ctrl-C reached the run too; a kill of this process alone is passed on
@@ -95,7 +98,9 @@ class Baseline:
         root = main_root()
         eval_args = [*eval_args, *device_args(self.device)]
         for seed in range(n):
-            out = run_eval(root, [*eval_args, "--seed", str(seed), "--description", f"{BASELINE} {seed}/{n}"])
+            out = run_eval(
+                root, [*eval_args, "--seed", str(seed), "--description", f"baseline seed {seed}/{n}"], "baseline"
+            )
             print(f"baseline seed {seed}: val_bpb {float(out['val_bpb']):.6f} ({out['run_id']})")
         df = ledger(root)
         newest = df.row(by_predicate=pl.col("run_id") == out["run_id"], named=True)
@@ -134,10 +139,11 @@ def confirm(
     first = first_fresh_seed(df, newest)  # no seed that took part in choosing it
     for seed in range(first, first + n):
         for where, row, description in (
-            (path, newest, f"{CONFIRM} seed {seed}"),
-            (root, base.row(-1, named=True), f"{CONFIRM} {slug} seed {seed}"),
+            (path, newest, f"confirm seed {seed}"),
+            (root, base.row(-1, named=True), f"confirm {slug} seed {seed}"),
         ):
-            out = run_eval(where, [*rerun_args(row), "--seed", str(seed), "--description", description])
+            args = [*rerun_args(row), "--seed", str(seed), "--description", description]
+            out = run_eval(where, args, f"{CONFIRM_ROLE}{slug}")
             print(f"{description}: val_bpb {float(out['val_bpb']):.6f} ({out['run_id']})")
     result = confirmation(ledger(root), slug)
     print(f"---\n{slug} on fresh seeds: {result.outcome}\n{result.why}\n{result.advice}")
@@ -170,7 +176,9 @@ class Aa:
 
         def scored(description: str) -> float:
             seed = next(seeds)
-            out = run_eval(root, [*eval_args, "--seed", str(seed), "--description", f"aa {description} seed {seed}"])
+            out = run_eval(
+                root, [*eval_args, "--seed", str(seed), "--description", f"aa {description} seed {seed}"], "aa"
+            )
             return float(out["val_bpb"])
 
         base = [scored("baseline") for _ in range(plan.baseline)]
@@ -201,7 +209,9 @@ class Determinism:
 
     def __call__(self, eval_args: list[str]) -> None:
         here = checkout_dir()
-        first, second = (run_eval(here, [*eval_args, "--description", f"determinism check {i}/2"]) for i in (1, 2))
+        first, second = (
+            run_eval(here, [*eval_args, "--description", f"determinism check {i}/2"], "determinism") for i in (1, 2)
+        )
         a, b = float(first["val_bpb"]), float(second["val_bpb"])
         print(f"---\nfirst: {a!r} ({first['run_id']})\nsecond: {b!r} ({second['run_id']})")
         if a != b:

@@ -8,10 +8,9 @@ from pathlib import Path
 import polars as pl
 
 from harness import Refusal
-from harness.ledger import LEDGER, RESULTS_COLUMNS, RESULTS_SCHEMA, check_ledger, reap_killed_runs
+from harness.ledger import CONFIRM_ROLE, LEDGER, RESULTS_COLUMNS, RESULTS_SCHEMA, check_ledger, reap_killed_runs
 
 COMPARABLE = ("eval_sha", "data_fp", "device", "budget", "threads")  # rows compare only within these
-BASELINE = "baseline seed"  # description prefix of the rows `just baseline` writes
 SCHEMA = {name: getattr(pl, dtype) for name, dtype in RESULTS_SCHEMA.items()}
 SHOWN = ["run_id", "experiment", "config", "seed", "device", "status", "val_bpb", "train_tokens", "wall_s", "label"]
 SHOWN += ["description"]
@@ -29,17 +28,40 @@ def read_results(path: Path) -> pl.DataFrame:
     return df.with_columns(pl.lit(None, dtype=SCHEMA[c]).alias(c) for c in RESULTS_COLUMNS[len(header) :])
 
 
+def role_of_older_rows() -> pl.Expr:
+    """The role of a row written before the ledger had the column, from the description its command gave it
+    then ("baseline seed 0/3", "confirm seed 6", "confirm SLUG seed 6", "aa ...", "determinism check 1/2")."""
+    description = pl.col("description").fill_null("")
+    confirmed = description.str.extract(r"^confirm (\S+) seed \d+$")
+    return (
+        pl.when(description.str.starts_with("baseline seed"))
+        .then(pl.lit("baseline"))
+        .when(description.str.contains(r"^confirm seed \d+$"))
+        .then(pl.lit(CONFIRM_ROLE) + pl.col("experiment"))
+        .when(confirmed.is_not_null())
+        .then(pl.lit(CONFIRM_ROLE) + confirmed)
+        .when(description.str.starts_with("aa "))
+        .then(pl.lit("aa"))
+        .when(description.str.starts_with("determinism check"))
+        .then(pl.lit("determinism"))
+        .otherwise(pl.lit("exploration"))
+    )
+
+
 def ledger(root: Path) -> pl.DataFrame:
     """The ledger, after recording the runs that were killed before they wrote their row, with `budget`:
-    the token budget asked for, which decides comparability. Rows written before the ledger had
-    budget_tokens compare by the tokens they were served, as they did then."""
+    the token budget asked for, which decides comparability, and every row's `role`. Rows written before
+    the ledger had budget_tokens compare by the tokens they were served, as they did then; rows written
+    before it had role take the one their description implied then."""
     for run_id in reap_killed_runs(root):
         print(f"recorded run {run_id} as crash: its process was killed before it wrote its row", file=sys.stderr)
     try:
         df = read_results(root / LEDGER)
     except ValueError as e:  # a line that is not a row: named, with its repair
         raise Refusal(str(e)) from e
-    return df.with_columns(budget=pl.coalesce("budget_tokens", "train_tokens"))
+    return df.with_columns(
+        budget=pl.coalesce("budget_tokens", "train_tokens"), role=pl.coalesce("role", role_of_older_rows())
+    )
 
 
 def same_group(row: dict) -> pl.Expr:
@@ -61,13 +83,13 @@ def ok_rows(df: pl.DataFrame, experiment: str) -> pl.DataFrame:
 
 def baseline_rows(df: pl.DataFrame, row: dict) -> pl.DataFrame:
     """main's ok `just baseline` rows in `row`'s comparable group."""
-    return ok_rows(df, "main").filter(same_group(row) & pl.col("description").str.starts_with(BASELINE))
+    return ok_rows(df, "main").filter(same_group(row) & (pl.col("role") == "baseline"))
 
 
 def the_bar(df: pl.DataFrame) -> dict | None:
     """What an experiment must beat: main's baseline in the group of the newest baseline row, as
     {group, mean, std, n, row}; None before `just baseline` ran."""
-    base = ok_rows(df, "main").filter(pl.col("description").str.starts_with(BASELINE))
+    base = ok_rows(df, "main").filter(pl.col("role") == "baseline")
     if base.is_empty():
         return None
     newest = base.sort("started_at").row(-1, named=True)

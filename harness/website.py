@@ -24,13 +24,13 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import DiffLexer
 
 from harness import Refusal
-from harness.compare import CONFIRM, compare_slug, confirmation
+from harness.compare import compare_slug, confirmation
 from harness.git import MAIN_BRANCH, WORKTREES, git, main_root, succeeds
 from harness.guard import JOURNAL, journal_head
-from harness.ledger import LEDGER
+from harness.ledger import CONFIRM_ROLE, LEDGER
 from harness.records import idea_file, idea_rating, idea_title
 from harness.stats import Outcome
-from harness.table import BASELINE, COMPARABLE, group_name, ledger, newest_group, same_group, the_bar
+from harness.table import COMPARABLE, group_name, ledger, newest_group, same_group, the_bar
 
 SITE = Path("9_reports") / "site"  # generated, never committed (.gitignore)
 DIFF_LIMIT = 200_000  # characters of an experiment's diff shown; the rest is named, not rendered
@@ -144,13 +144,12 @@ def group_rows(df: pl.DataFrame) -> list[tuple[dict, pl.DataFrame]]:
 
 def run_kind(row: dict, verdicts: dict) -> str:
     """Which mark a run gets on the progress chart."""
-    description = row["description"] or ""
     if row["status"] != "ok":
         return "crashed"
     if row["experiment"] == "main":
-        return "baseline" if description.startswith(BASELINE) else "main"
+        return "baseline" if row["role"] == "baseline" else "main"
     verdict = verdicts.get(row["experiment"], {})
-    if description.startswith(CONFIRM):
+    if row["role"].startswith(CONFIRM_ROLE):
         confirmed = verdict.get("confirmation")
         return "confirmed" if confirmed is not None and confirmed.outcome == Outcome.IMPROVED else "confirmation"
     outcome = verdict["compare"].outcome if verdict.get("compare") else None
@@ -351,7 +350,7 @@ def experiment_page(root: Path, df: pl.DataFrame, slug: str, verdict: dict) -> d
     newest = ok.row(-1, named=True) if ok.height else None
     group = df.filter(same_group(newest)) if newest else rows.clear()
     baseline = group.filter(
-        (pl.col("experiment") == "main") & pl.col("description").str.starts_with(BASELINE) & (pl.col("status") == "ok")
+        (pl.col("experiment") == "main") & (pl.col("role") == "baseline") & (pl.col("status") == "ok")
     )
     idea, report = idea_file(root, slug), report_file(root, slug)
     mentions = re.compile(rf"(?<![\w-]){re.escape(slug)}(?![\w-])")

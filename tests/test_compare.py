@@ -85,6 +85,22 @@ def test_rows_at_another_cpu_thread_count_are_another_group(project):
     assert "uv run just baseline --seeds 3 cpu --device cpu --budget-tokens 1000 --threads 1" in printed
 
 
+def test_a_rows_role_not_its_description_decides_what_it_counts_for(project):
+    # A description that reads like a command's is only a description; a row without a role (an older
+    # ledger's) takes the one its description implied when its command wrote it.
+    add_rows(
+        project,
+        *baseline_rows(2.0, 2.02, 2.01, budget_tokens=1000),
+        dict(experiment="lr", val_bpb=1.9, seed=3, budget_tokens=1000, role="exploration", description="confirm lr idea"),
+        dict(experiment="lr", val_bpb=1.91, seed=4, budget_tokens=1000, role="exploration", description="baseline seed 1/2"),
+        dict(experiment="main", val_bpb=9.0, seed=5, budget_tokens=1000, role="exploration", description="baseline seed 5/5"),
+        dict(experiment="lr", val_bpb=1.0, seed=6, budget_tokens=1000, role="determinism", description="a check"),
+    )  # fmt: skip
+    result = json.loads(just(project, "compare", "lr", "--json").stdout)
+    assert result["runs"] == [1.9, 1.91] and result["baseline"] == [2.0, 2.02, 2.01]
+    assert ledger(project)["role"].to_list()[:3] == [None, None, None]  # as written: the file is not rewritten
+
+
 def test_submit_opens_a_pull_request_only_for_a_result_confirmed_on_fresh_seeds(project):
     new(project, "faster")
     rows = [
@@ -129,7 +145,7 @@ def test_baseline_writes_n_rows_and_prints_the_noise_floor(project):
     assert result.returncode == 0, result.stderr
     df = ledger(project)
     assert df["description"].to_list() == ["baseline seed 0/2", "baseline seed 1/2"] and df["seed"].to_list() == [0, 1]
-    assert df["budget_tokens"].to_list() == [3000, 3000]
+    assert df["budget_tokens"].to_list() == [3000, 3000] and df["role"].to_list() == ["baseline", "baseline"]
     out = dict(line.split(": ", 1) for line in result.stdout.rsplit("---\n", 1)[1].splitlines())
     mean, std = stats.mean_std(df["val_bpb"].to_list())
     assert float(out["mean"]) == pytest.approx(mean, abs=1e-6) and float(out["std"]) == pytest.approx(std, abs=1e-6)
@@ -216,9 +232,9 @@ def test_confirm_scores_fresh_seeds_of_the_experiment_and_of_main(project):
     result = just(project, "confirm", "same", "1")
     assert result.returncode == 0, result.stderr
     rows = ledger(project).filter(ledger(project)["description"].str.starts_with("confirm"))
-    assert rows.select("experiment", "seed", "description").rows() == [
-        ("same", 8, "confirm seed 8"),  # a seed no row of its group used
-        ("main", 8, "confirm same seed 8"),
+    assert rows.select("experiment", "seed", "description", "role").rows() == [
+        ("same", 8, "confirm seed 8", "confirm:same"),  # a seed no row of its group used
+        ("main", 8, "confirm same seed 8", "confirm:same"),
     ]
     assert rows["val_bpb"][0] == rows["val_bpb"][1] and set(rows["config"]) == {"tiny"}
     assert "same on fresh seeds: inconclusive" in result.stdout  # one seed a side is no claim
@@ -233,6 +249,7 @@ def test_aa_passes_on_mains_own_code_and_fails_when_runs_drift(project, tmp_path
     df = ledger(project)
     assert df.height == 6 and df["seed"].to_list() == list(range(6))
     assert df["description"].to_list()[:4] == [*(f"aa baseline seed {s}" for s in range(3)), "aa 1/1 seed 3"]
+    assert set(df["role"]) == {"aa"}
 
     # Drift: the first three runs from now on come out worse (an untrained head), as a machine that warms
     # up, or a cache that fills, would make them. Those are the baseline, and the rule must notice.

@@ -36,6 +36,7 @@ def test_eval_prints_the_block_writes_one_row_and_a_run_folder(project):
     assert r["data_fp"] == data.load_corpus().fingerprint
     assert r["description"] == "a first run, with spaces" and r["label"] is None
     assert r["threads"] == len(os.sched_getaffinity(0))  # the cores here, fixed for the run and recorded
+    assert r["role"] == "exploration"  # a plain run; baseline, confirm, aa and determinism write their own
     assert r["mfu"] > 0 and r["tokens_per_s"] > 0 and r["params_m"] > 0 and r["peak_mem_gb"] > 0
     run_dir = project / "runs" / r["run_id"]
     kept = {"train.log", "metrics.jsonl", "train_config.json", "summary.json", "model.pt", "train.py", "model.py"}
@@ -162,6 +163,12 @@ def test_bad_input_is_a_clear_error_and_no_row(project, args, message):
     result = run([sys.executable, "eval.py", *args], cwd=project)
     assert result.returncode == 2
     assert message in result.stderr
+    assert ledger(project).is_empty()
+
+
+def test_a_role_no_command_writes_is_refused_before_anything_runs(project):
+    result = run([sys.executable, "eval.py", *TINY], cwd=project, env={"RESEARCH_ROLE": "baseline seed"})
+    assert result.returncode == 2 and "RESEARCH_ROLE: role='baseline seed' is not one of" in result.stderr
     assert ledger(project).is_empty()
 
 
