@@ -140,6 +140,10 @@ plot:
 site *args:
     @exec python -P -m harness site "$@"
 
+# every run's step metrics and row as TensorBoard event files in runs/tensorboard/: just export tensorboard
+export tool *args:
+    @exec python -P -m harness export "$@"
+
 # --- development ---
 
 # the top kernels of a few training steps of this checkout's config (torch.profiler): just profile [--configs NAME]

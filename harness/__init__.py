@@ -19,6 +19,7 @@ may import (`uv run just lint` checks it: import-linter and ruff's banned-api, s
     cluster    Slurm through submitit                                          submitit
     plots      progress.png and loss curves                                    table, matplotlib
     website    the record as a static site: `just site`                        compare, records, queue, plotly, jinja2
+    export     every run as TensorBoard event files: `just export tensorboard` table, tensorboardX
     runs       smoke, baseline, confirm, A/A, determinism, verify, prepare     the referee (torch), compare
     cli        tyro parses each command; one-line errors                       each module, when it runs
 

@@ -38,6 +38,7 @@ COMMANDS = {
     "review": ("queue", "review"),
     "plot": ("plots", "plot"),
     "site": ("website", "site"),
+    "export": ("export", "export"),
     "prepare": ("runs", "prepare"),
     "baseline": ("runs", "Baseline"),
     "confirm": ("runs", "confirm"),

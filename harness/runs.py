@@ -19,8 +19,8 @@ import eval as referee
 from harness import Refusal, Terminated
 from harness.advice import rerun_args
 from harness.compare import confirmation, exploration_rows, first_fresh_seed
-from harness.git import checkout_dir, main_root, show, worktree_dir
-from harness.ledger import CONFIRM_ROLE, LEDGER
+from harness.git import checkout_dir, experiment_name, main_root, show, worktree_dir
+from harness.ledger import CONFIRM_ROLE, LEDGER, new_run_id
 from harness.stats import ALPHA, SEED_PLANS, Outcome, aa_allowed, noise_report, verdict
 from harness.table import baseline_rows, group_name, ledger
 
@@ -28,25 +28,27 @@ Device = Literal["cpu", "cuda", "mps"]
 
 
 def run_eval(cwd: Path, args: list[str], role: str) -> dict:
-    """One scored run as a subprocess of main's eval.py, its row written with `role`; its printed block as a dict."""
+    """One scored run as a subprocess of main's eval.py, under a run id chosen here, its row written with `role`;
+    that ledger row (the record, not what the run printed). Its log goes to stderr as it runs."""
     root = main_root()
-    env = {**os.environ, "RESEARCH_ROLE": role}
+    run_id = new_run_id(experiment_name(cwd, root))
+    env = {**os.environ, "RESEARCH_ROLE": role, "RESEARCH_RUN_ID": run_id}
     command = [sys.executable, str(root / "eval.py"), *args]
-    run = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, text=True)
+    run = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL)  # the block: the row has it all
     try:
-        stdout, _ = run.communicate()
+        run.wait()
     except KeyboardInterrupt as interrupt:  # Ctrl-C reached the run too; a kill of this process alone is passed on
         if isinstance(interrupt, Terminated):
             run.terminate()
-        run.communicate()  # the run writes its crash row and its block into a pipe still read
+        run.wait()  # the run writes its crash row
         raise
-    block = stdout.rsplit("---\n", 1)[-1]
-    out = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
-    if run.returncode != 0 or out.get("status") != "ok":
-        raise Refusal(
-            f"eval.py {' '.join(args)} failed ({out.get('status', run.returncode)}): {out.get('error', 'see its log above')}"
-        )
-    return out
+    rows = ledger(root).filter((pl.col("run_id") == run_id) | pl.col("run_id").str.starts_with(f"{run_id}-"))
+    if rows.is_empty():
+        raise Refusal(f"eval.py {' '.join(args)} wrote no row (exit code {run.returncode}): its error is above")
+    row = rows.row(-1, named=True)
+    if row["status"] != "ok":
+        raise Refusal(f"eval.py {' '.join(args)} failed ({row['status']}): {row['error']}")
+    return row
 
 
 def device_args(device: str | None) -> list[str]:
@@ -101,11 +103,9 @@ class Baseline:
             out = run_eval(
                 root, [*eval_args, "--seed", str(seed), "--description", f"baseline seed {seed}/{n}"], "baseline"
             )
-            print(f"baseline seed {seed}: val_bpb {float(out['val_bpb']):.6f} ({out['run_id']})")
-        df = ledger(root)
-        newest = df.row(by_predicate=pl.col("run_id") == out["run_id"], named=True)
-        values = baseline_rows(df, newest)["val_bpb"].to_list()
-        print("---\n" + "\n".join([f"group: {group_name(newest)}", *noise_report(values, plan)]))
+            print(f"baseline seed {seed}: val_bpb {out['val_bpb']:.6f} ({out['run_id']})")
+        values = baseline_rows(ledger(root), out)["val_bpb"].to_list()
+        print("---\n" + "\n".join([f"group: {group_name(out)}", *noise_report(values, plan)]))
 
 
 def confirm(
@@ -144,7 +144,7 @@ def confirm(
         ):
             args = [*rerun_args(row), "--seed", str(seed), "--description", description]
             out = run_eval(where, args, f"{CONFIRM_ROLE}{slug}")
-            print(f"{description}: val_bpb {float(out['val_bpb']):.6f} ({out['run_id']})")
+            print(f"{description}: val_bpb {out['val_bpb']:.6f} ({out['run_id']})")
     result = confirmation(ledger(root), slug)
     print(f"---\n{slug} on fresh seeds: {result.outcome}\n{result.why}\n{result.advice}")
 
@@ -179,7 +179,7 @@ class Aa:
             out = run_eval(
                 root, [*eval_args, "--seed", str(seed), "--description", f"aa {description} seed {seed}"], "aa"
             )
-            return float(out["val_bpb"])
+            return out["val_bpb"]
 
         base = [scored("baseline") for _ in range(plan.baseline)]
         print(f"aa baseline: {', '.join(f'{v:.6f}' for v in base)}")
@@ -212,7 +212,7 @@ class Determinism:
         first, second = (
             run_eval(here, [*eval_args, "--description", f"determinism check {i}/2"], "determinism") for i in (1, 2)
         )
-        a, b = float(first["val_bpb"]), float(second["val_bpb"])
+        a, b = first["val_bpb"], second["val_bpb"]
         print(f"---\nfirst: {a!r} ({first['run_id']})\nsecond: {b!r} ({second['run_id']})")
         if a != b:
             print(f"deterministic: no (difference {b - a:+.3g})")

@@ -74,13 +74,12 @@ def build(root: Path, live: bool = False) -> Path:
     """Every page, from the record as it is now; the path of index.html. `live`: pages reload themselves."""
     out = root / SITE
     (out / "experiments").mkdir(parents=True, exist_ok=True)
-    plotly_js = out / "plotly.min.js"
-    if not plotly_js.exists() or plotly_js.stat().st_size == 0:
-        plotly_js.write_text(get_plotlyjs())
+    (out / "plotly.min.js").write_text(get_plotlyjs())  # the installed plotly's, whatever an older build left
     df = ledger(root)
     slugs = experiments(root, df)
     verdicts = {slug: verdict_of(df, slug) for slug in slugs}
-    shown = newest_group(df, the_bar(df))
+    bar = the_bar(df)
+    shown = newest_group(df, bar)
     groups = [
         dict(
             name=group_name(anchor),
@@ -99,12 +98,15 @@ def build(root: Path, live: bool = False) -> Path:
         **common,
         groups=groups,
         experiments=table,
-        bar=the_bar(df),
+        bar=bar,
         rows=df.height,
     )
     for slug in slugs:
         page = experiment_page(root, df, slug, verdicts[slug])
         write(out / "experiments" / f"{slug}.html", "experiment.html.j2", 1, **common, **page)
+    for stale in (out / "experiments").glob("*.html"):
+        if stale.stem not in slugs:  # an experiment no longer in the record (its rows and worktree gone)
+            stale.unlink()
     write(out / "journal.html", "journal.html.j2", 0, **common, **journal_page(root, df))
     return out / "index.html"
 
@@ -124,7 +126,7 @@ def experiments(root: Path, df: pl.DataFrame) -> list[str]:
 
 
 def verdict_of(df: pl.DataFrame, slug: str) -> dict:
-    """`just compare` and the confirmation of `just confirm`, as plain values; None where there is no ok row."""
+    """The verdicts of `just compare` and of `just confirm`; None for each where there is no ok row or no confirmation."""
     try:
         result = compare_slug(df, slug)
     except Refusal:
