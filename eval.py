@@ -210,7 +210,8 @@ def run(
 
     # --- the device and the config, from the training worker(s): bad input ends here, with no row ---
     try:
-        device = [w.expect("device")[0]["device"] for w in workers][0]
+        found = [w.expect("device")[0] for w in workers]
+        device, device_name = found[0]["device"], found[0]["device_name"]
     except WorkerFailed as e:
         return bad_input(e)
     refused = None
@@ -243,6 +244,7 @@ def run(
         description=args.description,
         data_fp=corpus.fingerprint,
         threads=job["threads"] if device == "cpu" else None,  # the number of a CPU run depends on it; a GPU run's not
+        device_name=device_name,  # so does any run's on the processor's model
         role=role,
     )
     summary: dict = {"data_s": data_s, "nproc": args.nproc}

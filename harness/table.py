@@ -10,7 +10,7 @@ import polars as pl
 from harness import Refusal
 from harness.ledger import CONFIRM_ROLE, LEDGER, RESULTS_COLUMNS, RESULTS_SCHEMA, check_ledger, reap_killed_runs
 
-COMPARABLE = ("eval_sha", "data_fp", "device", "budget", "threads")  # rows compare only within these
+COMPARABLE = ("eval_sha", "data_fp", "device", "device_name", "budget", "threads")  # rows compare only within these
 SCHEMA = {name: getattr(pl, dtype) for name, dtype in RESULTS_SCHEMA.items()}
 SHOWN = ["run_id", "experiment", "config", "seed", "device", "status", "val_bpb", "train_tokens", "wall_s", "label"]
 SHOWN += ["description"]
@@ -65,15 +65,16 @@ def ledger(root: Path) -> pl.DataFrame:
 
 
 def same_group(row: dict) -> pl.Expr:
-    """A filter: the rows comparable with `row` (same eval_sha, data_fp, device, budget and CPU threads; an
-    empty threads cell, a GPU run's or an older row's, matches an empty one)."""
+    """A filter: the rows comparable with `row` (same eval_sha, data_fp, device and its model, budget and CPU
+    threads; an empty cell, such as a GPU run's threads or an older row's, matches an empty one)."""
     return pl.all_horizontal(pl.col(c).eq_missing(row[c]) for c in COMPARABLE)
 
 
 def group_name(row: dict) -> str:
-    """A comparable group in words: device (and its threads), budget, data fingerprint, referee core hash."""
+    """A comparable group in words: device (its model and threads), budget, data fingerprint, referee core hash."""
     threads = row.get("threads")
-    device = row["device"] + (f" ({threads} thread{'s' * (threads > 1)})" if threads else "")
+    details = [row.get("device_name") or "", f"{threads} thread{'s' * (threads > 1)}" if threads else ""]
+    device = row["device"] + (f" ({', '.join(filter(None, details))})" if any(details) else "")
     return f"{device}, {row['budget']:,} tokens, data {row['data_fp']}, referee {row['eval_sha'][:10]}"
 
 

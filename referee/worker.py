@@ -15,6 +15,7 @@ import dataclasses
 import importlib
 import mmap
 import os
+import platform
 import resource
 import signal
 import sys
@@ -124,6 +125,23 @@ def device_peak_flops(device: torch.device) -> float:
         sync()
         best = max(best, 2 * n**3 / (time.perf_counter() - t0))
     return best
+
+
+def device_name(device: torch.device) -> str:
+    """The processor a run's number is computed on. Floats come out differently on another CPU model (its
+    vector units take other kernels: the cpu preset's seed 0 gives 1.7527576 on a 2-core AMD EPYC and
+    1.7526108 on a 2-core Intel Xeon) and on another GPU model, so the row records it and rows compare
+    only within one."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    if device.type == "cpu" and cpuinfo.exists():
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
+        if names:
+            return names[0]
+    return platform.processor() or platform.machine()
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -283,7 +301,7 @@ def main(fd: int) -> int:
             torch.set_num_threads(job["threads"])
         core.strict_determinism()
         device = resolve_device(job["device"], job["world_size"])
-        link.send({"op": "device", "device": device.type})
+        link.send({"op": "device", "device": device.type, "device_name": device_name(device)})
         sandbox.install(sandbox.Policy(**job["policy"]), lambda what: link.send({"op": "refused", "what": what}))
         (train_worker if job["kind"] == "train" else score_worker)(link, job, device)
     except Exception as e:

@@ -36,7 +36,7 @@ def test_public_interface_is_pinned():
     assert ledger.RESULTS_COLUMNS == tuple(
         (
             "run_id started_at experiment config commit seed device status val_bpb train_tokens wall_s "
-            "tokens_per_s mfu peak_mem_gb params_m label eval_sha data_fp description error budget_tokens threads role"
+            "tokens_per_s mfu peak_mem_gb params_m label eval_sha data_fp description error budget_tokens threads role device_name"
         ).split()
     )
     assert core.VOCAB_SIZE == 256
@@ -327,13 +327,13 @@ def test_bad_rows_are_refused_before_anything_is_written(tmp_path):
 @pytest.mark.parametrize(
     "line, why",
     [
-        ("garbage", "1 fields where the header has 23"),
-        ("r9\tnot-a-time\tmain\tcpu\tabc\tNOT_AN_INT" + "\t" * 17, "seed='NOT_AN_INT' is not a whole number"),
+        ("garbage", "1 fields where the header has 24"),
+        ("r9\tnot-a-time\tmain\tcpu\tabc\tNOT_AN_INT" + "\t" * 18, "seed='NOT_AN_INT' is not a whole number"),
         (
-            "\t".join(["r9", "", "main", "cpu", "c", "zero", "cpu", "ok"] + [""] * 15),
+            "\t".join(["r9", "", "main", "cpu", "c", "zero", "cpu", "ok"] + [""] * 16),
             "seed='zero' is not a whole number",
         ),
-        ("\t".join(["r9", "", "main", "cpu", "c", "0", "cpu", "great"] + [""] * 15), "status='great' is not one of"),
+        ("\t".join(["r9", "", "main", "cpu", "c", "0", "cpu", "great"] + [""] * 16), "status='great' is not one of"),
         ("", "an empty line"),
     ],
 )

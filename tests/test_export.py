@@ -47,7 +47,11 @@ def test_export_writes_each_runs_steps_score_and_row_once(project):
     out = project / "runs" / "tensorboard"
     assert f"exported 2 runs to {out}" in result.stdout
     main = scalars(out / "r0-main")
-    assert main["train/loss"] == [(0, 5.0), (10, 4.0), (19, 3.1)] and main["train/lr"] == [(0, 0.001), (10, 0.001), (19, 0.001)]
+    assert main["train/loss"] == [(0, 5.0), (10, 4.0), (19, 3.1)] and main["train/lr"] == [
+        (0, 0.001),
+        (10, 0.001),
+        (19, 0.001),
+    ]
     assert main["val_bpb"] == [(19, 2.0)]
     text = [
         v.tensor.string_val[0].decode()

@@ -37,6 +37,7 @@ def test_eval_prints_the_block_writes_one_row_and_a_run_folder(project):
     assert r["description"] == "a first run, with spaces" and r["label"] is None
     assert r["threads"] == len(os.sched_getaffinity(0))  # the cores here, fixed for the run and recorded
     assert r["role"] == "exploration"  # a plain run; baseline, confirm, aa and determinism write their own
+    assert f"model name\t: {r['device_name']}\n" in open("/proc/cpuinfo").read()  # the processor it ran on
     assert r["mfu"] > 0 and r["tokens_per_s"] > 0 and r["params_m"] > 0 and r["peak_mem_gb"] > 0
     run_dir = project / "runs" / r["run_id"]
     kept = {"train.log", "metrics.jsonl", "train_config.json", "summary.json", "model.pt", "train.py", "model.py"}
