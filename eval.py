@@ -39,7 +39,16 @@ from loguru import logger
 
 from harness.git import checkout_dir, experiment_name, head_commit, tracked_dirty
 from harness.guard import install_hooks, require_scoring_allowed
-from harness.ledger import LEDGER, RUNNING, append_result, check_ledger, mark_running, new_run_id, role_problem
+from harness.ledger import (
+    LEDGER,
+    RUNNING,
+    append_result,
+    check_ledger,
+    live_runs,
+    mark_running,
+    new_run_id,
+    role_problem,
+)
 from harness.pueue import run_label
 from referee.args import parse_eval_args, print_help, split_config_name
 from referee.supervisor import WallClockExceeded, Worker, WorkerFailed, score, serve_training, start_workers, worker_job
@@ -263,6 +272,13 @@ def run(
             f"{f' / {args.nproc} processes' if args.nproc > 1 and not args.threads else ''}): the number depends on it; "
             "the row records it and compares only at this count"
         )
+        others = [r for r in live_runs(ROOT) if r != run_id]
+        if others:  # measured on 2 cores (bench/README.md, "Runs sharing the cores"): 2 to 3 times as long
+            logger.warning(
+                f"{len(others)} other run{'s' * (len(others) > 1)} in progress on this machine ({', '.join(others[:3])}): "
+                "runs sharing the cores take far longer than one after the other (two at once on 2 cores: 2 to 3 "
+                "times as long, mostly in scoring); queue them (`just queue` runs one at a time) or use more cores"
+            )
     logger.info(f"config {config} | {cfg}")
     if args.wall_cap_s is not None and args.wall_cap_s > preset.wall_cap_s:
         logger.warning(f"--wall-cap-s {args.wall_cap_s:g} is above the {device} preset's cap: a cap is only lowered")

@@ -229,6 +229,19 @@ def mark_running(row: dict, run_dir: Path) -> None:
     write_atomic(run_dir / RUNNING, json.dumps(record).encode())
 
 
+def live_runs(root: Path) -> list[str]:
+    """The ids of the runs in progress on this host (their marker's process is alive)."""
+    live = []
+    for marker in (root / "runs").glob(f"*/{RUNNING}"):
+        try:
+            record = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            continue  # being written, or just removed
+        if record["host"] == socket.gethostname() and is_alive(record["pid"], record["start"]):
+            live.append(marker.parent.name)
+    return live
+
+
 def reap_killed_runs(root: Path) -> list[str]:
     """Record a `crash` row for every run whose process died without writing its row; their ids."""
     dead = []

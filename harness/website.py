@@ -406,7 +406,7 @@ def serve_site(root: Path, port: int) -> None:
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root / SITE))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    print(f"serving http://127.0.0.1:{port}/ (Ctrl-C stops); it is rebuilt as runs land")
+    print(f"serving http://127.0.0.1:{port}/ (Ctrl-C stops); it is rebuilt as runs land", flush=True)
     seen = record_mtime(root)
     while True:
         time.sleep(2)
@@ -414,4 +414,4 @@ def serve_site(root: Path, port: int) -> None:
         if now != seen:
             seen = now
             build(root, live=True)
-            print(f"rebuilt at {time.strftime('%H:%M:%S')}")
+            print(f"rebuilt at {time.strftime('%H:%M:%S')}", flush=True)

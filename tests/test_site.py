@@ -5,11 +5,14 @@ Chromium, through Playwright. Screenshots land in the test's folder (and in $SIT
 import json
 import os
 import shutil
+import socket
+import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import add_rows, git, just, new
+from conftest import JUST, add_rows, git, just, new
 
 BASELINE = [(0, 2.0), (1, 2.02), (2, 2.01)]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -118,3 +121,24 @@ def test_a_person_sees_one_mark_per_run_and_clicks_through_to_the_experiment(pro
         page.wait_for_url("**/experiments/fast.html")
         browser.close()
     assert errors == []
+
+
+def test_serve_rebuilds_the_site_when_a_run_lands(project):
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [JUST, "site", "--serve", "--port", str(port)], cwd=project, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout.readline().startswith("site: ")
+        assert "serving http://127.0.0.1" in server.stdout.readline()
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=10).read().decode()
+        assert "0 ledger rows" in page and 'http-equiv="refresh"' in page
+        add_rows(project, dict(experiment="landed", val_bpb=2.0, budget_tokens=1000))
+        assert server.stdout.readline().startswith("rebuilt at ")
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=10).read().decode()
+        assert "1 ledger row." in page and "experiments/landed.html" in page
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

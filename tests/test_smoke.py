@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import JUST, block, git, just, ledger, run
-from harness.ledger import RESULTS_COLUMNS
+from harness.ledger import RESULTS_COLUMNS, RUNNING
 from referee import data
 
 TINY = ["tiny", "--budget-tokens", "6000"]
@@ -103,7 +103,8 @@ def test_a_budget_the_cap_cannot_hold_ends_early_saying_what_fits(project):
 
 
 def start_long_run(project, *args: str) -> subprocess.Popen:
-    """A recipe whose run trains for minutes, in a session of its own, as a terminal would start it."""
+    """A recipe whose run trains for minutes, in a session of its own, as a terminal would start it. Its budget
+    must be one the wall cap holds, or the pace check ends the run after its first step lines."""
     return subprocess.Popen(
         [JUST, *args], cwd=project, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -135,7 +136,7 @@ def stop_once_training(project, proc, sig) -> None:
 
 @pytest.mark.parametrize("sig, error", [(signal.SIGINT, "KeyboardInterrupt"), (signal.SIGTERM, "Terminated")])
 def test_ctrl_c_or_a_kill_still_writes_exactly_one_row(project, sig, error):
-    proc = start_long_run(project, "eval", "tiny", "--budget-tokens", "100000000")
+    proc = start_long_run(project, "eval", "tiny", "--budget-tokens", "2000000")
     try:
         stop_once_training(project, proc, sig)
     finally:
@@ -146,6 +147,21 @@ def test_ctrl_c_or_a_kill_still_writes_exactly_one_row(project, sig, error):
     assert r["status"] == "crash" and r["error"].startswith(error)
     lines = (project / "results.tsv").read_text().splitlines()
     assert len(lines) == 2 and all(len(line.split("\t")) == len(RESULTS_COLUMNS) for line in lines)
+
+
+def test_a_run_beside_another_on_this_machine_says_so(project):
+    # The cpu preset on a budget its wall cap holds even on a busy machine (a longer one would end at once).
+    proc = start_long_run(project, "eval", "--budget-tokens", "2000000")
+    try:
+        for _ in range(600):
+            if (project / "runs").exists() and list((project / "runs").glob(f"*/{RUNNING}")):
+                break
+            time.sleep(0.1)
+        result = just(project, "eval", *TINY)
+    finally:
+        kill_group(proc)
+    assert result.returncode == 0, result.stderr
+    assert "1 other run in progress on this machine" in result.stderr and "just queue" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -199,7 +215,7 @@ def test_smoke_catches_a_shape_bug_through_the_type_annotations(project):
 def test_a_signal_to_the_command_the_user_started_reaches_the_run(project, sig):
     """`kill` of `just eval` (what `uv run` passes on, too): the run must not go on unseen and record an
     `ok` row later. SIGTERM is passed on; SIGKILL of `just` reaches it as its parent's death."""
-    proc = start_long_run(project, "eval", "tiny", "--budget-tokens", "100000000")
+    proc = start_long_run(project, "eval", "tiny", "--budget-tokens", "2000000")
     try:
         wait_until_training(project)
         proc.send_signal(sig)  # to `just` alone, not to its process group
@@ -221,7 +237,7 @@ def test_a_signal_to_the_command_the_user_started_reaches_the_run(project, sig):
 
 
 def test_a_run_killed_without_its_row_gets_one_crash_row_on_the_next_read(project):
-    proc = start_long_run(project, "eval", "tiny", "--budget-tokens", "100000000")
+    proc = start_long_run(project, "eval", "tiny", "--budget-tokens", "2000000")
     try:
         wait_until_training(project)
         python = subprocess.run(["pgrep", "-s", str(proc.pid), "python"], capture_output=True, text=True)
@@ -248,7 +264,7 @@ def test_a_run_killed_without_its_row_gets_one_crash_row_on_the_next_read(projec
     [(signal.SIGINT, "interrupted", 130, "KeyboardInterrupt"), (signal.SIGTERM, "terminated", 143, "Terminated")],
 )
 def test_ctrl_c_or_a_kill_during_baseline_records_the_run_and_prints_one_line(project, sig, said, code, error):
-    proc = start_long_run(project, "baseline", "--seeds", "2", "tiny", "--budget-tokens", "100000000")
+    proc = start_long_run(project, "baseline", "--seeds", "2", "tiny", "--budget-tokens", "2000000")
     try:
         wait_until_training(project)
         if sig == signal.SIGINT:
