@@ -229,30 +229,28 @@ def mark_running(row: dict, run_dir: Path) -> None:
     write_atomic(run_dir / RUNNING, json.dumps(record).encode())
 
 
-def live_runs(root: Path) -> list[str]:
-    """The ids of the runs in progress on this host (their marker's process is alive)."""
-    live = []
-    for marker in (root / "runs").glob(f"*/{RUNNING}"):
-        try:
-            record = json.loads(marker.read_text())
-        except (OSError, ValueError):
-            continue  # being written, or just removed
-        if record["host"] == socket.gethostname() and is_alive(record["pid"], record["start"]):
-            live.append(marker.parent.name)
-    return live
-
-
-def reap_killed_runs(root: Path) -> list[str]:
-    """Record a `crash` row for every run whose process died without writing its row; their ids."""
-    dead = []
+def markers_here(root: Path) -> list[tuple[Path, dict]]:
+    """The markers of runs started on this host, read; a run on another host (a cluster's shared runs/) is
+    that host's to judge."""
+    found = []
     for marker in (root / "runs").glob(f"*/{RUNNING}"):
         try:
             record = json.loads(marker.read_text())
         except (OSError, ValueError):
             continue  # being written, or already reaped
-        # A run on another host (a cluster's shared runs/) is that host's to judge.
-        if record["host"] == socket.gethostname() and not is_alive(record["pid"], record["start"]):
-            dead.append(marker)
+        if record["host"] == socket.gethostname():
+            found.append((marker, record))
+    return found
+
+
+def live_runs(root: Path) -> list[str]:
+    """The ids of the runs in progress on this host."""
+    return [marker.parent.name for marker, r in markers_here(root) if is_alive(r["pid"], r["start"])]
+
+
+def reap_killed_runs(root: Path) -> list[str]:
+    """Record a `crash` row for every run whose process died without writing its row; their ids."""
+    dead = [marker for marker, r in markers_here(root) if not is_alive(r["pid"], r["start"])]
     if not dead:
         return []
     path, reaped = root / LEDGER, []
