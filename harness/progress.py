@@ -2,7 +2,6 @@
 verdicts in its group) and `just next` (the seed's algorithm: IDEATE or IMPLEMENT)."""
 
 import dataclasses
-import re
 from pathlib import Path
 
 import polars as pl
@@ -10,8 +9,7 @@ import polars as pl
 from harness import Refusal, advice
 from harness.compare import compare_slug
 from harness.git import WORKTREES, main_root, uncommitted_files
-from harness.guard import JOURNAL, journal_head
-from harness.records import ideas_table
+from harness.records import ideas_table, journal_entries
 from harness.table import best_rows, group_name, ledger, newest_group, print_json, print_table, same_group, the_bar
 
 IDEATE_UNTIL = 30  # the seed's algorithm: ideate while fewer ideas than this exist
@@ -62,9 +60,8 @@ def where_things_stand(root: Path) -> dict:
     # best and bar from one comparable group: the bar's, else the newest ok run's
     in_group = None if anchor is None else df.filter(same_group(anchor) & (pl.col("status") == "ok"))
     best = None if in_group is None else in_group.sort("val_bpb").row(0, named=True)
-    journal = (root / JOURNAL).read_text() if (root / JOURNAL).exists() else ""
-    entries = journal[len(journal_head(journal)) :]
-    newest = re.split(r"\n(?=## )", entries, maxsplit=1)[0].strip() if entries else None
+    entries = journal_entries(root)
+    newest = entries[0].strip() if entries else None
     return dict(worktrees=last, bar=bar, best=best, newest_journal_entry=newest, rows=df.height)
 
 

@@ -66,6 +66,13 @@ def ideas_table(root: Path) -> list[dict]:
     return out
 
 
+def journal_entries(root: Path) -> list[str]:
+    """The research journal's entries, newest first (the journal grows at the top)."""
+    path = root / JOURNAL
+    text = path.read_text() if path.exists() else ""
+    return [entry for entry in re.split(r"\n(?=## )", text[len(journal_head(text)) :]) if entry.strip()]
+
+
 def prepend_entry(path: Path, entry: str) -> None:
     """Insert an entry at the top of a journal, below its title, under a lock."""
     with FileLock(str(path) + ".lock"):

@@ -26,11 +26,11 @@ from pygments.lexers import DiffLexer
 from harness import Refusal
 from harness.compare import compare_slug, confirmation
 from harness.git import MAIN_BRANCH, WORKTREES, git, main_root, succeeds
-from harness.guard import JOURNAL, journal_head
+from harness.guard import JOURNAL
 from harness.ledger import CONFIRM_ROLE, LEDGER
-from harness.records import idea_file, idea_rating, idea_title
-from harness.stats import Outcome
-from harness.table import COMPARABLE, group_name, ledger, newest_group, same_group, the_bar
+from harness.records import idea_file, idea_rating, idea_title, journal_entries
+from harness.stats import Outcome, mean_std
+from harness.table import COMPARABLE, baseline_rows, group_name, ledger, newest_group, same_group, the_bar
 
 SITE = Path("9_reports") / "site"  # generated, never committed (.gitignore)
 DIFF_LIMIT = 200_000  # characters of an experiment's diff shown; the rest is named, not rendered
@@ -91,6 +91,7 @@ def build(root: Path, live: bool = False) -> Path:
     ]
     common = dict(live=live, built=time.strftime("%Y-%m-%d %H:%M"))
     table = [experiment_summary(root, df, slug, verdicts[slug]) for slug in slugs]
+    journal = journal_entries(root)  # read once: every experiment's page shows the entries that name it
     write(
         out / "index.html",
         "index.html.j2",
@@ -102,12 +103,12 @@ def build(root: Path, live: bool = False) -> Path:
         rows=df.height,
     )
     for slug in slugs:
-        page = experiment_page(root, df, slug, verdicts[slug])
+        page = experiment_page(root, df, slug, verdicts[slug], journal)
         write(out / "experiments" / f"{slug}.html", "experiment.html.j2", 1, **common, **page)
     for stale in (out / "experiments").glob("*.html"):
         if stale.stem not in slugs:  # an experiment no longer in the record (its rows and worktree gone)
             stale.unlink()
-    write(out / "journal.html", "journal.html.j2", 0, **common, **journal_page(root, df))
+    write(out / "journal.html", "journal.html.j2", 0, **common, **journal_page(root, df, journal))
     return out / "index.html"
 
 
@@ -266,9 +267,8 @@ def experiment_summary(root: Path, df: pl.DataFrame, slug: str, verdict: dict) -
     runs = df.filter(pl.col("experiment") == slug)
     mean = std = delta = None
     if result is not None and result.runs:
-        mean = sum(result.runs) / len(result.runs)
-        std = pl.Series(result.runs).std() or 0.0
-        delta = mean - sum(result.baseline) / len(result.baseline) if result.baseline else None
+        mean, std = mean_std(result.runs)
+        delta = mean - mean_std(result.baseline)[0] if result.baseline else None
     return dict(
         slug=slug,
         title=idea_title(idea) if idea else "",
@@ -336,24 +336,11 @@ def loss_chart(root: Path, mine: pl.DataFrame, baseline: pl.DataFrame) -> str | 
     return chart("loss", traces, layout)
 
 
-def journal_entries(root: Path) -> list[str]:
-    """The research journal's entries, newest first (the journal grows at the top)."""
-    path = root / JOURNAL
-    if not path.exists():
-        return []
-    text = path.read_text()
-    body = text[len(journal_head(text)) :]
-    return [entry for entry in re.split(r"\n(?=## )", body) if entry.strip()]
-
-
-def experiment_page(root: Path, df: pl.DataFrame, slug: str, verdict: dict) -> dict:
+def experiment_page(root: Path, df: pl.DataFrame, slug: str, verdict: dict, journal: list[str]) -> dict:
     rows = df.filter(pl.col("experiment") == slug).sort("started_at")
     ok = rows.filter(pl.col("status") == "ok")
     newest = ok.row(-1, named=True) if ok.height else None
-    group = df.filter(same_group(newest)) if newest else rows.clear()
-    baseline = group.filter(
-        (pl.col("experiment") == "main") & (pl.col("role") == "baseline") & (pl.col("status") == "ok")
-    )
+    baseline = baseline_rows(df, newest) if newest else rows.clear()
     idea, report = idea_file(root, slug), report_file(root, slug)
     mentions = re.compile(rf"(?<![\w-]){re.escape(slug)}(?![\w-])")
     return dict(
@@ -370,12 +357,12 @@ def experiment_page(root: Path, df: pl.DataFrame, slug: str, verdict: dict) -> d
         loss=loss_chart(root, ok.filter(same_group(newest)) if newest else ok, baseline),
         compare=verdict["compare"],
         confirmation=verdict["confirmation"],
-        journal=[render_markdown(e) for e in journal_entries(root) if mentions.search(e)],
+        journal=[render_markdown(e) for e in journal if mentions.search(e)],
         labels=rows.filter(pl.col("label").is_not_null()).to_dicts(),
     )
 
 
-def journal_page(root: Path, df: pl.DataFrame) -> dict:
+def journal_page(root: Path, df: pl.DataFrame, journal: list[str]) -> dict:
     """The journal, newest first, and the labelled runs: the queue's tasks and jobs joined with their rows
     (as `just status` shows them), or, where the queue cannot be asked, the ledger's labelled rows."""
     from harness.queue import queued_runs
@@ -386,7 +373,7 @@ def journal_page(root: Path, df: pl.DataFrame) -> dict:
         queued, unchecked = [], str(e)
     labelled = df.filter(pl.col("label").is_not_null()).sort("started_at", descending=True).to_dicts()
     return dict(
-        entries=[render_markdown(e) for e in journal_entries(root)],
+        entries=[render_markdown(e) for e in journal],
         queued=queued,
         unchecked=unchecked,
         labelled=labelled,
