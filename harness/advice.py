@@ -13,17 +13,17 @@ def command(recipe: str, *args: str, where: str = "main") -> str:
     return f"{cd}uv run just {shlex.join([recipe, *args])}"
 
 
-def rerun_args(row: dict, config: bool = True) -> list[str]:
-    """The eval.py arguments that repeat a row's run: its config (with `config`) and fields, its device and
-    budget, its process and thread counts; not its seed."""
-    name, _, fields = row["config"].partition(":")
+def rerun_args(row: dict, fields: bool = True) -> list[str]:
+    """The eval.py arguments that repeat a row's run: its config and (with `fields`) its field overrides, its
+    device and budget, its process and thread counts; not its seed."""
+    name, _, overrides = row["config"].partition(":")
     args = []
-    for item in filter(None, fields.split(",")):
+    for item in filter(None, overrides.split(",")):
         key, _, value = item.partition("=")
         flag = key.replace("_", "-")
-        if key == "nproc" or config:  # every train.Config field takes a value, booleans and None included
+        if key == "nproc" or fields:  # every train.Config field takes a value, booleans and None included
             args += [f"--{flag}", value]
-    head = (["--config", name] if name.endswith(".json") else [name]) if config else []
+    head = ["--config", name] if name.endswith(".json") else [name]
     threads = ["--threads", str(row["threads"])] if row.get("threads") else []  # the number depends on it
     return [*head, *args, "--device", row["device"], "--budget-tokens", str(row["budget"]), *threads]
 
@@ -37,9 +37,7 @@ def seed_runs(slug: str, row: dict, seeds: range) -> str:
 def baseline(row: dict, seeds: int) -> str:
     """main's baseline at a row's config name, device and budget (main's code: the row's field overrides
     are the experiment's, not main's)."""
-    name = row["config"].partition(":")[0]
-    head = ["--config", name] if name.endswith(".json") else [name]
-    return command("baseline", "--seeds", str(seeds), *head, *rerun_args(row, config=False))
+    return command("baseline", "--seeds", str(seeds), *rerun_args(row, fields=False))
 
 
 def confirm(slug: str) -> str:
