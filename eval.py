@@ -51,7 +51,16 @@ from harness.ledger import (
 )
 from harness.pueue import run_label
 from referee.args import parse_eval_args, print_help, split_config_name
-from referee.supervisor import WallClockExceeded, Worker, WorkerFailed, score, serve_training, start_workers, worker_job
+from referee.supervisor import (
+    WallClockExceeded,
+    Worker,
+    WorkerFailed,
+    score,
+    serve_training,
+    start_scorers,
+    start_workers,
+    worker_job,
+)
 
 # torch, and the referee modules that import it, are imported once the first workers are started: they
 # import their own copy at the same time, on another core.
@@ -73,8 +82,8 @@ def rescore(code: Path, checkpoint: Path, device: str, val, threads: int | None)
     preset, scratch, scorers = core.PRESETS[device], tempfile.mkdtemp(prefix="worker-verify-"), []
     try:
         job = worker_job(code, checkpoint, trains=False, device=device, threads=threads)
-        scorers = [start_workers("score", 1, job, scratch, None)[0] for _ in range(2)]
-        return score(scorers, val, preset.eval_seq_len, str(checkpoint), time.monotonic() + preset.wall_cap_s)
+        scorers = start_scorers(job, scratch, None, preset.eval_seq_len)
+        return score(scorers, val, preset.eval_seq_len, time.monotonic() + preset.wall_cap_s)
     finally:
         for worker in scorers:
             worker.stop()
@@ -220,7 +229,7 @@ def run(
     # --- the device and the config, from the training worker(s): bad input ends here, with no row ---
     try:
         found = [w.expect("device")[0] for w in workers]
-        device, device_name = found[0]["device"], found[0]["device_name"]
+        device, device_name, isolation = found[0]["device"], found[0]["device_name"], found[0]["isolation"]
     except WorkerFailed as e:
         return bad_input(e)
     refused = None
@@ -255,6 +264,7 @@ def run(
         threads=job["threads"] if device == "cpu" else None,  # the number of a CPU run depends on it; a GPU run's not
         device_name=device_name,  # so does any run's on the processor's model
         role=role,
+        isolation=isolation,  # what kept the data from the experiment's code: landlock, or the tripwire alone
     )
     summary: dict = {"data_s": data_s, "nproc": args.nproc}
     (run_dir / "train_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
@@ -266,6 +276,11 @@ def run(
         f"run {run_id} | experiment {experiment} | commit {commit}{' (dirty)' if tracked_dirty(code_dir) else ''}"
     )
     logger.info(f"torch {torch.__version__} | cuda {torch.version.cuda} | device {device} | seed {args.seed}")
+    if isolation != "landlock":
+        logger.warning(
+            "the kernel does not confine the workers here (no Landlock): only Python-level hooks keep the data from "
+            "the experiment's code, and native code can pass them; the row records isolation=tripwire"
+        )
     if device == "cpu":
         logger.info(
             f"threads {job['threads']} per worker ({'--threads' if args.threads else 'the cores here'}"
@@ -302,15 +317,15 @@ def run(
             worker.send({"op": "go", "budget_tokens": budget})
         scorers: list[Worker] = []
 
-        def start_scorers() -> None:  # at the first batch, so that their start-up overlaps training
+        def start_scoring() -> None:  # at the first batch, so that their start-up overlaps training
             scoring = worker_job(
                 run_dir, run_dir / "model.pt", trains=False, seed=args.seed, device=device, smoke=args.smoke
             )
-            scorers.extend(start_workers("score", 1, scoring, scratch, run_dir / "train.log")[0] for _ in range(2))
+            scorers.extend(start_scorers(scoring, scratch, run_dir / "train.log", preset.eval_seq_len))
             workers.extend(scorers)  # stopped with the rest, whatever happens
 
         try:
-            done = serve_training(workers[: args.nproc], stream, wall_cap_s, metrics_path, start_scorers)
+            done = serve_training(workers[: args.nproc], stream, wall_cap_s, metrics_path, start_scoring)
         finally:
             wall_s = time.perf_counter() - t0
             row.update(train_tokens=stream.tokens_served, wall_s=wall_s, tokens_per_s=stream.tokens_served / wall_s)
@@ -325,7 +340,7 @@ def run(
             row["mfu"] = done["flops_per_token"] * stream.tokens_served / wall_s / (done["peak_flops"] * args.nproc)
         val = corpus.val[: SMOKE_WINDOWS * preset.eval_seq_len + 1] if args.smoke else corpus.val
         t0 = time.perf_counter()
-        val_bpb = score(scorers, val, preset.eval_seq_len, job["checkpoint"], time.monotonic() + preset.wall_cap_s)
+        val_bpb = score(scorers, val, preset.eval_seq_len, time.monotonic() + preset.wall_cap_s)
         row.update(val_bpb=val_bpb, status="ok")
         summary["eval_s"] = time.perf_counter() - t0
         exit_code = 0

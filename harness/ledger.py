@@ -38,6 +38,7 @@ RESULTS_SCHEMA = {  # the ledger's columns, in order, with their polars dtypes
     "threads": "Int64",  # added 2026-11: CPU threads of each worker, on which a CPU run's number depends
     "role": "String",  # added 2026-11: what the run is for, written by the command that ran it (ROLES)
     "device_name": "String",  # added 2026-11: the CPU or GPU model, on which the number depends too
+    "isolation": "String",  # added 2026-12: what kept the data from the experiment: landlock or tripwire
 }
 RESULTS_COLUMNS = tuple(RESULTS_SCHEMA)
 STATUSES = ("ok", "crash", "timeout")

@@ -14,6 +14,7 @@ import re
 import shutil
 import sysconfig
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -257,3 +258,50 @@ def forbidden_paths(source: str = DATA_SOURCE, cache_dir: Path | None = None) ->
 
         paths.append(Path(constants.HF_HUB_CACHE) / f"datasets--{arg.partition(':')[0].replace('/', '--')}")
     return [os.path.realpath(p) for p in paths], os.path.realpath(stdlib_dir()) if kind == "stdlib" else None
+
+
+@cache
+def compile_stdlib() -> tuple[str, ...]:
+    """Bytecode for every standard-library module, written once where it is missing or stale, because a worker
+    may read the bytecode of the training split's modules but no source (referee/sandbox.py). The modules still
+    without it (a read-only system Python missing some) cannot be imported by the experiment: returned, and
+    logged once. Source files that do not compile (the test suite's bad-syntax samples) are not modules."""
+    import importlib.util
+    import py_compile
+    import warnings
+
+    folder, missing = stdlib_dir().resolve(), []
+    for relpath in stdlib_files(folder):
+        source = folder / relpath
+        cached = Path(importlib.util.cache_from_source(str(source)))
+        if bytecode_is_current(source, cached):
+            continue
+        timestamp = py_compile.PycInvalidationMode.TIMESTAMP  # not SOURCE_DATE_EPOCH's checked hash
+        try:
+            with warnings.catch_warnings():  # the test suite's samples of bad code say so as they compile
+                warnings.simplefilter("ignore")
+                py_compile.compile(str(source), cfile=str(cached), doraise=True, invalidation_mode=timestamp)
+        except py_compile.PyCompileError:
+            continue
+        except OSError:
+            missing.append(relpath)
+    return tuple(missing)
+
+
+def bytecode_is_current(source: Path, cached: Path) -> bool:
+    """What the import system checks before it uses a .pyc instead of the source (PEP 552 timestamp form): the
+    source's mtime and size in its header. A hash-based .pyc would make it read the source: not current."""
+    import importlib.util
+
+    try:
+        with open(cached, "rb") as f:
+            header = f.read(16)
+    except OSError:
+        return False
+    stat = source.stat()
+    return (
+        header[:4] == importlib.util.MAGIC_NUMBER
+        and header[4:8] == b"\0\0\0\0"
+        and int.from_bytes(header[8:12], "little") == int(stat.st_mtime) & 0xFFFFFFFF
+        and int.from_bytes(header[12:16], "little") == stat.st_size & 0xFFFFFFFF
+    )

@@ -1,31 +1,41 @@
-"""The tripwire around the experiment's code in a worker process. FROZEN (meta-mode only).
+"""What a worker process may touch, enforced twice. FROZEN (meta-mode only).
 
-Python audit hooks, installed before the experiment's code loads (and never removable), refuse:
-- opening the data: the prepared cache folder and the source's files (for the default corpus, the standard
-  library's .py files, which only the import system may read, to compile them);
-- opening another run's files (runs/) or the ledger, and writing anything in the main checkout (results.tsv,
-  runs/, worktrees, .git) except the worker's own checkpoint;
-- reading other processes through /proc;
-- network connections and lookups (any socket address that is not a Unix socket path);
-- starting a process, except the compilers and torch's own compile workers that torch.compile starts.
+1. The kernel (`confine`, Landlock on Linux: referee/landlock.py), before the experiment's code loads: the
+   worker may read only what it needs to run (site-packages, the interpreter's extension modules and the
+   bytecode of the standard library's training-split modules, the shared libraries it has loaded, the C
+   toolchain torch.compile runs, /dev but /dev/shm, its own /proc, /sys, the referee's own package, its run's
+   kept code and checkpoint, its scratch folder and compile caches) and write only its checkpoint (a training
+   worker) or its logits buffer (a scoring worker), its scratch folder and its compile caches. Everything else,
+   the corpus, the prepared cache, the ledger, runs/ and the checkout among them, is refused to Python and
+   native code alike, and to any process the worker starts. For the default corpus the standard library's
+   sources are refused and so is the bytecode of its validation-split modules (their docstrings and constants
+   are validation text): the referee compiles the bytecode before any worker starts (referee/data.py).
+   Where the kernel has no Landlock (macOS, Linux before 5.13, a container that blocks it) the worker says so
+   and the row's `isolation` column records `tripwire`.
+2. The tripwire (`install`): Python audit hooks, never removable, refuse in Python's own calls what the
+   kernel refuses and more (network connections and lookups, starting a process other than torch.compile's
+   compilers, writing in the main checkout, reading other processes through /proc). A refusal raises
+   PermissionError where the experiment made the call and tells the referee at once, which ends the run as a
+   crash row naming what was touched, so catching the error gains nothing. A read that linecache makes (a
+   traceback's or a warning's source line) is refused without ending the run.
 
-A refusal raises PermissionError where the experiment made the call and tells the referee at once, which
-ends the run as a crash row naming what was touched, so catching the error gains nothing. A read that
-linecache makes (a traceback's or a warning's source line) is refused without ending the run.
-
-A tripwire, not a jail: code that runs outside Python's own calls is not seen. Native code (ctypes, a C
-extension, torch.from_file, a compiler run by the worker) can open files, and Python code can spy on the
-import system's frames (sys.settrace). 0_docs/problem.md lists what this cannot stop.
+What neither stops (code that runs outside Python's calls is seen only by the kernel; the network is not the
+kernel's to refuse here) is listed in 0_docs/problem.md.
 """
 
-import builtins
+import importlib.util
 import os
+import site
 import sys
+import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import _bootstrap_external
-from importlib.machinery import SourceFileLoader
 from pathlib import Path
+
+from loguru import logger
+
+from referee import landlock
+from referee.core import is_validation
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 # fmt: off
@@ -39,12 +49,9 @@ PROCESSES = {"subprocess.Popen", "os.exec", "os.posix_spawn", "os.spawn", "os.sy
 # What torch.compile runs: C/C++ compilers and linkers (inductor on CPU), ptxas and ldconfig (triton on CUDA).
 COMPILERS = {"cc", "c++", "gcc", "g++", "clang", "clang++", "ld", "nvcc", "ptxas", "ldconfig", "cuobjdump"}
 LOCAL_HOSTS = {None, "", "localhost", "127.0.0.1", "::1"}
-# The import system as it is before the experiment loads: what `importer_compiles` trusts.
-GET_DATA, GET_CODE = (
-    _bootstrap_external.FileLoader.get_data.__code__,
-    _bootstrap_external.SourceLoader.get_code.__code__,
-)
-SOURCE_TO_CODE, COMPILE = _bootstrap_external.SourceLoader.source_to_code, builtins.compile
+# The C toolchain torch.compile runs (inductor's C++ on CPU, triton's launcher on CUDA) and what it reads; none
+# of these folders holds a Python standard library (a system Python's is /usr/lib/python3.X, not granted).
+TOOLCHAIN = ["/usr/bin", "/bin", "/usr/libexec/gcc", "/usr/lib/gcc", "/usr/include", "/usr/local/include"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,10 @@ class Policy:
     """the data's folders and files: the prepared cache and the source (a text folder, a dataset's hub folder)"""
     stdlib: str | None = None
     """the standard library's folder when it is the corpus: its .py files are the data"""
+    scratch: str | None = None
+    """the worker's working folder (and TMPDIR), removed after the run: read and written freely"""
+    caches: tuple[str, ...] = ()
+    """torch.compile's cache folders (inductor, triton): read and written"""
 
 
 def under(path: str, folder: str) -> bool:
@@ -103,8 +114,10 @@ class Tripwire:
         writing = bool(flags & WRITE_FLAGS)
         if any(under(p, d) for d in self.policy.data):
             self.refuse(f"opening {p} (the data: workers get batches from the referee only)")
-        if self.is_stdlib_corpus(p) and (writing or not importer_compiles(p)):
+        if self.is_stdlib_corpus(p):
             self.refuse(f"opening {p} (a file of the corpus, the standard library's source)", quiet=by_linecache())
+        if self.is_validation_bytecode(p):
+            self.refuse(f"opening {p} (the bytecode of a validation file of the corpus: `import` of it is refused)")
         if p.startswith("/proc/") and p.split("/")[2].isdigit() and int(p.split("/")[2]) != os.getpid():
             self.refuse(f"opening {p} (another process)")
         if not under(p, self.policy.root):
@@ -120,10 +133,17 @@ class Tripwire:
             self.refuse(f"{event} {p} (the main checkout or the data)")
 
     def is_stdlib_corpus(self, p: str) -> bool:
-        stdlib = self.policy.stdlib
-        if stdlib is None or not p.endswith(".py") or not under(p, stdlib):
+        return p.endswith(".py") and self.policy.stdlib is not None and corpus_file(p, self.policy.stdlib) is not None
+
+    def is_validation_bytecode(self, p: str) -> bool:
+        if not p.endswith(".pyc") or self.policy.stdlib is None:
             return False
-        return not {"site-packages", "dist-packages"} & set(Path(p).relative_to(stdlib).parts)
+        try:
+            source = importlib.util.source_from_cache(p)
+        except ValueError:  # not a __pycache__ file
+            return False
+        relpath = corpus_file(source, self.policy.stdlib)
+        return relpath is not None and is_validation(relpath)
 
     def allowed_process(self, event: str, args: tuple) -> bool:
         if event == "os.system":
@@ -142,22 +162,12 @@ class Tripwire:
         return any(under(p, d) for d in self.package_dirs)
 
 
-def importer_compiles(path: str) -> bool:
-    """True when the import system itself reads a source file to compile it (no cached bytecode): the
-    caller is FileLoader.get_data, called by SourceLoader.get_code of a plain SourceFileLoader."""
-    frame = sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename == __file__:
-        frame = frame.f_back
-    if frame is None or frame.f_code is not GET_DATA:
-        return False
-    caller = frame.f_back
-    return (
-        caller is not None
-        and caller.f_code is GET_CODE
-        and type(caller.f_locals.get("self")) is SourceFileLoader
-        and SourceFileLoader.source_to_code is SOURCE_TO_CODE
-        and builtins.compile is COMPILE
-    )
+def corpus_file(path: str, stdlib: str) -> str | None:
+    """The relative path of a standard-library source file (site-packages excluded), or None."""
+    if not under(path, stdlib):
+        return None
+    relpath = Path(path).relative_to(stdlib)
+    return None if {"site-packages", "dist-packages"} & set(relpath.parts) else relpath.as_posix()
 
 
 def by_linecache() -> bool:
@@ -176,3 +186,66 @@ def install(policy: Policy, report: Callable[[str], None]) -> None:
     """Refuse, from now on and for good, what `policy` forbids; tell `report` about each refusal."""
     sys.dont_write_bytecode = True  # a cached .pyc beside the kept code would be a write in the checkout
     sys.addaudithook(Tripwire(policy, report))
+
+
+def readable_stdlib(stdlib: str | None) -> dict[str, int]:
+    """The standard library as a worker may read it: all of it when it is not the corpus; else its folders'
+    listings, its extension modules and the bytecode of its training-split modules, file by file."""
+    own = os.path.realpath(sysconfig.get_paths()["stdlib"])
+    if stdlib is None:
+        return {own: landlock.READ_EXEC}
+    rules = {stdlib: landlock.READ_DIR, os.path.join(stdlib, "lib-dynload"): landlock.READ_EXEC}
+    for folder, dirs, files in os.walk(stdlib):
+        dirs[:] = [d for d in dirs if d not in ("site-packages", "dist-packages", "lib-dynload")]
+        if os.path.basename(folder) != "__pycache__":
+            continue
+        for name in files:
+            path = os.path.join(folder, name)
+            source = importlib.util.source_from_cache(path) if name.endswith(".pyc") else None
+            relpath = corpus_file(source, stdlib) if source else None
+            if relpath is not None and not is_validation(relpath):
+                rules[path] = landlock.READ_FILE
+    return rules
+
+
+def loaded_libraries() -> list[str]:
+    """The shared libraries mapped into this process (libc, libgomp, torch's): a dynamic loader reopens them."""
+    with open("/proc/self/maps") as f:
+        paths = {line.split(maxsplit=5)[5].strip() for line in f if line.count(" ") >= 5 and "/" in line}
+    return sorted(p for p in paths if p.startswith("/") and os.path.isfile(p))
+
+
+def confine(policy: Policy) -> str:
+    """Ask the kernel to refuse, from now on, every file access `policy` does not need (Landlock); the isolation
+    this worker has, for its row: `landlock`, or `tripwire` where the kernel cannot (said in the log)."""
+    version = landlock.abi()
+    if isinstance(version, str):
+        logger.warning(f"{version}: the tripwire alone keeps the data from this worker, and native code can pass it")
+        return "tripwire"
+    rules = readable_stdlib(policy.stdlib)
+    for folder in [*site.getsitepackages(), *TOOLCHAIN, sysconfig.get_paths()["include"], *loaded_libraries()]:
+        rules.setdefault(os.path.realpath(folder), landlock.READ_EXEC)
+    multiarch = sysconfig.get_config_var("MULTIARCH")  # x86_64-linux-gnu: the system's libraries, not Python's
+    for folder in ([f"/usr/lib/{multiarch}", f"/lib/{multiarch}"] if multiarch else []) + ["/usr/lib64", "/lib64"]:
+        rules.setdefault(os.path.realpath(folder), landlock.READ_EXEC)
+    for path in ["/etc/ld.so.cache", "/proc/self", "/proc/cpuinfo", "/sys", str(Path(__file__).parent), *policy.own]:
+        rules[os.path.realpath(path)] = landlock.READ
+    for name in os.listdir("/dev"):  # the null, random and GPU devices; not /dev/shm, where other runs' buffers are
+        device = os.path.realpath(f"/dev/{name}")
+        if name != "shm" and under(device, "/dev"):  # (/dev/stdout and the like lead to pipes, not devices)
+            rules[device] = landlock.READ | landlock.WRITE | landlock.IOCTL_DEV
+    for path in [*policy.writable, *policy.caches, *([policy.scratch] if policy.scratch else [])]:
+        rules[os.path.realpath(path)] = landlock.ALL
+    exposed = sorted(
+        f"{data} (under {path})"
+        for data in policy.data + ([policy.stdlib] if policy.stdlib else [])
+        for path, rights in rules.items()
+        if rights & landlock.READ_FILE and under(data, path)
+    )
+    if exposed:  # a text corpus inside site-packages or a scratch folder, say: it would be readable
+        raise ValueError(f"the sandbox would let workers read the data: {', '.join(exposed)}; move the data elsewhere")
+    threads = len(os.listdir("/proc/self/task"))
+    landlock.restrict(rules, version)
+    if threads > 1:  # Landlock confines the calling thread and what it starts: these began before it
+        logger.warning(f"Landlock ABI {version}: {threads - 1} thread(s) started before it are not confined")
+    return "landlock"

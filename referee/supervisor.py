@@ -36,7 +36,14 @@ class WorkerFailed(Exception):
 class Worker:
     """A worker process and the referee's end of its socket pair. Its output goes to this terminal and the log."""
 
-    def __init__(self, job: dict, env: dict, cwd: str, log_file: Path | None):
+    def __init__(self, job: dict, env: dict, cwd: str, log_file: Path | None, logits_bytes: int = 0):
+        self.max_logits_bytes = logits_bytes  # a scoring worker's largest batch of logits
+        self.logits_buffer = None  # where that worker's logits arrive: a shared mmap, the one file it may write
+        self.cleanup: list = []  # what stop() undoes
+        if logits_bytes:
+            path = self.share_logits_buffer(logits_bytes)
+            job = {**job, "logits_file": path}
+            job["policy"] = {**job["policy"], "writable": [*job["policy"]["writable"], path]}
         ours, theirs = socket.socketpair()
         self.proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "referee.worker", str(theirs.fileno())],
@@ -48,10 +55,7 @@ class Worker:
         )
         theirs.close()
         self.conn = Connection(ours.detach())
-        self.max_logits_bytes = 0  # set when a scoring worker is told its context
-        self.logits_buffer = None  # a scoring worker's logits arrive in this shared mmap
         self.deadline: float | None = None  # time.monotonic() by which each answer must come (scoring)
-        self.cleanup: list = []  # what stop() undoes
         self.name = f"{job['kind']} worker" + (f" (rank {job['rank']})" if job["world_size"] > 1 else "")
         self.echoes = [
             threading.Thread(target=echo, args=(pipe, out, log_file), daemon=True)
@@ -137,10 +141,18 @@ def free_port() -> int:
 
 
 def worker_job(code: Path, checkpoint: Path, trains: bool, **fields) -> dict:
-    """What a worker is told: where the experiment's code and the checkpoint are, and what it may not touch."""
-    from referee.data import forbidden_paths
+    """What a worker is told: where the experiment's code and the checkpoint are, and what it may touch. A
+    training worker's checkpoint is created here, empty, so that the one file it may write already exists."""
+    from referee.data import compile_stdlib, forbidden_paths
 
     data, stdlib = forbidden_paths()
+    if stdlib is not None and compile_stdlib():  # a worker may not read the standard library's sources
+        logger.warning(
+            f"{len(compile_stdlib())} standard-library modules have no bytecode and cannot be written here, so the "
+            f"experiment cannot import them ({', '.join(compile_stdlib()[:5])}...): `python -m compileall` as their owner"
+        )
+    if trains:
+        checkpoint.touch()
     own = sorted({str(code.resolve()), str(checkpoint.resolve())})
     writable = [str(checkpoint.resolve())] if trains else []
     job = dict(args=[], config_file=None, seed=0, device=None, smoke=False, threads=None)
@@ -148,19 +160,38 @@ def worker_job(code: Path, checkpoint: Path, trains: bool, **fields) -> dict:
     return {**job, **fields, "code": str(code), "checkpoint": str(checkpoint), "policy": policy}
 
 
-def start_workers(kind: str, n: int, job: dict, scratch: str, log: Path | None) -> list["Worker"]:
+def compile_caches(kind: str, scratch: str) -> dict[str, str]:
+    """torch.compile's cache folders: a training worker's persist between runs (it never sees validation
+    text); a scoring worker's are in the run's scratch folder, removed with it, so that nothing it was shown
+    outlives the run."""
+    from referee.data import default_cache_dir
+
+    base = default_cache_dir().with_name("research-harness-compile") if kind == "train" else Path(scratch)
+    return {"TORCHINDUCTOR_CACHE_DIR": str(base / "inductor"), "TRITON_CACHE_DIR": str(base / "triton")}
+
+
+def start_workers(
+    kind: str, n: int, job: dict, scratch: str, log: Path | None, logits_bytes: int = 0
+) -> list["Worker"]:
     # OpenMP threads spin ~0.1 ms, not libgomp's default of a few, for the next parallel region before they
     # sleep: between two batches the referee needs a core, and on 2 cores two spinning threads starve it
     # (bench/README.md: scoring 35 s instead of 95 s). How long a thread waits never changes a number.
+    # OpenBLAS (numpy's, which torch imports) starts no thread pool: a worker confines itself single-threaded.
     env = {"GOMP_SPINCOUNT": "100000", **os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+    caches = compile_caches(kind, scratch)
+    env.update(caches, TMPDIR=scratch, OPENBLAS_NUM_THREADS="1")
+    for folder in caches.values():
+        os.makedirs(folder, exist_ok=True)
+    policy = {**job["policy"], "scratch": scratch, "caches": sorted(caches.values())}
     if n > 1:
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(n))
     return [
         Worker(
-            {**job, "kind": kind, "rank": r, "world_size": n},
+            {**job, "kind": kind, "rank": r, "world_size": n, "policy": policy},
             {**env, "RANK": str(r), "LOCAL_RANK": str(r)},
             scratch,
             log,
+            logits_bytes,
         )
         for r in range(n)
     ]
@@ -232,15 +263,21 @@ def log_step(header: dict, tokens: int, metrics_path: Path | None) -> None:
     logger.info(f"step {record['step']}/{record['total_steps']} | {values}")
 
 
-def score(scorers: list[Worker], val, seq_len: int, checkpoint: str, deadline: float) -> float:
+def start_scorers(job: dict, scratch: str, log: Path | None, seq_len: int) -> list[Worker]:
+    """The two scoring workers of a run: the one that scores, and a fresh one for the state probe."""
+    from referee import core
+
+    logits_bytes = core.EVAL_BATCH_SIZE * seq_len * core.VOCAB_SIZE * 4  # float32, the widest dtype sent
+    return [start_workers("score", 1, job, scratch, log, logits_bytes)[0] for _ in range(2)]
+
+
+def score(scorers: list[Worker], val, seq_len: int, deadline: float) -> float:
     """val_bpb from a fresh scoring worker (core.score), the second one for the state probe."""
     from referee import core
 
     for worker in scorers:
-        worker.max_logits_bytes = core.EVAL_BATCH_SIZE * seq_len * core.VOCAB_SIZE * 4
         worker.deadline = deadline
-        logits_file = worker.share_logits_buffer(worker.max_logits_bytes)
-        worker.send({"op": "load", "checkpoint": checkpoint, "seq_len": seq_len, "logits_file": logits_file})
+        worker.send({"op": "load", "seq_len": seq_len})
     for worker in scorers:
         worker.expect("device")
         worker.expect("ready")

@@ -2,8 +2,9 @@
 
 The referee (eval.py) starts it as `python -P -m referee.worker FD`, with the main checkout on PYTHONPATH
 and one end of a socket pair at descriptor FD; the rest arrives as messages (referee/wire.py). The worker
-imports torch and the libraries, installs the tripwire (referee/sandbox.py) and only then loads the
-experiment: the copy of its code kept in runs/{run_id}/, train.py by file path under its own name.
+imports torch and the libraries, confines itself (Landlock, then the tripwire: referee/sandbox.py) and only
+then loads the experiment: the copy of its code kept in runs/{run_id}/, train.py by file path under its own
+name.
 
 A training worker resolves the run's Config from the command line, waits for the go, calls train() with a
 TrainData whose batches the referee serves one at a time, and saves the returned model's weights as the
@@ -250,13 +251,13 @@ def score_worker(link: Link, job: dict, device: torch.device) -> None:
     train = load_experiment(Path(job["code"]), job["smoke"])
     load, _ = link.recv("load")
     link.started = True
-    state = torch.load(load["checkpoint"], map_location="cpu", weights_only=True)
+    state = torch.load(job["checkpoint"], map_location="cpu", weights_only=True)
     model = train.build_model(train.Config(**state["train_config"]))
     check_model(model, "build_model()")
     model.load_state_dict(state["model"])
     model.to(device).eval()
     link.send({"op": "ready"})
-    with open(load["logits_file"], "r+b") as f, mmap.mmap(f.fileno(), 0) as logits_buffer:
+    with open(job["logits_file"], "r+b") as f, mmap.mmap(f.fileno(), 0) as logits_buffer:
         while True:
             header, inputs = wire.recv(link.conn, core.EVAL_BATCH_SIZE * load["seq_len"])
             if header["op"] == "end":
@@ -297,12 +298,16 @@ def main(fd: int) -> int:
     logger.remove()
     logger.add(sys.stderr, format="{time:HH:mm:ss} | {message}", level="INFO" if job["rank"] == 0 else "ERROR")
     try:
-        if job["threads"]:
-            torch.set_num_threads(job["threads"])
         core.strict_determinism()
         device = resolve_device(job["device"], job["world_size"])
-        link.send({"op": "device", "device": device.type, "device_name": device_name(device)})
-        sandbox.install(sandbox.Policy(**job["policy"]), lambda what: link.send({"op": "refused", "what": what}))
+        name, policy = device_name(device), sandbox.Policy(**job["policy"])
+        # From here on the kernel refuses the data to this process: before torch starts its CPU threads, which
+        # would escape it (a CUDA device has started the driver's by now: 0_docs/problem.md).
+        isolation = sandbox.confine(policy)
+        if job["threads"]:
+            torch.set_num_threads(job["threads"])
+        link.send({"op": "device", "device": device.type, "device_name": name, "isolation": isolation})
+        sandbox.install(policy, lambda what: link.send({"op": "refused", "what": what}))
         (train_worker if job["kind"] == "train" else score_worker)(link, job, device)
     except Exception as e:
         if link.started:  # the traceback goes to the run's log; the row gets the one-line message
