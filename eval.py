@@ -74,16 +74,18 @@ class Terminated(BaseException):
     """SIGTERM (a queue's kill): turned into an exception so the run still writes its row."""
 
 
-def rescore(code: Path, checkpoint: Path, device: str, val, threads: int | None) -> float:
+def rescore(code: Path, checkpoint: Path, device: str, corpus, threads: int | None) -> float:
     """`just verify`: a kept run's val_bpb again, from its code and checkpoint, through the same scoring
-    workers and probes as every scored run."""
+    workers and probes as every scored run (the memorization probe's windows from the whole training split:
+    what the run was served is not kept)."""
     from referee import core
 
     preset, scratch, scorers = core.PRESETS[device], tempfile.mkdtemp(prefix="worker-verify-"), []
     try:
         job = worker_job(code, checkpoint, trains=False, device=device, threads=threads)
         scorers = start_scorers(job, scratch, None, preset.eval_seq_len)
-        return score(scorers, val, preset.eval_seq_len, time.monotonic() + preset.wall_cap_s)
+        deadline = time.monotonic() + preset.wall_cap_s
+        return score(scorers, corpus.val, preset.eval_seq_len, deadline, corpus.train).val_bpb
     finally:
         for worker in scorers:
             worker.stop()
@@ -109,7 +111,7 @@ def git_blob_sha(path: Path) -> str:
 
 def print_summary(row: dict, summary: dict) -> None:
     print("---")
-    for key in ("val_bpb", "train_tokens", "wall_s", "tokens_per_s", "mfu", "peak_mem_gb", "params_m"):
+    for key in ("val_bpb", "unseen_bpb", "train_tokens", "wall_s", "tokens_per_s", "mfu", "peak_mem_gb", "params_m"):
         value = row.get(key)
         text = repr(value) if key == "val_bpb" else f"{value:.6g}" if isinstance(value, float) else value
         print(f"{key}: {'' if text is None else text}")
@@ -222,6 +224,7 @@ def run(
     from referee.data import load_corpus
 
     torch.set_num_threads(1)  # this process only serves batches and sums losses: the cores are the workers'
+    core.check_code_size({path.name: path.stat().st_size for path in run_dir.glob("*.py")})
     t0 = time.perf_counter()
     corpus = load_corpus()  # a source that is missing or unprepared is refused, no row
     data_s = time.perf_counter() - t0
@@ -340,13 +343,17 @@ def run(
             row["mfu"] = done["flops_per_token"] * stream.tokens_served / wall_s / (done["peak_flops"] * args.nproc)
         val = corpus.val[: SMOKE_WINDOWS * preset.eval_seq_len + 1] if args.smoke else corpus.val
         t0 = time.perf_counter()
-        val_bpb = score(scorers, val, preset.eval_seq_len, time.monotonic() + preset.wall_cap_s)
-        row.update(val_bpb=val_bpb, status="ok")
+        deadline = time.monotonic() + preset.wall_cap_s
+        scores = score(scorers, val, preset.eval_seq_len, deadline, corpus.train, stream.served)
+        row.update(val_bpb=scores.val_bpb, unseen_bpb=scores.unseen_bpb, status="ok")
         summary["eval_s"] = time.perf_counter() - t0
         exit_code = 0
     except WallClockExceeded as e:
         row.update(status="timeout", error=str(e))
         logger.error(f"timeout: {row['error']}")
+    except core.MemorizationRefused as e:
+        row.update(unseen_bpb=e.unseen_bpb, error=str(e))
+        logger.error(f"crash: {row['error']}")
     except (Exception, KeyboardInterrupt, Terminated) as e:
         row["error"] = " ".join(str(e).split())[:500] if isinstance(e, WorkerFailed) else crash_message(e)
         logger.error(f"crash: {row['error']}")

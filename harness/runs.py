@@ -246,7 +246,7 @@ def verify(run_id: str, /) -> None:
     corpus = load_corpus()
     if corpus.fingerprint != row["data_fp"]:
         raise Refusal(f"the corpus changed: fingerprint {corpus.fingerprint}, the row has {row['data_fp']}")
-    val_bpb = referee.rescore(code, run_dir / "model.pt", device, corpus.val, row["threads"])
+    val_bpb = referee.rescore(code, run_dir / "model.pt", device, corpus, row["threads"])
     tolerance = 1e-6 if device == "cpu" else 1e-4
     same_referee = referee.git_blob_sha(referee.CORE) == row["eval_sha"]
     print(f"---\nrecorded: {row['val_bpb']!r}\nrescored: {val_bpb!r}\ndifference: {val_bpb - row['val_bpb']:+.3g}")

@@ -25,9 +25,16 @@ The metric, val_bpb (validation bits per byte; lower is better):
 
 The probes, on batches chosen with secret randomness after the scoring pass (the model cannot know
 which): causality (a copy of a batch whose rows are changed after a random cut must give the same
-logits up to the cut) and state (the same batches scored again in a second fresh worker must give
+logits up to the cut), state (the same batches scored again in a second fresh worker must give
 identical logits, so a model that learns while it is scored, or carries state between batches, is
-refused).
+refused) and memorization: UNSEEN_WINDOWS windows of the training split that the run was never served
+(drawn with secret randomness from all of it, minus every window served), scored like the validation
+split. Text the model never saw, like the validation text, from the same corpus: an honest model
+predicts both about as well (the unseen windows come from files it trained on, so it predicts them a
+little better), and one that holds the validation text (read, carried in its code or weights) predicts
+the validation split markedly better. It is refused when val_bpb < (1 - MEMORIZATION_MARGIN) times
+the unseen windows' bits per byte, a margin calibrated on honest runs (bench/README.md). The unseen
+windows' figure is random (secret windows); val_bpb is not.
 """
 
 import hashlib
@@ -50,6 +57,9 @@ VAL_MODULUS = 20  # a file is validation when sha256(relpath) % VAL_MODULUS == 0
 EVAL_BATCH_SIZE = 32  # windows per scoring batch
 PROBE_ATOL = 1e-4  # float32 logits up to a causality probe's cut may move by at most this much
 STATE_PROBE_BATCHES = 2  # batches scored again in a fresh worker, which must give identical logits
+UNSEEN_WINDOWS = 512  # windows of training text the run was never served, scored beside the validation split
+MEMORIZATION_MARGIN = 0.10  # refused when val_bpb < (1 - this) * the unseen windows' bits per byte
+MAX_CODE_BYTES = 64 * 1024  # the experiment's .py files, together (the default model and loop are ~15 KB)
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,21 @@ PRESETS = {
     # One H100-class GPU: a 5-40 minute research run.
     "cuda": Preset(train_tokens=600_000_000, wall_cap_s=2400.0, eval_seq_len=1024),
 }
+
+
+# --- The experiment's code ---
+
+
+def check_code_size(files: dict[str, int]) -> None:
+    """Refuse code past MAX_CODE_BYTES (file name -> bytes): code is for a model and its loop, and a cap on it
+    caps the text it can carry (the validation split is 1.95 MB, 299 KB under lzma: 64 KB hold a fifth)."""
+    size = sum(files.values())
+    if size > MAX_CODE_BYTES:
+        largest = max(files, key=files.get)
+        raise ValueError(
+            f"the experiment's code is {size:,} bytes ({largest} {files[largest]:,}), over the cap of "
+            f"{MAX_CODE_BYTES:,} bytes (referee/core.py): keep the model and loop small, and data out of the code"
+        )
 
 
 # --- The split ---
@@ -114,6 +139,7 @@ class BatchStream:
         self.drawn: list[Tensor] = []  # global batches not yet taken by every rank
         self.first_kept = 0  # the step of drawn[0]
         self.taken = [0] * world_size  # steps each rank has taken
+        self.served = torch.zeros(len(tokens), dtype=torch.bool)  # the bytes of every window served
 
     def check_shape(self, batch_size: int, seq_len: int) -> None:
         if batch_size <= 0 or seq_len <= 0:
@@ -137,7 +163,9 @@ class BatchStream:
             if self.tokens_served + batch_size * seq_len > self.budget_tokens:
                 return None
             starts = torch.randint(len(self.tokens) - seq_len, (batch_size, 1), generator=self.generator)
-            self.drawn.append(self.tokens[starts + torch.arange(seq_len + 1)])
+            positions = starts + torch.arange(seq_len + 1)
+            self.drawn.append(self.tokens[positions])
+            self.served[positions] = True
             self.tokens_served += batch_size * seq_len
         window = self.drawn[step - self.first_kept]
         self.taken[rank] += 1
@@ -267,9 +295,54 @@ def logits_of(scorer: Scorer, inputs: UInt8[Tensor, "batch seq"]) -> Float[Tenso
     return logits
 
 
-def score(first: Scorer, fresh: Callable[[], Scorer], val: UInt8[Tensor, " n_val"], seq_len: int) -> float:
+def unseen_windows(
+    tokens: UInt8[Tensor, " n_train"], served: Tensor | None, seq_len: int, n: int
+) -> UInt8[Tensor, "windows seq_plus_1"]:
+    """`n` windows of the training split (inputs and the byte after), drawn with secret randomness among those
+    that share no byte with any window served (`served`: a mask of the split; None: unknown, as in `just
+    verify`); where too few are left (a budget of many epochs), the rest from anywhere, which only makes an
+    honest model look better on them."""
+    length = min(seq_len + 1, len(tokens))
+    starts, rng = [], secrets.SystemRandom()
+    for _ in range(50 * n):
+        start = rng.randrange(len(tokens) - length + 1)
+        if served is None or not served[start : start + length].any():
+            starts.append(start)
+            if len(starts) == n:
+                break
+    starts += [rng.randrange(len(tokens) - length + 1) for _ in range(n - len(starts))]
+    return torch.stack([tokens[s : s + length] for s in starts])
+
+
+def memorization_violation(val_bpb: float, unseen_bpb: float) -> str | None:
+    """None if the model predicts the validation text no markedly better than unseen training text."""
+    if val_bpb >= (1 - MEMORIZATION_MARGIN) * unseen_bpb:
+        return None
+    return (
+        f"val_bpb {val_bpb:.4f} on the validation text, {unseen_bpb:.4f} on training text it was never served: "
+        f"{1 - val_bpb / unseen_bpb:.0%} better on the validation text, more than the {MEMORIZATION_MARGIN:.0%} "
+        "honest runs allow; the model holds validation text (read, or carried in its code or weights)"
+    )
+
+
+@dataclass(frozen=True)
+class Scores:
+    val_bpb: float
+    unseen_bpb: float | None  # bits per byte on the unseen training windows (None: not probed)
+
+
+def score(
+    first: Scorer,
+    fresh: Callable[[], Scorer],
+    val: UInt8[Tensor, " n_val"],
+    seq_len: int,
+    train: UInt8[Tensor, " n_train"] | None = None,
+    served: Tensor | None = None,
+) -> Scores:
     """val_bpb of the model behind `first`; a ValueError naming the probe that refused it. `fresh()` gives a
-    second worker that has seen nothing, for the state probe."""
+    second worker that has seen nothing, for the state probe; `train` and `served`, the training split and the
+    mask of what the run was served, for the memorization probe (a scored run always has it; a benchmark's
+    model in its own process may go without)."""
     batches = scoring_batches(len(val), seq_len)
     total_nats, kept = 0.0, {}
     causal, state = probe_choice(batches)
@@ -293,4 +366,27 @@ def score(first: Scorer, fresh: Callable[[], Scorer], val: UInt8[Tensor, " n_val
         problem = state_violation(kept[i], logits_of(again, inputs), i)
         if problem is not None:
             raise ValueError(f"model refused by the state probe: {problem}")
-    return val_bpb(total_nats, len(val))
+    value = val_bpb(total_nats, len(val))
+    if train is None:
+        return Scores(value, None)
+    # as many windows as a quarter of the validation split's, at most UNSEEN_WINDOWS: a bounded cost
+    n_windows = sum(len(b) for b in batches)
+    unseen = unseen_windows(train, served, seq_len, min(UNSEEN_WINDOWS, max(EVAL_BATCH_SIZE, n_windows // 4)))
+    unseen_nats = 0.0
+    for rows in unseen.split(EVAL_BATCH_SIZE):
+        inputs = rows[:, :-1].contiguous()
+        first.send_inputs(inputs)
+        unseen_nats += batch_nats(logits_of(first, inputs), rows[:, 1:].long())
+    unseen_bpb = unseen_nats / math.log(2) / (unseen.size(0) * (unseen.size(1) - 1))
+    problem = memorization_violation(value, unseen_bpb)
+    if problem is not None:
+        raise MemorizationRefused(f"model refused by the memorization probe: {problem}", unseen_bpb)
+    return Scores(value, unseen_bpb)
+
+
+class MemorizationRefused(ValueError):
+    """The memorization probe's refusal, with the unseen windows' figure for the row."""
+
+    def __init__(self, message: str, unseen_bpb: float):
+        super().__init__(message)
+        self.unseen_bpb = unseen_bpb

@@ -271,8 +271,8 @@ def start_scorers(job: dict, scratch: str, log: Path | None, seq_len: int) -> li
     return [start_workers("score", 1, job, scratch, log, logits_bytes)[0] for _ in range(2)]
 
 
-def score(scorers: list[Worker], val, seq_len: int, deadline: float) -> float:
-    """val_bpb from a fresh scoring worker (core.score), the second one for the state probe."""
+def score(scorers: list[Worker], val, seq_len: int, deadline: float, train, served=None):
+    """core.Scores from a fresh scoring worker (core.score), the second one for the state probe."""
     from referee import core
 
     for worker in scorers:
@@ -282,7 +282,7 @@ def score(scorers: list[Worker], val, seq_len: int, deadline: float) -> float:
         worker.expect("device")
         worker.expect("ready")
     first, again = scorers
-    val_bpb = core.score(first, lambda: again, val, seq_len)
+    scores = core.score(first, lambda: again, val, seq_len, train, served)
     for worker in scorers:
         worker.send({"op": "end"})
-    return val_bpb
+    return scores
