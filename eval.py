@@ -352,7 +352,7 @@ def run(
         row.update(status="timeout", error=str(e))
         logger.error(f"timeout: {row['error']}")
     except core.MemorizationRefused as e:
-        row.update(unseen_bpb=e.unseen_bpb, error=str(e))
+        row.update(unseen_bpb=e.scores.unseen_bpb, error=str(e))
         logger.error(f"crash: {row['error']}")
     except (Exception, KeyboardInterrupt, Terminated) as e:
         row["error"] = " ".join(str(e).split())[:500] if isinstance(e, WorkerFailed) else crash_message(e)

@@ -57,8 +57,8 @@ VAL_MODULUS = 20  # a file is validation when sha256(relpath) % VAL_MODULUS == 0
 EVAL_BATCH_SIZE = 32  # windows per scoring batch
 PROBE_ATOL = 1e-4  # float32 logits up to a causality probe's cut may move by at most this much
 STATE_PROBE_BATCHES = 2  # batches scored again in a fresh worker, which must give identical logits
-UNSEEN_WINDOWS = 512  # windows of training text the run was never served, scored beside the validation split
-MEMORIZATION_MARGIN = 0.10  # refused when val_bpb < (1 - this) * the unseen windows' bits per byte
+UNSEEN_WINDOWS = 1024  # windows of training text the run was never served, scored beside the validation split
+MEMORIZATION_MARGIN = 0.04  # refused when val_bpb < (1 - this) * the unseen windows' bits per byte
 MAX_CODE_BYTES = 64 * 1024  # the experiment's .py files, together (the default model and loop are ~15 KB)
 
 
@@ -372,21 +372,26 @@ def score(
     # as many windows as a quarter of the validation split's, at most UNSEEN_WINDOWS: a bounded cost
     n_windows = sum(len(b) for b in batches)
     unseen = unseen_windows(train, served, seq_len, min(UNSEEN_WINDOWS, max(EVAL_BATCH_SIZE, n_windows // 4)))
-    unseen_nats = 0.0
-    for rows in unseen.split(EVAL_BATCH_SIZE):
-        inputs = rows[:, :-1].contiguous()
-        first.send_inputs(inputs)
-        unseen_nats += batch_nats(logits_of(first, inputs), rows[:, 1:].long())
-    unseen_bpb = unseen_nats / math.log(2) / (unseen.size(0) * (unseen.size(1) - 1))
-    problem = memorization_violation(value, unseen_bpb)
+    scores = Scores(value, windows_bpb(first, unseen))
+    problem = memorization_violation(scores.val_bpb, scores.unseen_bpb)
     if problem is not None:
-        raise MemorizationRefused(f"model refused by the memorization probe: {problem}", unseen_bpb)
-    return Scores(value, unseen_bpb)
+        raise MemorizationRefused(f"model refused by the memorization probe: {problem}", scores)
+    return scores
+
+
+def windows_bpb(scorer: Scorer, windows: UInt8[Tensor, "windows seq_plus_1"]) -> float:
+    """Bits per byte of the model behind `scorer` on windows (inputs and the byte after each)."""
+    nats = 0.0
+    for rows in windows.split(EVAL_BATCH_SIZE):
+        inputs = rows[:, :-1].contiguous()
+        scorer.send_inputs(inputs)
+        nats += batch_nats(logits_of(scorer, inputs), rows[:, 1:].long())
+    return nats / math.log(2) / (windows.size(0) * (windows.size(1) - 1))
 
 
 class MemorizationRefused(ValueError):
-    """The memorization probe's refusal, with the unseen windows' figure for the row."""
+    """The memorization probe's refusal, with both figures for the row."""
 
-    def __init__(self, message: str, unseen_bpb: float):
+    def __init__(self, message: str, scores: Scores):
         super().__init__(message)
-        self.unseen_bpb = unseen_bpb
+        self.scores = scores
