@@ -101,8 +101,9 @@ class LocalScorer:
 
 
 def local_score(model, val: Tensor, seq_len: int, device: torch.device, fresh_model=None) -> float:
-    """core.score in this process; `fresh_model`, another instance of the model, for the state probe."""
-    return core.score(LocalScorer(model, device), lambda: LocalScorer(fresh_model or model, device), val, seq_len)
+    """core.score's val_bpb in this process; `fresh_model`, another instance of the model, for the state probe."""
+    fresh = lambda: LocalScorer(fresh_model or model, device)  # noqa: E731
+    return core.score(LocalScorer(model, device), fresh, val, seq_len).val_bpb
 
 
 @cache

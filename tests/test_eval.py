@@ -27,7 +27,8 @@ CPU = torch.device("cpu")
 def test_public_interface_is_pinned():
     names = {
         "VOCAB_SIZE", "PRESETS", "BatchStream", "scoring_batches", "forward_logits", "batch_nats", "score",
-        "causality_violation", "state_violation", "is_validation", "fingerprint",
+        "causality_violation", "state_violation", "is_validation", "fingerprint", "unseen_windows",
+        "memorization_violation", "check_code_size",
     }  # fmt: skip
     assert names <= set(dir(core))
     assert {"DATA_SOURCE", "Corpus", "load_corpus", "prepare", "forbidden_paths"} <= set(dir(data))
@@ -36,7 +37,8 @@ def test_public_interface_is_pinned():
     assert ledger.RESULTS_COLUMNS == tuple(
         (
             "run_id started_at experiment config commit seed device status val_bpb train_tokens wall_s "
-            "tokens_per_s mfu peak_mem_gb params_m label eval_sha data_fp description error budget_tokens threads role device_name"
+            "tokens_per_s mfu peak_mem_gb params_m label eval_sha data_fp description error budget_tokens threads role device_name "
+            "isolation unseen_bpb"
         ).split()
     )
     assert core.VOCAB_SIZE == 256
@@ -327,13 +329,13 @@ def test_bad_rows_are_refused_before_anything_is_written(tmp_path):
 @pytest.mark.parametrize(
     "line, why",
     [
-        ("garbage", "1 fields where the header has 24"),
-        ("r9\tnot-a-time\tmain\tcpu\tabc\tNOT_AN_INT" + "\t" * 18, "seed='NOT_AN_INT' is not a whole number"),
+        ("garbage", "1 fields where the header has 26"),
+        ("r9\tnot-a-time\tmain\tcpu\tabc\tNOT_AN_INT" + "\t" * 20, "seed='NOT_AN_INT' is not a whole number"),
         (
-            "\t".join(["r9", "", "main", "cpu", "c", "zero", "cpu", "ok"] + [""] * 16),
+            "\t".join(["r9", "", "main", "cpu", "c", "zero", "cpu", "ok"] + [""] * 18),
             "seed='zero' is not a whole number",
         ),
-        ("\t".join(["r9", "", "main", "cpu", "c", "0", "cpu", "great"] + [""] * 16), "status='great' is not one of"),
+        ("\t".join(["r9", "", "main", "cpu", "c", "0", "cpu", "great"] + [""] * 18), "status='great' is not one of"),
         ("", "an empty line"),
     ],
 )
