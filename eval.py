@@ -332,6 +332,8 @@ def run(
         finally:
             wall_s = time.perf_counter() - t0
             row.update(train_tokens=stream.tokens_served, wall_s=wall_s, tokens_per_s=stream.tokens_served / wall_s)
+        for worker in workers[: args.nproc]:  # none outlives its `done`: a scoring worker's scratch files (what it
+            worker.stop(grace_s=10)  # is shown) must not reach a process that writes the persistent compile caches
         if stream.tokens_served == 0:
             raise ValueError(
                 f"train() drew no batch: the budget ({budget:,} tokens) is less than one batch {stream.shape}"

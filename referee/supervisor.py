@@ -111,8 +111,11 @@ class Worker:
         self.cleanup.append(lambda: (self.logits_buffer.close(), os.unlink(path)))
         return path
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
+    def stop(self, grace_s: float = 0) -> None:
+        """End the process (after `grace_s` seconds for it to exit by itself, its last lines flushed)."""
+        try:
+            self.proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
             self.proc.kill()
         self.proc.wait()
         self.conn.close()
