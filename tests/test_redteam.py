@@ -10,6 +10,13 @@ from conftest import git, just, ledger, make_project, new
 RUN = ("eval", "tiny", "--budget-tokens", "30000", "--seed", "3")
 LOOP = "    for step, (x, y) in enumerate(data.batches(cfg.batch_size, cfg.seq_len)):\n"
 RETURN = "    return model\n"
+VALIDATION_FILE = (  # the first validation file of the default corpus, found as the referee finds it
+    "    import sysconfig\n"
+    "    from pathlib import Path\n"
+    "    from referee.core import is_validation\n"
+    "    stdlib = Path(sysconfig.get_paths()['stdlib'])\n"
+    "    first = next(p for p in sorted(stdlib.rglob('*.py')) if is_validation(p.relative_to(stdlib).as_posix()))\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +88,7 @@ def test_validation_bytes_from_the_referees_loader(honest):
 
 def test_validation_bytes_from_disk(honest):
     project, _ = honest
-    read = (
-        "    import sysconfig\n"
-        "    from pathlib import Path\n"
-        "    from referee.core import is_validation\n"
-        "    stdlib = Path(sysconfig.get_paths()['stdlib'])\n"
-        "    first = next(p for p in sorted(stdlib.rglob('*.py')) if is_validation(p.relative_to(stdlib).as_posix()))\n"
-        "    val = first.read_bytes()  # a file of the validation split\n"
-    )
+    read = VALIDATION_FILE + "    val = first.read_bytes()  # a file of the validation split\n"
     row = scored(project, "disk", {"train.py": [(LOOP, read + LOOP)]})
     assert refused(row, "refused: the train worker tried opening", ".py (a file of the corpus")
 
@@ -200,14 +200,6 @@ def test_the_honest_run_is_bitwise_reproducible(honest):
 
 
 # --- The validation text held by the model: every channel an agent could find (0_docs/problem.md) ---
-
-VALIDATION_FILE = (  # the first validation file of the default corpus, found as the referee finds it
-    "    import sysconfig\n"
-    "    from pathlib import Path\n"
-    "    from referee.core import is_validation\n"
-    "    stdlib = Path(sysconfig.get_paths()['stdlib'])\n"
-    "    first = next(p for p in sorted(stdlib.rglob('*.py')) if is_validation(p.relative_to(stdlib).as_posix()))\n"
-)
 
 
 def test_validation_text_through_the_import_system(honest):
