@@ -40,6 +40,7 @@ from loguru import logger
 from harness.git import checkout_dir, experiment_name, head_commit, tracked_dirty
 from harness.guard import install_hooks, require_scoring_allowed
 from harness.ledger import (
+    CONFIRM_ROLE,
     LEDGER,
     RUNNING,
     append_result,
@@ -111,7 +112,18 @@ def git_blob_sha(path: Path) -> str:
 
 def print_summary(row: dict, summary: dict) -> None:
     print("---")
-    for key in ("val_bpb", "unseen_bpb", "train_tokens", "wall_s", "tokens_per_s", "mfu", "peak_mem_gb", "params_m"):
+    holdout = ["holdout_bpb"] if row.get("holdout_bpb") is not None else []  # a confirmation run's
+    for key in (
+        "val_bpb",
+        "unseen_bpb",
+        *holdout,
+        "train_tokens",
+        "wall_s",
+        "tokens_per_s",
+        "mfu",
+        "peak_mem_gb",
+        "params_m",
+    ):
         value = row.get(key)
         text = repr(value) if key == "val_bpb" else f"{value:.6g}" if isinstance(value, float) else value
         print(f"{key}: {'' if text is None else text}")
@@ -228,6 +240,11 @@ def run(
     t0 = time.perf_counter()
     corpus = load_corpus()  # a source that is missing or unprepared is refused, no row
     data_s = time.perf_counter() - t0
+    if role.startswith(CONFIRM_ROLE) and len(corpus.holdout) < 2:
+        raise ValueError(
+            f"the corpus has no holdout split ({len(corpus.holdout)} bytes), on which a confirmation is judged: "
+            f"add files (one in {core.VAL_MODULUS} of the others goes to it)"
+        )
 
     # --- the device and the config, from the training worker(s): bad input ends here, with no row ---
     try:
@@ -305,8 +322,9 @@ def run(
         + (f" | {args.nproc} processes (DDP)" if args.nproc > 1 else "")
     )
     logger.info(
-        f"data {corpus.source} | {corpus.n_files} files | train {len(corpus.train):,} B | "
-        f"val {len(corpus.val):,} B | fp {corpus.fingerprint} | {data_s:.1f} s"
+        f"data {corpus.source} | {corpus.n_files} files | train {len(corpus.train):,} B | val {len(corpus.val):,} B | "
+        f"holdout {len(corpus.holdout):,} B ({'scored: a confirmation run' if role.startswith(CONFIRM_ROLE) else 'sealed'}) "
+        f"| fp {corpus.fingerprint} | {data_s:.1f} s"
     )
 
     # --- train (worker processes), then score (fresh ones) ---
@@ -346,15 +364,16 @@ def run(
         val = corpus.val[: SMOKE_WINDOWS * preset.eval_seq_len + 1] if args.smoke else corpus.val
         t0 = time.perf_counter()
         deadline = time.monotonic() + preset.wall_cap_s
-        scores = score(scorers, val, preset.eval_seq_len, deadline, corpus.train, stream.served)
-        row.update(val_bpb=scores.val_bpb, unseen_bpb=scores.unseen_bpb, status="ok")
+        holdout = corpus.holdout if role.startswith(CONFIRM_ROLE) and not args.smoke else None  # sealed otherwise
+        scores = score(scorers, val, preset.eval_seq_len, deadline, corpus.train, stream.served, holdout)
+        row.update(val_bpb=scores.val_bpb, unseen_bpb=scores.unseen_bpb, holdout_bpb=scores.holdout_bpb, status="ok")
         summary["eval_s"] = time.perf_counter() - t0
         exit_code = 0
     except WallClockExceeded as e:
         row.update(status="timeout", error=str(e))
         logger.error(f"timeout: {row['error']}")
     except core.MemorizationRefused as e:
-        row.update(unseen_bpb=e.scores.unseen_bpb, error=str(e))
+        row.update(unseen_bpb=e.scores.unseen_bpb, holdout_bpb=e.scores.holdout_bpb, error=str(e))
         logger.error(f"crash: {row['error']}")
     except (Exception, KeyboardInterrupt, Terminated) as e:
         row["error"] = " ".join(str(e).split())[:500] if isinstance(e, WorkerFailed) else crash_message(e)

@@ -61,16 +61,29 @@ def confirmation_rows(df, slug: str):
     return mine.filter(group), mains
 
 
+def holdout_reads(df, experiment: str) -> int:
+    """How many of the experiment's rows were scored on the sealed holdout (each a read of it)."""
+    return df.filter((pl.col("experiment") == experiment) & pl.col("holdout_bpb").is_not_null()).height
+
+
 def confirmation(df, slug: str) -> Verdict | None:
     """The rule on the rows `just confirm SLUG` ran: fresh seeds of the experiment against fresh seeds
-    of main, none of which took part in choosing the experiment; None before any."""
+    of main, none of which took part in choosing the experiment, on the validation split and on the sealed
+    holdout; a claim needs both. None before any."""
     mine, mains = confirmation_rows(df, slug)
     if mine.is_empty():
         return None
     result = verdict(mine["val_bpb"].to_list(), mains["val_bpb"].to_list())
+    held = verdict(mine["holdout_bpb"].drop_nulls().to_list(), mains["holdout_bpb"].drop_nulls().to_list())
+    why = f"{result.why}\non the holdout: {held.why} (its holdout read {holdout_reads(df, slug)} times)"
+    if result.outcome == Outcome.IMPROVED and held.outcome == Outcome.IMPROVED:
+        then = f"confirmed on fresh seeds and on the holdout: `{advice.submit(slug)}` opens the pull request"
+        return dataclasses.replace(result, why=why, advice=then)
     if result.outcome == Outcome.IMPROVED:
-        return dataclasses.replace(result, advice=f"confirmed: `{advice.submit(slug)}` opens the pull request")
-    return dataclasses.replace(result, advice="not confirmed on fresh seeds: no pull request; report it as it is")
+        then = "improved on fresh seeds but not on the holdout: no pull request; report it as it is"
+        return dataclasses.replace(result, outcome=held.outcome, why=why, advice=then)
+    then = "not confirmed on fresh seeds: no pull request; report it as it is"
+    return dataclasses.replace(result, why=why, advice=then)
 
 
 def compare(slug: str, /, json: bool = False) -> None:

@@ -40,6 +40,7 @@ RESULTS_SCHEMA = {  # the ledger's columns, in order, with their polars dtypes
     "device_name": "String",  # added 2026-11: the CPU or GPU model, on which the number depends too
     "isolation": "String",  # added 2026-12: what kept the data from the experiment: landlock or tripwire
     "unseen_bpb": "Float64",  # added 2026-12: bits per byte on training text never served (memorization probe)
+    "holdout_bpb": "Float64",  # added 2026-12: bits per byte on the sealed holdout split (confirmation runs only)
 }
 RESULTS_COLUMNS = tuple(RESULTS_SCHEMA)
 STATUSES = ("ok", "crash", "timeout")

@@ -5,8 +5,12 @@ signals, logging and rows (eval.py, referee/worker.py, ...) can change without s
 groups; a change here is a new referee and needs new baselines. The data is named by `data_fp`.
 
 The split: a file is in the validation split when sha256(its relative path) mod VAL_MODULUS == 0
-(about 5% of files), so the split never shifts when files are added; a single text file keeps its
-last 1/VAL_MODULUS for validation. `data_fp` hashes the prepared bytes of both splits.
+(about 5% of files), so the split never shifts when files are added; of the others, a file is in the
+sealed holdout split when sha256(HOLDOUT_SALT + its path) mod VAL_MODULUS == 0 (about 5% more), and
+the rest is training. A single text file keeps its last 1/VAL_MODULUS for validation and the
+1/VAL_MODULUS before it for the holdout. `data_fp` hashes the prepared bytes of all three splits.
+The holdout is never served and never scored in exploration: only the runs of `just confirm` are
+scored on it too, so that a claim is judged on text no choice among experiments has looked at.
 
 The budget: the referee's BatchStream serves seeded random windows of the training split, counts
 them, and stops when the preset's (or --budget-tokens) training tokens are spent. The experiment,
@@ -42,7 +46,7 @@ import math
 import os
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -54,6 +58,7 @@ from torch import Tensor
 
 VOCAB_SIZE = 256
 VAL_MODULUS = 20  # a file is validation when sha256(relpath) % VAL_MODULUS == 0: about 5%
+HOLDOUT_SALT = b"holdout:"  # of the rest, holdout when sha256(HOLDOUT_SALT + relpath) % VAL_MODULUS == 0
 EVAL_BATCH_SIZE = 32  # windows per scoring batch
 PROBE_ATOL = 1e-4  # float32 logits up to a causality probe's cut may move by at most this much
 STATE_PROBE_BATCHES = 2  # batches scored again in a fresh worker, which must give identical logits
@@ -106,17 +111,31 @@ def is_validation(name: str | bytes) -> bool:
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "big") % VAL_MODULUS == 0
 
 
-def split_one_file(data: bytes) -> tuple[bytes, bytes]:
-    """One text file: the validation split is its last 1/VAL_MODULUS, from the line that starts there."""
-    at = len(data) - len(data) // VAL_MODULUS
-    newline = data.find(b"\n", at)
-    cut = newline + 1 if newline != -1 else at
-    return data[:cut], data[cut:]
+def split_of(name: str | bytes) -> str:
+    """`val`, `holdout` or `train`: is_validation first, then the holdout's own hash rule on the rest."""
+    if is_validation(name):
+        return "val"
+    data = name.encode() if isinstance(name, str) else name
+    held = int.from_bytes(hashlib.sha256(HOLDOUT_SALT + data).digest()[:8], "big") % VAL_MODULUS == 0
+    return "holdout" if held else "train"
 
 
-def fingerprint(train: bytes, val: bytes) -> str:
+def split_one_file(data: bytes) -> dict[str, bytes]:
+    """One text file: the validation split is its last 1/VAL_MODULUS, the holdout the 1/VAL_MODULUS before
+    it, each from the line that starts there."""
+
+    def line_start(at: int) -> int:
+        newline = data.find(b"\n", at)
+        return newline + 1 if newline != -1 else at
+
+    val_at = line_start(len(data) - len(data) // VAL_MODULUS)
+    holdout_at = min(line_start(len(data) - 2 * (len(data) // VAL_MODULUS)), val_at)
+    return dict(train=data[:holdout_at], holdout=data[holdout_at:val_at], val=data[val_at:])
+
+
+def fingerprint(train: bytes, val: bytes, holdout: bytes) -> str:
     h = hashlib.sha256()
-    for name, part in ((b"train", train), (b"val", val)):
+    for name, part in ((b"train", train), (b"val", val), (b"holdout", holdout)):
         h.update(name + len(part).to_bytes(8, "big") + part)
     return h.hexdigest()[:16]
 
@@ -314,21 +333,37 @@ def unseen_windows(
     return torch.stack([tokens[s : s + length] for s in starts])
 
 
-def memorization_violation(val_bpb: float, unseen_bpb: float) -> str | None:
-    """None if the model predicts the validation text no markedly better than unseen training text."""
-    if val_bpb >= (1 - MEMORIZATION_MARGIN) * unseen_bpb:
+def memorization_violation(split: str, bpb: float, unseen_bpb: float) -> str | None:
+    """None if the model predicts `split` (the validation or holdout text) no markedly better than unseen
+    training text."""
+    if bpb >= (1 - MEMORIZATION_MARGIN) * unseen_bpb:
         return None
     return (
-        f"val_bpb {val_bpb:.4f} on the validation text, {unseen_bpb:.4f} on training text it was never served: "
-        f"{1 - val_bpb / unseen_bpb:.0%} better on the validation text, more than the {MEMORIZATION_MARGIN:.0%} "
-        "honest runs allow; the model holds validation text (read, or carried in its code or weights)"
+        f"{bpb:.4f} bits per byte on the {split} text, {unseen_bpb:.4f} on training text it was never served: "
+        f"{1 - bpb / unseen_bpb:.0%} better on the {split} text, more than the {MEMORIZATION_MARGIN:.0%} honest "
+        f"runs allow; the model holds {split} text (read, or carried in its code or weights)"
     )
 
 
 @dataclass(frozen=True)
 class Scores:
     val_bpb: float
-    unseen_bpb: float | None  # bits per byte on the unseen training windows (None: not probed)
+    unseen_bpb: float | None = None  # bits per byte on the unseen training windows (None: not probed)
+    holdout_bpb: float | None = None  # bits per byte on the sealed holdout split (None: not scored)
+
+
+def split_nats(scorer: Scorer, text: UInt8[Tensor, " n"], seq_len: int, keep: list[int] = ()) -> tuple[float, dict]:
+    """The summed nats of the model behind `scorer` on every byte of `text` but the first, batch by batch (the
+    next batch leaves once these logits are back); the logits of the batches in `keep`, by index."""
+    total_nats, kept = 0.0, {}
+    for i, batch in enumerate(scoring_batches(len(text), seq_len)):
+        inputs = batch_inputs(text, batch)
+        scorer.send_inputs(inputs)
+        logits = logits_of(scorer, inputs)
+        total_nats += batch_nats(logits, batch_targets(text, batch))
+        if i in keep:
+            kept[i] = logits
+    return total_nats, kept
 
 
 def score(
@@ -338,21 +373,15 @@ def score(
     seq_len: int,
     train: UInt8[Tensor, " n_train"] | None = None,
     served: Tensor | None = None,
+    holdout: UInt8[Tensor, " n_holdout"] | None = None,
 ) -> Scores:
     """val_bpb of the model behind `first`; a ValueError naming the probe that refused it. `fresh()` gives a
     second worker that has seen nothing, for the state probe; `train` and `served`, the training split and the
     mask of what the run was served, for the memorization probe (a scored run always has it; a benchmark's
-    model in its own process may go without)."""
+    model in its own process may go without); `holdout`, the sealed split, scored too (confirmation runs)."""
     batches = scoring_batches(len(val), seq_len)
-    total_nats, kept = 0.0, {}
     causal, state = probe_choice(batches)
-    for i, batch in enumerate(batches):  # one batch at a time: the next leaves once these logits are back
-        inputs = batch_inputs(val, batch)
-        first.send_inputs(inputs)
-        logits = logits_of(first, inputs)
-        total_nats += batch_nats(logits, batch_targets(val, batch))
-        if i in state:
-            kept[i] = logits
+    total_nats, kept = split_nats(first, val, seq_len, keep=state)
     probe, cuts = perturbed(batch_inputs(val, batches[causal]))
     first.send_inputs(probe)
     problem = causality_violation(kept[causal], logits_of(first, probe), cuts)
@@ -366,16 +395,19 @@ def score(
         problem = state_violation(kept[i], logits_of(again, inputs), i)
         if problem is not None:
             raise ValueError(f"model refused by the state probe: {problem}")
-    value = val_bpb(total_nats, len(val))
+    scores = Scores(val_bpb(total_nats, len(val)))
+    if holdout is not None:
+        scores = replace(scores, holdout_bpb=val_bpb(split_nats(first, holdout, seq_len)[0], len(holdout)))
     if train is None:
-        return Scores(value, None)
+        return scores
     # as many windows as a quarter of the validation split's, at most UNSEEN_WINDOWS: a bounded cost
     n_windows = sum(len(b) for b in batches)
     unseen = unseen_windows(train, served, seq_len, min(UNSEEN_WINDOWS, max(EVAL_BATCH_SIZE, n_windows // 4)))
-    scores = Scores(value, windows_bpb(first, unseen))
-    problem = memorization_violation(scores.val_bpb, scores.unseen_bpb)
-    if problem is not None:
-        raise MemorizationRefused(f"model refused by the memorization probe: {problem}", scores)
+    scores = replace(scores, unseen_bpb=windows_bpb(first, unseen))
+    for split, bpb in (("validation", scores.val_bpb), ("holdout", scores.holdout_bpb)):
+        problem = memorization_violation(split, bpb, scores.unseen_bpb) if bpb is not None else None
+        if problem is not None:
+            raise MemorizationRefused(f"model refused by the memorization probe: {problem}", scores)
     return scores
 
 

@@ -2,9 +2,10 @@
 FROZEN (meta-mode only). The split rule and the fingerprint are in referee/core.py; every row carries the
 fingerprint (`data_fp`) of the bytes it was trained and scored on, so rows of different data never compare.
 
-Files are sorted by relative path and split by core.is_validation; a single text file splits at its last
-5%; a Hugging Face dataset keeps its own validation split, or, without one, sends a document to validation
-when sha256(document) mod 20 == 0 (its test split is unused).
+Files are sorted by relative path and split by core.split_of (validation, the sealed holdout, training); a
+single text file splits at its last 5% (validation) and the 5% before (holdout); a Hugging Face dataset keeps
+its own validation split, or, without one, sends a document to validation when sha256(document) mod 20 == 0,
+and carves the holdout from its training documents by the holdout's rule (its test split is unused).
 """
 
 import hashlib
@@ -22,7 +23,7 @@ from jaxtyping import UInt8
 from torch import Tensor
 
 from harness.ledger import write_atomic
-from referee.core import VAL_MODULUS, fingerprint, is_validation, split_one_file
+from referee.core import VAL_MODULUS, fingerprint, split_of, split_one_file
 
 ROOT = Path(__file__).resolve().parents[1]  # the main checkout, which relative text:PATH sources start from
 
@@ -64,10 +65,15 @@ def text_files(folder: Path) -> list[str]:
     return sorted(r for r in rel if not any(part.startswith(".") for part in r.split("/")))
 
 
+SPLITS = ("train", "val", "holdout")
+
+
 @dataclass(frozen=True)
 class Corpus:
     train: UInt8[Tensor, " n_train"]
     val: UInt8[Tensor, " n_val"]
+    holdout: UInt8[Tensor, " n_holdout"]
+    """the sealed split: scored only in `just confirm`'s runs, never served"""
     fingerprint: str
     source: str
     n_files: int
@@ -95,7 +101,7 @@ def text_path(arg: str) -> Path:
 
 def load_corpus(source: str = DATA_SOURCE, cache_dir: Path | None = None) -> Corpus:
     """The prepared corpus. Local sources are prepared here, once per distinct file listing, and
-    cached as two byte files; a Hugging Face source must have been prepared by `just prepare`.
+    cached as three byte files; a Hugging Face source must have been prepared by `just prepare`.
     The fingerprint is recomputed from the bytes on every load, so it always names what was used."""
     kind, arg = parse_source(source)
     cache_dir = cache_dir or default_cache_dir()
@@ -113,10 +119,12 @@ def load_corpus(source: str = DATA_SOURCE, cache_dir: Path | None = None) -> Cor
                 f"{folder} was prepared from column {info['text_column']!r}, referee/data.py reads {HF_TEXT_COLUMN!r}: "
                 "run `uv run just prepare` again"
             )
-        train, val = (folder / "train.bin").read_bytes(), (folder / "val.bin").read_bytes()
+        if not (folder / "holdout.bin").exists():
+            raise ValueError(f"{folder} was prepared before the holdout split: run `uv run just prepare` again")
+        parts = {split: (folder / f"{split}.bin").read_bytes() for split in SPLITS}
         n_files, where = len(info["files"]), f"{source}@{info['commit'][:12]}"
     elif (folder := stdlib_dir().resolve() if kind == "stdlib" else text_path(arg)).is_file():
-        train, val = split_one_file(folder.read_bytes())  # text:PATH naming one file
+        parts = split_one_file(folder.read_bytes())  # text:PATH naming one file
         n_files, where = 1, str(folder)
     else:
         files = stdlib_files(folder) if kind == "stdlib" else text_files(folder)
@@ -124,16 +132,17 @@ def load_corpus(source: str = DATA_SOURCE, cache_dir: Path | None = None) -> Cor
             raise ValueError(f"DATA_SOURCE {source!r}: no files under {folder}, the corpus is empty")
         stats = ((r, (folder / r).stat()) for r in files)
         listing = "\n".join(f"{r}\t{s.st_size}\t{s.st_mtime_ns}" for r, s in stats)
-        key = hashlib.sha256(f"{folder}\n{VAL_MODULUS}\n{listing}".encode()).hexdigest()[:16]
-        train_path, val_path = cache_dir / f"{key}.train.bin", cache_dir / f"{key}.val.bin"
-        if not (train_path.exists() and val_path.exists()):
-            parts: dict[bool, list[bytes]] = {True: [], False: []}
+        key = hashlib.sha256(f"{folder}\n{VAL_MODULUS}\n{SPLITS}\n{listing}".encode()).hexdigest()[:16]
+        paths = {split: cache_dir / f"{key}.{split}.bin" for split in SPLITS}
+        if not all(path.exists() for path in paths.values()):
+            chunks: dict[str, list[bytes]] = {split: [] for split in SPLITS}
             for r in files:
-                parts[is_validation(r)].append((folder / r).read_bytes())
-            write_atomic(train_path, b"".join(parts[False]))
-            write_atomic(val_path, b"".join(parts[True]))
-        train, val = train_path.read_bytes(), val_path.read_bytes()
+                chunks[split_of(r)].append((folder / r).read_bytes())
+            for split, path in paths.items():
+                write_atomic(path, b"".join(chunks[split]))
+        parts = {split: path.read_bytes() for split, path in paths.items()}
         n_files, where = len(files), str(folder)
+    train, val, holdout = (parts[split] for split in SPLITS)
     if len(val) < 2 or not train:
         raise ValueError(
             f"DATA_SOURCE {source!r} gives {len(train):,} training and {len(val):,} validation bytes; "
@@ -142,7 +151,8 @@ def load_corpus(source: str = DATA_SOURCE, cache_dir: Path | None = None) -> Cor
     return Corpus(
         train=torch.frombuffer(bytearray(train), dtype=torch.uint8),
         val=torch.frombuffer(bytearray(val), dtype=torch.uint8),
-        fingerprint=fingerprint(train, val),
+        holdout=torch.frombuffer(bytearray(holdout), dtype=torch.uint8),
+        fingerprint=fingerprint(train, val, holdout),
         source=where,
         n_files=n_files,
     )
@@ -198,7 +208,7 @@ def prepare_hf(spec: str, cache_dir: Path) -> Path:
     files = [f for f in files if splits[f] != "test"]  # the test split stays unseen
     has_val = "val" in splits.values()
     out = hf_prepared_dir(spec, cache_dir)
-    parts = out / f"parts-{snapshot.name[:12]}-{HF_TEXT_COLUMN}"
+    parts = out / f"parts-{snapshot.name[:12]}-{HF_TEXT_COLUMN}-holdout"
     for i, name in enumerate(tqdm(files, desc=f"prepare hf:{spec}", unit="file")):
         if (parts / f"{i:05d}.done").exists():
             continue
@@ -215,15 +225,15 @@ def prepare_hf(spec: str, cache_dir: Path) -> Path:
                 f"hf:{spec}: {name} has no text column {HF_TEXT_COLUMN!r} (its columns: "
                 f"{', '.join(f'{c} ({t})' for c, t in columns.items())}); set HF_TEXT_COLUMN in referee/data.py (meta-mode)"
             )
-        chunks: dict[bool, list[bytes]] = {True: [], False: []}
+        chunks: dict[str, list[bytes]] = {split: [] for split in SPLITS}
         for text in texts[HF_TEXT_COLUMN]:
             if text:
                 doc = text.encode() + HF_DOC_SEPARATOR
-                chunks[splits[name] == "val" if has_val else is_validation(doc)].append(doc)
-        write_atomic(parts / f"{i:05d}.train", b"".join(chunks[False]))
-        write_atomic(parts / f"{i:05d}.val", b"".join(chunks[True]))
+                chunks[hf_doc_split(doc, splits[name], has_val)].append(doc)
+        for split in SPLITS:
+            write_atomic(parts / f"{i:05d}.{split}", b"".join(chunks[split]))
         write_atomic(parts / f"{i:05d}.done", b"")
-    for split in ("train", "val"):  # streamed part by part: a large dataset never sits in memory twice
+    for split in SPLITS:  # streamed part by part: a large dataset never sits in memory twice
         tmp = out / f"{split}.bin.tmp{os.getpid()}"
         with tmp.open("wb") as whole:
             for i in range(len(files)):
@@ -234,6 +244,16 @@ def prepare_hf(spec: str, cache_dir: Path) -> Path:
     write_atomic(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
     shutil.rmtree(parts)
     return out
+
+
+def hf_doc_split(doc: bytes, file_split: str, has_val: bool) -> str:
+    """A document's split: its file's validation split if the dataset has one, else core.split_of's rule;
+    the holdout is carved from the training documents by the holdout's own rule either way."""
+    if not has_val:
+        return split_of(doc)
+    if file_split == "val":
+        return "val"
+    return "holdout" if split_of(doc) == "holdout" else "train"
 
 
 def prepare(source: str = DATA_SOURCE, cache_dir: Path | None = None) -> Corpus:

@@ -35,7 +35,7 @@ from pathlib import Path
 from loguru import logger
 
 from referee import landlock
-from referee.core import is_validation
+from referee.core import split_of
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 # fmt: off
@@ -116,8 +116,8 @@ class Tripwire:
             self.refuse(f"opening {p} (the data: workers get batches from the referee only)")
         if self.is_stdlib_corpus(p):
             self.refuse(f"opening {p} (a file of the corpus, the standard library's source)", quiet=by_linecache())
-        if self.is_validation_bytecode(p):
-            self.refuse(f"opening {p} (the bytecode of a validation file of the corpus: `import` of it is refused)")
+        if self.is_sealed_bytecode(p):
+            self.refuse(f"opening {p} (the bytecode of a validation or holdout file of the corpus: no import of it)")
         if p.startswith("/proc/") and p.split("/")[2].isdigit() and int(p.split("/")[2]) != os.getpid():
             self.refuse(f"opening {p} (another process)")
         if not under(p, self.policy.root):
@@ -135,7 +135,7 @@ class Tripwire:
     def is_stdlib_corpus(self, p: str) -> bool:
         return p.endswith(".py") and self.policy.stdlib is not None and corpus_file(p, self.policy.stdlib) is not None
 
-    def is_validation_bytecode(self, p: str) -> bool:
+    def is_sealed_bytecode(self, p: str) -> bool:
         if not p.endswith(".pyc") or self.policy.stdlib is None:
             return False
         try:
@@ -143,7 +143,7 @@ class Tripwire:
         except ValueError:  # not a __pycache__ file
             return False
         relpath = corpus_file(source, self.policy.stdlib)
-        return relpath is not None and is_validation(relpath)
+        return relpath is not None and split_of(relpath) != "train"
 
     def allowed_process(self, event: str, args: tuple) -> bool:
         if event == "os.system":
@@ -203,7 +203,7 @@ def readable_stdlib(stdlib: str | None) -> dict[str, int]:
             path = os.path.join(folder, name)
             source = importlib.util.source_from_cache(path) if name.endswith(".pyc") else None
             relpath = corpus_file(source, stdlib) if source else None
-            if relpath is not None and not is_validation(relpath):
+            if relpath is not None and split_of(relpath) == "train":
                 rules[path] = landlock.READ_FILE
     return rules
 

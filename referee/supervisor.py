@@ -274,7 +274,7 @@ def start_scorers(job: dict, scratch: str, log: Path | None, seq_len: int) -> li
     return [start_workers("score", 1, job, scratch, log, logits_bytes)[0] for _ in range(2)]
 
 
-def score(scorers: list[Worker], val, seq_len: int, deadline: float, train, served=None):
+def score(scorers: list[Worker], val, seq_len: int, deadline: float, train, served=None, holdout=None):
     """core.Scores from a fresh scoring worker (core.score), the second one for the state probe."""
     from referee import core
 
@@ -285,7 +285,7 @@ def score(scorers: list[Worker], val, seq_len: int, deadline: float, train, serv
         worker.expect("device")
         worker.expect("ready")
     first, again = scorers
-    scores = core.score(first, lambda: again, val, seq_len, train, served)
+    scores = core.score(first, lambda: again, val, seq_len, train, served, holdout)
     for worker in scorers:
         worker.send({"op": "end"})
     return scores

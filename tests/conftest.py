@@ -80,6 +80,8 @@ def add_rows(project: Path, *rows: dict) -> None:
     """Hand-made ledger rows, written the way the referee writes them."""
     base = dict(status="ok", eval_sha="e" * 40, data_fp="f" * 16, device="cpu", config="cpu", train_tokens=1000, seed=0)
     for i, row in enumerate(rows):
+        if str(row.get("description", "")).startswith("confirm") and "holdout_bpb" not in row:
+            row = {**row, "holdout_bpb": row.get("val_bpb")}  # a confirmation run is scored on the holdout too
         append_result(
             base | dict(run_id=f"r{i}-{row['experiment']}", started_at=f"2026-01-01T00:00:{i:02d}") | row,
             project / "results.tsv",

@@ -135,6 +135,30 @@ def test_submit_opens_a_pull_request_only_for_a_result_confirmed_on_fresh_seeds(
     )
     compared = just(project, "compare", "faster").stdout
     assert "on fresh seeds: improved" in compared and compared.startswith("faster: improved")
+    assert "on the holdout: mean of 3 runs 1.9100 vs baseline 2.0100" in compared
+    assert "(its holdout read 3 times)" in compared
+
+
+def test_a_claim_needs_the_holdout_too(project):
+    """Improved on fresh seeds of the validation split, not on the sealed holdout: no pull request."""
+    new(project, "overfit")
+    explored = [dict(experiment="overfit", val_bpb=v, commit="o", seed=s) for s, v in enumerate((1.9, 1.91, 1.92))]
+    add_rows(project, *baseline_rows(2.0, 2.02, 2.01), *explored)
+    add_rows(
+        project,
+        *[
+            dict(experiment=e, val_bpb=v, holdout_bpb=h, seed=s, description=d, run_id=f"c{s}-{e}")
+            for s, (a, b) in zip((3, 4, 5), ((1.90, 2.01), (1.91, 2.00), (1.92, 2.02)), strict=True)
+            for e, v, h, d in (
+                ("overfit", a, 2.3, f"confirm seed {s}"),
+                ("main", b, 2.3 - s / 1000, f"confirm overfit seed {s}"),
+            )
+        ],
+    )
+    compared = just(project, "compare", "overfit").stdout
+    assert "on fresh seeds: worse" in compared and "improved on fresh seeds but not on the holdout" in compared
+    submitted = just(project, "submit", "overfit")
+    assert "gh pr create" not in submitted.stdout and "no pull request" in submitted.stdout
 
 
 # --- real runs: baseline, determinism, verify, plot ---

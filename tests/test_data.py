@@ -53,19 +53,20 @@ def test_text_folder_end_to_end(meta_project, tmp_path):
     corpus = data.load_corpus(f"text:{folder}", tmp_path / "other-cache")
     assert row["data_fp"] == corpus.fingerprint != data.load_corpus().fingerprint
     assert corpus.n_files == 60  # .git/HEAD is not corpus
-    expected_val = b"".join((folder / r).read_bytes() for r in data.text_files(folder) if core.is_validation(r))
-    assert corpus.val.numpy().tobytes() == expected_val
+    for split in data.SPLITS:
+        expected = b"".join((folder / r).read_bytes() for r in data.text_files(folder) if core.split_of(r) == split)
+        assert getattr(corpus, split).numpy().tobytes() == expected
 
 
-def test_single_text_file_keeps_its_last_twentieth_for_validation(tmp_path):
+def test_single_text_file_keeps_its_last_twentieth_for_validation_and_the_one_before_for_the_holdout(tmp_path):
     lines = [f"line {i} of a single long text\n" for i in range(400)]
     path = tmp_path / "book.txt"
     path.write_text("".join(lines))
     corpus = data.load_corpus(f"text:{path}", tmp_path / "cache")
-    train, val = corpus.train.numpy().tobytes().decode(), corpus.val.numpy().tobytes().decode()
-    assert train + val == path.read_text()
-    assert val.startswith("line ") and train.endswith("\n")  # cut at a line start
-    assert 0.04 < len(val) / (len(train) + len(val)) < 0.06
+    train, holdout, val = (getattr(corpus, s).numpy().tobytes().decode() for s in ("train", "holdout", "val"))
+    assert train + holdout + val == path.read_text()
+    assert val.startswith("line ") and holdout.startswith("line ") and train.endswith("\n")  # cut at line starts
+    assert 0.04 < len(val) / len(path.read_text()) < 0.06 and 0.04 < len(holdout) / len(path.read_text()) < 0.06
 
 
 @pytest.mark.parametrize(
@@ -154,9 +155,12 @@ def test_hf_dataset_is_prepared_offline_then_scored(meta_project, tmp_path):
     assert result.returncode == 0, result.stderr
     [row] = ledger(meta_project).to_dicts()
     sep = data.HF_DOC_SEPARATOR.decode()
-    expected_train = "".join(t + sep for t in train_a + train_b).encode()
+    docs = [(t + sep).encode() for t in train_a + train_b]
+    expected_train = b"".join(d for d in docs if core.split_of(d) != "holdout")
+    expected_holdout = b"".join(d for d in docs if core.split_of(d) == "holdout")
     expected_val = "".join(t + sep for t in val).encode()
-    assert row["status"] == "ok" and row["data_fp"] == core.fingerprint(expected_train, expected_val)
+    fingerprint = core.fingerprint(expected_train, expected_val, expected_holdout)
+    assert row["status"] == "ok" and row["data_fp"] == fingerprint
 
 
 def test_hf_without_validation_split_uses_the_document_hash_rule(meta_project, tmp_path):
@@ -166,9 +170,11 @@ def test_hf_without_validation_split_uses_the_document_hash_rule(meta_project, t
     prepared = just(meta_project, "prepare", env=hf_env(tmp_path))
     assert prepared.returncode == 0, prepared.stderr
     sep = data.HF_DOC_SEPARATOR
-    expected_val = b"".join(d.encode() + sep for d in docs if core.is_validation(d.encode() + sep))
     folder = data.hf_prepared_dir("owner/one-split", tmp_path / "cache")
-    assert (folder / "val.bin").read_bytes() == expected_val and 0 < len(expected_val) < len(docs) * 150 / 5
+    for split in data.SPLITS:
+        expected = b"".join(d.encode() + sep for d in docs if core.split_of(d.encode() + sep) == split)
+        assert (folder / f"{split}.bin").read_bytes() == expected and 0 < len(expected)
+    assert len((folder / "val.bin").read_bytes()) < len(docs) * 150 / 5
 
 
 def test_hf_config_reads_that_configs_files_only(meta_project, tmp_path):
@@ -223,8 +229,8 @@ def test_hf_prepare_resumes_after_a_failure(meta_project, tmp_path):
     result = just(meta_project, "prepare", env=env)
     assert result.returncode == 0, result.stderr
     folder = data.hf_prepared_dir(repo, tmp_path / "cache")
-    sep = data.HF_DOC_SEPARATOR.decode()
-    assert (folder / "train.bin").read_bytes() == "".join(t + sep for t in stories(60)).encode()
+    docs = [(t + data.HF_DOC_SEPARATOR.decode()).encode() for t in stories(60)]
+    assert (folder / "train.bin").read_bytes() == b"".join(d for d in docs if core.split_of(d) != "holdout")
     assert not list(folder.glob("parts-*"))  # the staging parts are gone once train.bin is whole
 
 

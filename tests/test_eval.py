@@ -28,17 +28,17 @@ def test_public_interface_is_pinned():
     names = {
         "VOCAB_SIZE", "PRESETS", "BatchStream", "scoring_batches", "forward_logits", "batch_nats", "score",
         "causality_violation", "state_violation", "is_validation", "fingerprint", "unseen_windows",
-        "memorization_violation", "check_code_size",
+        "memorization_violation", "check_code_size", "split_of",
     }  # fmt: skip
     assert names <= set(dir(core))
-    assert {"DATA_SOURCE", "Corpus", "load_corpus", "prepare", "forbidden_paths"} <= set(dir(data))
+    assert {"DATA_SOURCE", "Corpus", "load_corpus", "prepare", "forbidden_paths", "compile_stdlib"} <= set(dir(data))
     assert {"main", "rescore", "git_blob_sha", "CORE"} <= set(dir(referee))
     assert {"RESULTS_SCHEMA", "RESULTS_COLUMNS", "append_result", "check_ledger"} <= set(dir(ledger))
     assert ledger.RESULTS_COLUMNS == tuple(
         (
             "run_id started_at experiment config commit seed device status val_bpb train_tokens wall_s "
             "tokens_per_s mfu peak_mem_gb params_m label eval_sha data_fp description error budget_tokens threads role device_name "
-            "isolation unseen_bpb"
+            "isolation unseen_bpb holdout_bpb"
         ).split()
     )
     assert core.VOCAB_SIZE == 256
@@ -63,18 +63,19 @@ def write_tree(root: Path, files: dict[str, str]) -> Path:
 
 def test_split_is_deterministic_and_stable_when_files_are_added(tmp_path):
     names = [f"pkg{i // 10}/mod_{i}.py" for i in range(400)]
-    split = {n: core.is_validation(n) for n in names}
-    assert split == {n: core.is_validation(n) for n in names}
-    assert 0.02 < sum(split.values()) / len(names) < 0.09  # about 5%
+    split = {n: core.split_of(n) for n in names}
+    assert split == {n: core.split_of(n) for n in names}
+    assert split == {n: "val" if core.is_validation(n) else split[n] for n in names}  # validation as before
+    for part in ("val", "holdout"):
+        assert 0.02 < list(split.values()).count(part) / len(names) < 0.09  # about 5% each
     src = write_tree(tmp_path / "src", {n: f"x = {i}\n" for i, n in enumerate(names)})
     before = data.load_corpus(f"text:{src}", tmp_path / "cache")
-    write_tree(src, {"zzz/new_module.py": "y = 2\n"})
+    added = next(f"zzz/new_{i}.py" for i in range(100) if core.split_of(f"zzz/new_{i}.py") == "holdout")
+    write_tree(src, {added: "y = 2\n"})
     after = data.load_corpus(f"text:{src}", tmp_path / "cache")
-    # The new file lands in one split; the other split is byte-for-byte what it was.
-    if core.is_validation("zzz/new_module.py"):
-        assert torch.equal(before.train, after.train) and len(after.val) == len(before.val) + 6
-    else:
-        assert torch.equal(before.val, after.val) and len(after.train) == len(before.train) + 6
+    # The new file lands in one split (here the holdout); the others are byte-for-byte what they were.
+    assert torch.equal(before.train, after.train) and torch.equal(before.val, after.val)
+    assert after.holdout.numpy().tobytes() == before.holdout.numpy().tobytes() + b"y = 2\n"
 
 
 def test_site_packages_are_not_corpus(tmp_path):
@@ -94,7 +95,9 @@ def test_default_corpus_is_this_interpreters_stdlib():
     corpus = data.load_corpus()
     assert corpus.n_files > 500 and len(corpus.val) > 100_000
     assert 0.02 < len(corpus.val) / (len(corpus.train) + len(corpus.val)) < 0.12
-    assert corpus.fingerprint == core.fingerprint(corpus.train.numpy().tobytes(), corpus.val.numpy().tobytes())
+    assert 0.02 < len(corpus.holdout) / (len(corpus.train) + len(corpus.holdout)) < 0.12
+    parts = (corpus.train, corpus.val, corpus.holdout)
+    assert corpus.fingerprint == core.fingerprint(*(part.numpy().tobytes() for part in parts))
 
 
 def test_the_batch_stream_is_seeded_budgeted_and_train_split_only():
@@ -329,13 +332,13 @@ def test_bad_rows_are_refused_before_anything_is_written(tmp_path):
 @pytest.mark.parametrize(
     "line, why",
     [
-        ("garbage", "1 fields where the header has 26"),
-        ("r9\tnot-a-time\tmain\tcpu\tabc\tNOT_AN_INT" + "\t" * 20, "seed='NOT_AN_INT' is not a whole number"),
+        ("garbage", "1 fields where the header has 27"),
+        ("r9\tnot-a-time\tmain\tcpu\tabc\tNOT_AN_INT" + "\t" * 21, "seed='NOT_AN_INT' is not a whole number"),
         (
-            "\t".join(["r9", "", "main", "cpu", "c", "zero", "cpu", "ok"] + [""] * 18),
+            "\t".join(["r9", "", "main", "cpu", "c", "zero", "cpu", "ok"] + [""] * 19),
             "seed='zero' is not a whole number",
         ),
-        ("\t".join(["r9", "", "main", "cpu", "c", "0", "cpu", "great"] + [""] * 18), "status='great' is not one of"),
+        ("\t".join(["r9", "", "main", "cpu", "c", "0", "cpu", "great"] + [""] * 19), "status='great' is not one of"),
         ("", "an empty line"),
     ],
 )
