@@ -39,6 +39,7 @@ def compare_slug(df, slug: str) -> Verdict:
     if base.height < 2:
         seeds = f"{base.height} baseline seed{'' if base.height == 1 else 's'}"
         then = f"{seeds} in this group ({group_name(newest)}): a verdict needs 2; run\n  {advice.baseline(newest, plan.baseline)}"
+        then += changed_referee_or_data(df, newest)
     elif result.outcome in (Outcome.PROMISING, Outcome.INCONCLUSIVE) and runs.height < plan.runs:
         then = f"{result.advice}; {advice.seed_runs(slug, newest, range(first, first + plan.runs - runs.height))}"
     elif result.outcome == Outcome.INCONCLUSIVE:
@@ -49,6 +50,22 @@ def compare_slug(df, slug: str) -> Verdict:
     else:
         then = result.advice
     return dataclasses.replace(result, advice=then)
+
+
+def changed_referee_or_data(df, row: dict) -> str:
+    """Why main's baseline is not in `row`'s group, when only the data or the referee's core differs."""
+    others = df.filter((pl.col("experiment") == "main") & (pl.col("role") == "baseline") & ~same_group(row))
+    for column, what in (("data_fp", "data"), ("eval_sha", "referee's core")):
+        same_but = others.filter(
+            pl.all_horizontal(pl.col(c).eq_missing(row[c]) for c in ("device", "device_name", "budget", "threads"))
+        ).filter(pl.col(column) != row[column])
+        if not same_but.is_empty():
+            return (
+                f"\n  (main's baseline seeds here are of another {what}, {column} {same_but[column][-1]}, this run's is "
+                f"{row[column]}: rows of two {column}s never compare; the holdout split of 2026-12 changed every "
+                "data_fp once, and a change to referee/core.py changes eval_sha)"
+            )
+    return ""
 
 
 def confirmation_rows(df, slug: str):

@@ -113,7 +113,7 @@ def test_the_commands_of_next_and_of_a_confirmed_experiment_run_as_printed(proje
     add_rows(project, *baseline(2.0, 2.02, 2.01, config="tiny", budget_tokens=1000), *confirming)
     add_rows(project, dict(experiment="fast", val_bpb=1.5, seed=3, config="tiny", budget_tokens=1000))
     printed += just(project, "compare", "fast").stdout
-    assert "confirmed: `uv run just submit fast` opens the pull request" in printed
+    assert "confirmed on fresh seeds and on the holdout: `uv run just submit fast` opens the pull request" in printed
     commands = commands_in(printed)
     # record (the ideas are not committed); new; 2 more seeds of the exploration (one run is only promising); submit
     assert len(commands) == 5

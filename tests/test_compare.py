@@ -297,3 +297,13 @@ def test_aa_passes_on_mains_own_code_and_fails_when_runs_drift(project, tmp_path
     assert (
         out["improved"] == "2" and out["allowed"] == "1" and ledger(project)["seed"].to_list()[6:] == list(range(6, 15))
     )
+
+
+def test_compare_says_when_the_baseline_is_of_other_data(project):
+    """The holdout split changed every data_fp once: an experiment scored after it finds main's older
+    baseline in no group of its own, and compare names the column that differs."""
+    add_rows(project, *baseline_rows(2.0, 2.02, 2.01, data_fp="0ld0ld0ld0ld0ld0"))
+    add_rows(project, dict(experiment="after", val_bpb=1.9, seed=3))
+    out = just(project, "compare", "after").stdout
+    assert "0 baseline seeds in this group" in out
+    assert "of another data, data_fp 0ld0ld0ld0ld0ld0, this run's is ffffffffffffffff" in out
