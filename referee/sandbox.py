@@ -199,14 +199,11 @@ def readable_stdlib(stdlib: str | None) -> dict[str, int]:
         dirs[:] = [d for d in dirs if d not in ("site-packages", "dist-packages", "lib-dynload")]
         if os.path.basename(folder) != "__pycache__":
             continue
-        for name in files:  # the bytecode a worker imports (no -O: not the .opt-N.pyc files)
+        for name in files:
+            if not name.endswith(f".{sys.implementation.cache_tag}.pyc"):  # what a worker imports (no -O files)
+                continue
             path = os.path.join(folder, name)
-            source = (
-                importlib.util.source_from_cache(path)
-                if name.endswith(f".{sys.implementation.cache_tag}.pyc")
-                else None
-            )
-            relpath = corpus_file(source, stdlib) if source else None
+            relpath = corpus_file(importlib.util.source_from_cache(path), stdlib)
             if relpath is not None and split_of(relpath) == "train":
                 rules[path] = landlock.READ_FILE
     return rules
