@@ -68,6 +68,9 @@ just smoke 2>&1 | tail -7
 step "determinism at the cuda preset: seed 0 twice, 10M tokens each (wall_s, tokens/s and MFU of a scored run)"
 just determinism --budget-tokens 10000000 2>&1 | grep -E '^(val_bpb|wall_s|tokens_per_s|mfu|eval_s|first|second|deterministic):'
 
+step "the workers' wall on CUDA (Landlock): every row's isolation and status, and any error"
+awk -F'\t' 'NR==1{for(i=1;i<=NF;i++) c[$i]=i; next} {print $c["isolation"], $c["status"], $c["error"]}' results.tsv | sort | uniq -c
+
 step "the price of determinism: the cuda preset, strict and not (50M tokens each)"
 python bench/bench.py --configs default --budget-tokens 50000000 2>/dev/null | tee -a "$out/bench.jsonl"
 python bench/bench.py --configs default --budget-tokens 50000000 --no-deterministic 2>/dev/null | tee -a "$out/bench.jsonl"

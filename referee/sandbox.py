@@ -51,7 +51,7 @@ COMPILERS = {"cc", "c++", "gcc", "g++", "clang", "clang++", "ld", "nvcc", "ptxas
 LOCAL_HOSTS = {None, "", "localhost", "127.0.0.1", "::1"}
 # The C toolchain torch.compile runs (inductor's C++ on CPU, triton's launcher on CUDA) and what it reads; none
 # of these folders holds a Python standard library (a system Python's is /usr/lib/python3.X, not granted).
-TOOLCHAIN = ["/usr/bin", "/bin", "/usr/libexec/gcc", "/usr/lib/gcc", "/usr/include", "/usr/local/include"]
+TOOLCHAIN = ["/usr/bin", "/bin", "/usr/sbin", "/usr/libexec/gcc", "/usr/lib/gcc", "/usr/include", "/usr/local/include"]
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,13 @@ def under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
+PRIVATE = ("runs", "results.tsv")  # in the main checkout: other runs' files and the ledger
+
+
 class Tripwire:
     def __init__(self, policy: Policy, report: Callable[[str], None]):
         self.policy, self.report = policy, report
-        self.private = [os.path.join(policy.root, "runs"), os.path.join(policy.root, "results.tsv")]
+        self.private = [os.path.join(policy.root, p) for p in PRIVATE]
         self.package_dirs = [
             str(Path(sys.modules[name].__file__).resolve().parent)
             for name in ("torch", "triton")
@@ -227,9 +230,12 @@ def confine(policy: Policy) -> str:
     for folder in [*site.getsitepackages(), *TOOLCHAIN, sysconfig.get_paths()["include"], *loaded_libraries()]:
         rules.setdefault(os.path.realpath(folder), landlock.READ_EXEC)
     multiarch = sysconfig.get_config_var("MULTIARCH")  # x86_64-linux-gnu: the system's libraries, not Python's
-    for folder in ([f"/usr/lib/{multiarch}", f"/lib/{multiarch}"] if multiarch else []) + ["/usr/lib64", "/lib64"]:
+    libraries = [f"/usr/lib/{multiarch}", f"/lib/{multiarch}"] if multiarch else []
+    libraries += ["/usr/lib64", "/lib64", *filter(None, os.environ.get("LD_LIBRARY_PATH", "").split(":"))]
+    for folder in libraries:  # (the CUDA driver's libraries are in one of them)
         rules.setdefault(os.path.realpath(folder), landlock.READ_EXEC)
-    for path in ["/etc/ld.so.cache", "/proc/self", "/proc/cpuinfo", "/sys", str(Path(__file__).parent), *policy.own]:
+    system = ["/etc/ld.so.cache", "/proc/self", "/proc/cpuinfo", "/proc/driver/nvidia", "/sys"]
+    for path in [*system, str(Path(__file__).parent), *policy.own]:
         rules[os.path.realpath(path)] = landlock.READ
     for name in os.listdir("/dev"):  # the null, random and GPU devices; not /dev/shm, where other runs' buffers are
         device = os.path.realpath(f"/dev/{name}")
@@ -237,13 +243,18 @@ def confine(policy: Policy) -> str:
             rules[device] = landlock.READ | landlock.WRITE | landlock.IOCTL_DEV
     for path in [*policy.writable, *policy.caches, *([policy.scratch] if policy.scratch else [])]:
         rules[os.path.realpath(path)] = landlock.ALL
+    sealed = [
+        *policy.data,
+        *([policy.stdlib] if policy.stdlib else []),
+        *(os.path.join(policy.root, p) for p in PRIVATE),
+    ]
     exposed = sorted(
-        f"{data} (under {path})"
-        for data in policy.data + ([policy.stdlib] if policy.stdlib else [])
-        for path, rights in rules.items()
-        if rights & landlock.READ_FILE and under(data, path)
+        f"{path} (under {rule})"
+        for path in sealed
+        for rule, rights in rules.items()
+        if rights & landlock.READ_FILE and under(path, rule)
     )
-    if exposed:  # a text corpus inside site-packages or a scratch folder, say: it would be readable
+    if exposed:  # a text corpus inside site-packages, or the checkout on LD_LIBRARY_PATH, say: it would be readable
         raise ValueError(f"the sandbox would let workers read the data: {', '.join(exposed)}; move the data elsewhere")
     threads = len(os.listdir("/proc/self/task"))
     landlock.restrict(rules, version)

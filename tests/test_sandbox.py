@@ -69,6 +69,22 @@ def test_a_policy_that_would_expose_the_data_is_refused_before_the_wall_goes_up(
     assert f"{site_packages}/corpus (under {os.path.realpath(site_packages)})" in result.stderr
 
 
+@linux_with_landlock
+def test_the_checkout_on_the_library_path_is_refused_before_the_wall_goes_up(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from referee import sandbox; sandbox.confine(sandbox.Policy('{tmp_path}', [], [], []))",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "LD_LIBRARY_PATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and f"{tmp_path}/results.tsv (under {tmp_path})" in result.stderr
+
+
 def test_bytecode_is_current_only_while_the_source_is_unchanged(tmp_path):
     source, cached = tmp_path / "m.py", tmp_path / "m.pyc"
     source.write_text("x = 1\n")
