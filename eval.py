@@ -112,18 +112,9 @@ def git_blob_sha(path: Path) -> str:
 
 def print_summary(row: dict, summary: dict) -> None:
     print("---")
-    holdout = ["holdout_bpb"] if row.get("holdout_bpb") is not None else []  # a confirmation run's
-    for key in (
-        "val_bpb",
-        "unseen_bpb",
-        *holdout,
-        "train_tokens",
-        "wall_s",
-        "tokens_per_s",
-        "mfu",
-        "peak_mem_gb",
-        "params_m",
-    ):
+    for key in "val_bpb unseen_bpb holdout_bpb train_tokens wall_s tokens_per_s mfu peak_mem_gb params_m".split():
+        if key == "holdout_bpb" and row.get(key) is None:
+            continue  # a confirmation run's only
         value = row.get(key)
         text = repr(value) if key == "val_bpb" else f"{value:.6g}" if isinstance(value, float) else value
         print(f"{key}: {'' if text is None else text}")
