@@ -8,8 +8,8 @@
    worker) or its logits buffer (a scoring worker), its scratch folder and its compile caches. Everything else,
    the corpus, the prepared cache, the ledger, runs/ and the checkout among them, is refused to Python and
    native code alike, and to any process the worker starts. For the default corpus the standard library's
-   sources are refused and so is the bytecode of its validation-split modules (their docstrings and constants
-   are validation text): the referee compiles the bytecode before any worker starts (referee/data.py).
+   sources are refused and so is the bytecode of its validation and holdout modules (their docstrings and
+   constants are that text): the referee compiles the bytecode before any worker starts (referee/data.py).
    Where the kernel has no Landlock (macOS, Linux before 5.13, a container that blocks it) the worker says so
    and the row's `isolation` column records `tripwire`.
 2. The tripwire (`install`): Python audit hooks, never removable, refuse in Python's own calls what the
