@@ -25,6 +25,7 @@ A crash, a refusal (a probe, or the tripwire of referee/sandbox.py), a timeout, 
 writes exactly one row; bad input (arguments, config, a train.py that breaks the contract) writes none.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -37,21 +38,9 @@ from pathlib import Path
 
 from loguru import logger
 
-from harness.git import checkout_dir, experiment_name, head_commit, tracked_dirty
-from harness.guard import install_hooks, require_scoring_allowed
-from harness.ledger import (
-    CONFIRM_ROLE,
-    LEDGER,
-    RUNNING,
-    append_result,
-    check_ledger,
-    live_runs,
-    mark_running,
-    new_run_id,
-    role_problem,
-)
-from harness.pueue import run_label
-from referee.args import parse_eval_args, print_help, split_config_name
+from referee.api import core_sha, evaluate, load_corpus  # noqa: F401  (evaluate, load_corpus: eval.X for measuring tools, as the nanoGPT anchor calls them)
+from referee.args import print_help
+from referee.spec import RunSpec
 from referee.supervisor import (
     WallClockExceeded,
     Worker,
@@ -62,35 +51,25 @@ from referee.supervisor import (
     start_workers,
     worker_job,
 )
-
-# torch, and the referee modules that import it, are imported once the first workers are started: they
-# import their own copy at the same time, on another core.
+from repo.git import checkout_dir, experiment_name, head_commit, tracked_dirty
+from repo.guard import install_hooks, require_scoring_allowed
+from repo.ledger import (
+    CONFIRM_ROLE,
+    LEDGER,
+    RUNNING,
+    append_result,
+    check_ledger,
+    live_runs,
+    mark_running,
+    new_run_id,
+)
 
 ROOT = Path(__file__).resolve().parent
-CORE = ROOT / "referee" / "core.py"  # the metric's core: its hash is every row's eval_sha
 SMOKE_STEPS, SMOKE_WINDOWS = 30, 64  # just smoke: training steps, and scoring windows of the split
 
 
 class Terminated(BaseException):
     """SIGTERM (a queue's kill): turned into an exception so the run still writes its row."""
-
-
-def rescore(code: Path, checkpoint: Path, device: str, corpus, threads: int | None) -> float:
-    """`just verify`: a kept run's val_bpb again, from its code and checkpoint, through the same scoring
-    workers and probes as every scored run (the memorization probe's windows from the whole training split:
-    what the run was served is not kept)."""
-    from referee import core
-
-    preset, scratch, scorers = core.PRESETS[device], tempfile.mkdtemp(prefix="worker-verify-"), []
-    try:
-        job = worker_job(code, checkpoint, trains=False, device=device, threads=threads)
-        scorers = start_scorers(job, scratch, None, preset.eval_seq_len)
-        deadline = time.monotonic() + preset.wall_cap_s
-        return score(scorers, corpus.val, preset.eval_seq_len, deadline, corpus.train).val_bpb
-    finally:
-        for worker in scorers:
-            worker.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def keep_code(code_dir: Path, run_dir: Path) -> None:
@@ -100,14 +79,6 @@ def keep_code(code_dir: Path, run_dir: Path) -> None:
     for path in sorted(code_dir.glob("*.py")):
         if path.name != "eval.py":
             shutil.copyfile(path, run_dir / path.name)
-
-
-def git_blob_sha(path: Path) -> str:
-    """What `git hash-object PATH` prints: names the exact referee core that scored a row."""
-    import hashlib
-
-    data = path.read_bytes()
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def print_summary(row: dict, summary: dict) -> None:
@@ -163,228 +134,240 @@ def read_config_file(path: Path | None) -> list | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The run's checks, its folder and its training workers; then `run`. Whatever happens, the workers end and
+    the scratch folder goes; the run's folder stays only with a row."""
     end_with_parent()
     argv = sys.argv[1:] if argv is None else argv
     code_dir = checkout_dir()
     help_asked = "-h" in argv or "--help" in argv
     if help_asked:
         print_help(code_dir / "train.py", argv)  # from train.py's source, at once; if it is not plain, a worker's
-    args = parse_eval_args(argv)
-    scored = not (args.smoke or help_asked)
-    role = os.environ.get("RESEARCH_ROLE", "exploration")  # set by the command that runs it (baseline, confirm...)
-    if role_problem(role):
-        raise ValueError(f"RESEARCH_ROLE: {role_problem(role)}; unset it for a plain run")
+    spec = RunSpec.from_argv(argv)
+    scored = not (spec.smoke or help_asked)
     install_hooks(ROOT)
     if scored:
         require_scoring_allowed(code_dir, ROOT)
         check_ledger(ROOT / LEDGER)  # its row could not be appended
 
-    # --- the run's folder, with the code the workers load; the workers start ---
     experiment = experiment_name(code_dir, ROOT)
-    run_id = os.environ.get("RESEARCH_RUN_ID") or new_run_id(experiment)
+    run_id = spec.run_id or new_run_id(experiment)
     if (ROOT / "runs" / run_id).exists():
-        run_id += f"-{os.urandom(2).hex()}"  # a queued id used before: `pueue restart` keeps the task's environment
+        run_id += f"-{os.urandom(2).hex()}"  # a queued id used before: `pueue restart` repeats the task's command
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = spec.threads or max(1, cores // spec.nproc)  # fixed for the run: a CPU run's number depends on it
     run_dir = ROOT / "runs" / run_id if scored else Path(tempfile.mkdtemp(prefix="smoke-"))
     keep_code(code_dir, run_dir)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = args.threads or max(1, cores // args.nproc)  # fixed for the run: a CPU run's number depends on it
-    fields = dict(
-        args=argv, config_file=read_config_file(args.config), seed=args.seed, device=args.device, smoke=args.smoke
-    )
-    job = worker_job(run_dir, run_dir / "model.pt", trains=True, threads=threads, **fields)
+    job = worker_job(
+        run_dir, run_dir / "model.pt", trains=True, args=spec.train_argv() + ["--help"] * help_asked,
+        config_file=read_config_file(spec.config), seed=spec.seed, device=spec.device, smoke=spec.smoke, threads=threads,
+    )  # fmt: skip
     scratch = tempfile.mkdtemp(prefix=f"worker-{run_id}-")  # the workers' working folder, outside the checkout
     start_logging(run_dir)
     signal.signal(signal.SIGTERM, on_sigterm)
     workers: list[Worker] = []
-    row: dict = {}
     try:
-        workers = start_workers("train", args.nproc, job, scratch, run_dir / "train.log")
-        return run(args, workers, job, code_dir, experiment, role, run_id, run_dir, scratch, row)
+        workers = start_workers("train", spec.nproc, job, scratch, run_dir / "train.log")
+        return run(dataclasses.replace(spec, run_id=run_id), workers, code_dir, experiment, run_dir, scratch, threads)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the run is over: a kill now must not lose its row
         for worker in workers:
             worker.stop()
         shutil.rmtree(scratch, ignore_errors=True)
-        if not scored or not row:  # a smoke run, or bad input: nothing to keep
+        if not scored or not (run_dir / "summary.json").exists():  # a smoke run, or bad input: nothing to keep
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def run(
-    args,
-    workers: list[Worker],
-    job: dict,
-    code_dir: Path,
-    experiment: str,
-    role: str,
-    run_id: str,
-    run_dir: Path,
-    scratch: str,
-    row: dict,
+    spec: RunSpec, workers: list[Worker], code_dir: Path, experiment: str, run_dir: Path, scratch: str, threads: int
 ) -> int:
+    """The phases of a run, in order: the corpus; what the workers resolved (bad input ends here, with no row);
+    the row, begun; the log's header; training, then scoring in fresh workers; the row, recorded."""
     import torch
 
     from referee import core
-    from referee.data import load_corpus
 
     torch.set_num_threads(1)  # this process only serves batches and sums losses: the cores are the workers'
     core.check_code_size({path.name: path.stat().st_size for path in run_dir.glob("*.py")})
     t0 = time.perf_counter()
     corpus = load_corpus()  # a source that is missing or unprepared is refused, no row
     data_s = time.perf_counter() - t0
-    if role.startswith(CONFIRM_ROLE) and len(corpus.holdout) < 2:
+    confirming = spec.role.startswith(CONFIRM_ROLE)
+    if confirming and len(corpus.holdout) < 2:
         raise ValueError(
             f"the corpus has no holdout split ({len(corpus.holdout)} bytes), on which a confirmation is judged: "
             f"add files (one in {core.VAL_MODULUS} of the others goes to it)"
         )
 
-    # --- the device and the config, from the training worker(s): bad input ends here, with no row ---
+    found, cfg, config, refused = handshake(workers, spec)
+    device = found["device"]
+    preset = core.PRESETS[device]
+    if spec.wall_cap_s is not None and spec.wall_cap_s > preset.wall_cap_s:
+        logger.warning(f"--wall-cap-s {spec.wall_cap_s:g} is above the {device} preset's cap: a cap is only lowered")
+    smoke_tokens = SMOKE_STEPS * cfg.get("batch_size", 8) * cfg.get("seq_len", 64)
+    spec = dataclasses.replace(
+        spec,
+        device=device,
+        budget_tokens=spec.budget_tokens or (smoke_tokens if spec.smoke else preset.train_tokens),
+        wall_cap_s=spec.wall_cap_s if spec.wall_cap_s and spec.wall_cap_s < preset.wall_cap_s else None,  # lowered
+        threads=threads if device == "cpu" else spec.threads,  # the number of a CPU run depends on it; a GPU run's not
+    )
+    row = dict(
+        run_id=spec.run_id, started_at=datetime.now(UTC).isoformat(timespec="seconds"), experiment=experiment,
+        config=config, commit=head_commit(code_dir), seed=spec.seed, device=device, status="crash", label=spec.label,
+        eval_sha=core_sha(), torch=torch.__version__, budget_tokens=spec.budget_tokens, description=spec.description,
+        data_fp=corpus.fingerprint, threads=spec.threads if device == "cpu" else None, role=spec.role,
+        device_name=found["device_name"],  # any run's number depends on the processor's model too
+        isolation=found["isolation"],  # what kept the data from the experiment's code: landlock, or the tripwire alone
+        spec=spec.to_json(),
+    )  # fmt: skip
+    (run_dir / "train_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    if not spec.smoke:
+        mark_running(row, run_dir)
+    log_header(spec, row, cfg, corpus, data_s, preset, torch, code_dir)
+
+    summary: dict = {"data_s": data_s, "nproc": spec.nproc}
+    metrics_path = run_dir / "metrics.jsonl"
     try:
-        found = [w.expect("device")[0] for w in workers]
-        device, device_name, isolation = found[0]["device"], found[0]["device_name"], found[0]["isolation"]
+        if refused:
+            raise refused
+        row.update(train_and_score(spec, workers, corpus, run_dir, scratch, preset, summary))
+        row["status"], exit_code = "ok", 0
+    except WallClockExceeded as e:
+        row.update(status="timeout", error=str(e))
+        logger.error(f"timeout: {row['error']}")
+        exit_code = 1
+    except core.MemorizationRefused as e:
+        row.update(unseen_bpb=e.scores.unseen_bpb, holdout_bpb=e.scores.holdout_bpb, error=str(e))
+        logger.error(f"crash: {row['error']}")
+        exit_code = 1
+    except (Exception, KeyboardInterrupt, Terminated) as e:
+        row["error"] = " ".join(str(e).split())[:500] if isinstance(e, WorkerFailed) else crash_message(e)
+        logger.error(f"crash: {row['error']}")
+        exit_code = 130 if isinstance(e, KeyboardInterrupt) else 1
+    row.update(summary.pop("measured", {}))
+    if spec.smoke:
+        return smoke_report(row, metrics_path, exit_code)
+    record(row, summary, run_dir)
+    return exit_code
+
+
+def handshake(workers: list[Worker], spec: RunSpec) -> tuple[dict, dict, str, WorkerFailed | None]:
+    """What the training workers resolved: the device (its class, its model, the isolation), then the Config and
+    its description. A worker's bad input ends the run here, with no row: tyro's help (exit 0) or its error (2),
+    both printed, else the error in one line; a refusal while loading the code (the tripwire) is the run's crash."""
+    try:
+        found = [w.expect("device")[0] for w in workers][0]
     except WorkerFailed as e:
-        return bad_input(e)
-    refused = None
+        raise bad_input(e) from e
     try:
         configs = [w.expect("config")[0] for w in workers]
     except WorkerFailed as e:
         if not e.refused:
-            return bad_input(e)
-        refused, configs = e, [dict(config={}, description=split_config_name(job["args"])[0] or device)]
-    preset = core.PRESETS[device]
-    cfg, config = configs[0]["config"], configs[0]["description"]
-    if args.nproc > 1:  # the row says how many processes trained it
-        config += ("," if ":" in config else ":") + f"nproc={args.nproc}"
-    smoke_tokens = SMOKE_STEPS * cfg.get("batch_size", 8) * cfg.get("seq_len", 64)
-    budget = args.budget_tokens or (smoke_tokens if args.smoke else preset.train_tokens)
-    wall_cap_s = min(args.wall_cap_s or preset.wall_cap_s, preset.wall_cap_s)
-    commit = head_commit(code_dir)
-    row.update(
-        run_id=run_id,
-        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        experiment=experiment,
-        config=config,
-        commit=commit,
-        seed=args.seed,
-        device=device,
-        status="crash",
-        label=run_label(),
-        eval_sha=git_blob_sha(CORE),
-        budget_tokens=budget,
-        description=args.description,
-        data_fp=corpus.fingerprint,
-        threads=job["threads"] if device == "cpu" else None,  # the number of a CPU run depends on it; a GPU run's not
-        device_name=device_name,  # so does any run's on the processor's model
-        role=role,
-        isolation=isolation,  # what kept the data from the experiment's code: landlock, or the tripwire alone
-    )
-    summary: dict = {"data_s": data_s, "nproc": args.nproc}
-    (run_dir / "train_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    if not args.smoke:
-        mark_running(row, run_dir)
+            raise bad_input(e) from e
+        return found, {}, spec.config_name or found["device"], e
+    return found, configs[0]["config"], configs[0]["description"], None
 
-    # --- the header of the log ---
-    logger.info(
-        f"run {run_id} | experiment {experiment} | commit {commit}{' (dirty)' if tracked_dirty(code_dir) else ''}"
-    )
-    logger.info(f"torch {torch.__version__} | cuda {torch.version.cuda} | device {device} | seed {args.seed}")
-    if isolation != "landlock":
+
+def bad_input(e: WorkerFailed) -> BaseException:
+    return SystemExit(e.exit_code) if e.exit_code in (0, 2) else ValueError(str(e))
+
+
+def log_header(spec: RunSpec, row: dict, cfg: dict, corpus, data_s: float, preset, torch, code_dir: Path) -> None:
+    dirty = " (dirty)" if tracked_dirty(code_dir) else ""
+    logger.info(f"run {spec.run_id} | experiment {row['experiment']} | commit {row['commit']}{dirty}")
+    logger.info(f"torch {torch.__version__} | cuda {torch.version.cuda} | device {spec.device} | seed {spec.seed}")
+    if row["isolation"] != "landlock":
         logger.warning(
             "the kernel does not confine the workers here (no Landlock): only Python-level hooks keep the data from "
             "the experiment's code, and native code can pass them; the row records isolation=tripwire"
         )
-    if device == "cpu":
+    if spec.device == "cpu":
         logger.info(
-            f"threads {job['threads']} per worker ({'--threads' if args.threads else 'the cores here'}"
-            f"{f' / {args.nproc} processes' if args.nproc > 1 and not args.threads else ''}): the number depends on it; "
-            "the row records it and compares only at this count"
+            f"threads {spec.threads} per worker: the number depends on it; the row records it and compares only at "
+            "this count"
         )
-        others = [r for r in live_runs(ROOT) if r != run_id]
+        others = [r for r in live_runs(ROOT) if r != spec.run_id]
         if others:  # measured on 2 cores (bench/README.md, "Runs sharing the cores"): 2 to 3 times as long
             logger.warning(
                 f"{len(others)} other run{'s' * (len(others) > 1)} in progress on this machine ({', '.join(others[:3])}): "
                 "runs sharing the cores take far longer than one after the other (two at once on 2 cores: 2 to 3 "
                 "times as long, mostly in scoring); queue them (`just queue` runs one at a time) or use more cores"
             )
-    logger.info(f"config {config} | {cfg}")
-    if args.wall_cap_s is not None and args.wall_cap_s > preset.wall_cap_s:
-        logger.warning(f"--wall-cap-s {args.wall_cap_s:g} is above the {device} preset's cap: a cap is only lowered")
+    logger.info(f"config {row['config']} | {cfg}")
     logger.info(
-        f"budget {budget:,} tokens | wall cap {wall_cap_s:.0f} s | eval context {preset.eval_seq_len}"
-        + (f" | {args.nproc} processes (DDP)" if args.nproc > 1 else "")
+        f"budget {spec.budget_tokens:,} tokens | wall cap {spec.wall_cap_s or preset.wall_cap_s:.0f} s | eval context {preset.eval_seq_len}"
+        + (f" | {spec.nproc} processes (DDP)" if spec.nproc > 1 else "")
     )
     logger.info(
         f"data {corpus.source} | {corpus.n_files} files | train {len(corpus.train):,} B | val {len(corpus.val):,} B | "
-        f"holdout {len(corpus.holdout):,} B ({'scored: a confirmation run' if role.startswith(CONFIRM_ROLE) else 'sealed'}) "
+        f"holdout {len(corpus.holdout):,} B ({'scored: a confirmation run' if spec.role.startswith(CONFIRM_ROLE) else 'sealed'}) "
         f"| fp {corpus.fingerprint} | {data_s:.1f} s"
     )
 
-    # --- train (worker processes), then score (fresh ones) ---
-    exit_code, metrics_path = 1, run_dir / "metrics.jsonl"
-    stream = core.BatchStream(corpus.train, budget, args.seed, args.nproc)
+
+def train_and_score(spec: RunSpec, workers, corpus, run_dir: Path, scratch: str, preset, summary: dict) -> dict:
+    """Training in the training workers, then scoring in two fresh ones (started at the first batch, so that
+    their start-up overlaps training); the row's measured columns. What training measured is kept in
+    summary["measured"] even when scoring fails, so that a crash row still says how far it got."""
+    from referee import core
+
+    stream = core.BatchStream(corpus.train, spec.budget_tokens, spec.seed, spec.nproc)
+    measured = summary["measured"] = {}
+    scorers: list[Worker] = []
+
+    def start_scoring() -> None:
+        scoring = worker_job(
+            run_dir, run_dir / "model.pt", trains=False, seed=spec.seed, device=spec.device, smoke=spec.smoke
+        )
+        scorers.extend(start_scorers(scoring, scratch, run_dir / "train.log", preset.eval_seq_len))
+
     try:
-        if refused:
-            raise refused
-        t0 = time.perf_counter()
         for worker in workers:
-            worker.send({"op": "go", "budget_tokens": budget})
-        scorers: list[Worker] = []
-
-        def start_scoring() -> None:  # at the first batch, so that their start-up overlaps training
-            scoring = worker_job(
-                run_dir, run_dir / "model.pt", trains=False, seed=args.seed, device=device, smoke=args.smoke
-            )
-            scorers.extend(start_scorers(scoring, scratch, run_dir / "train.log", preset.eval_seq_len))
-            workers.extend(scorers)  # stopped with the rest, whatever happens
-
+            worker.send({"op": "go", "budget_tokens": spec.budget_tokens})
+        t0 = time.perf_counter()
         try:
-            done = serve_training(workers[: args.nproc], stream, wall_cap_s, metrics_path, start_scoring)
+            done = serve_training(
+                workers, stream, spec.wall_cap_s or preset.wall_cap_s, run_dir / "metrics.jsonl", start_scoring
+            )
         finally:
             wall_s = time.perf_counter() - t0
-            row.update(train_tokens=stream.tokens_served, wall_s=wall_s, tokens_per_s=stream.tokens_served / wall_s)
-        for worker in workers[: args.nproc]:  # none outlives its `done`: a scoring worker's scratch files (what it
-            worker.stop(grace_s=10)  # is shown) must not reach a process that writes the persistent compile caches
+            measured.update(
+                train_tokens=stream.tokens_served, wall_s=wall_s, tokens_per_s=stream.tokens_served / wall_s
+            )
+        for worker in workers:  # none outlives its `done`: a scoring worker's scratch files (what it is shown)
+            worker.stop(grace_s=10)  # must not reach a process that writes the persistent compile caches
         if stream.tokens_served == 0:
             raise ValueError(
-                f"train() drew no batch: the budget ({budget:,} tokens) is less than one batch {stream.shape}"
+                f"train() drew no batch: the budget ({spec.budget_tokens:,} tokens) is less than one batch {stream.shape}"
                 if stream.shape
                 else "train() returned without drawing a batch from data.batches(): a model is trained on the referee's batches"
             )
-        row.update(params_m=done["params"] / 1e6, peak_mem_gb=done["peak_mem_gb"])
+        measured.update(params_m=done["params"] / 1e6, peak_mem_gb=done["peak_mem_gb"])
         if done["flops_per_token"] is not None:
-            row["mfu"] = done["flops_per_token"] * stream.tokens_served / wall_s / (done["peak_flops"] * args.nproc)
-        val = corpus.val[: SMOKE_WINDOWS * preset.eval_seq_len + 1] if args.smoke else corpus.val
+            measured["mfu"] = (
+                done["flops_per_token"] * stream.tokens_served / wall_s / (done["peak_flops"] * spec.nproc)
+            )
+        val = corpus.val[: SMOKE_WINDOWS * preset.eval_seq_len + 1] if spec.smoke else corpus.val
+        holdout = corpus.holdout if spec.role.startswith(CONFIRM_ROLE) and not spec.smoke else None  # sealed otherwise
         t0 = time.perf_counter()
-        deadline = time.monotonic() + preset.wall_cap_s
-        holdout = corpus.holdout if role.startswith(CONFIRM_ROLE) and not args.smoke else None  # sealed otherwise
-        scores = score(scorers, val, preset.eval_seq_len, deadline, corpus.train, stream.served, holdout)
-        row.update(val_bpb=scores.val_bpb, unseen_bpb=scores.unseen_bpb, holdout_bpb=scores.holdout_bpb, status="ok")
+        scores = score(
+            scorers,
+            val,
+            preset.eval_seq_len,
+            time.monotonic() + preset.wall_cap_s,
+            corpus.train,
+            stream.served,
+            holdout,
+        )
         summary["eval_s"] = time.perf_counter() - t0
-        exit_code = 0
-    except WallClockExceeded as e:
-        row.update(status="timeout", error=str(e))
-        logger.error(f"timeout: {row['error']}")
-    except core.MemorizationRefused as e:
-        row.update(unseen_bpb=e.scores.unseen_bpb, holdout_bpb=e.scores.holdout_bpb, error=str(e))
-        logger.error(f"crash: {row['error']}")
-    except (Exception, KeyboardInterrupt, Terminated) as e:
-        row["error"] = " ".join(str(e).split())[:500] if isinstance(e, WorkerFailed) else crash_message(e)
-        logger.error(f"crash: {row['error']}")
-        exit_code = 130 if isinstance(e, KeyboardInterrupt) else 1
-    if args.smoke:
-        return smoke_report(row, metrics_path, exit_code)
-    record(row, summary, run_dir)
-    return exit_code
+        return dict(val_bpb=scores.val_bpb, unseen_bpb=scores.unseen_bpb, holdout_bpb=scores.holdout_bpb)
+    finally:
+        for worker in scorers:
+            worker.stop()
 
 
 def crash_message(e: BaseException) -> str:
     return " ".join(f"{type(e).__name__}: {e}".split())[:500]
-
-
-def bad_input(e: WorkerFailed) -> int:
-    """A worker ended before the run began: tyro's help (0) or its error (2), both printed; else the error."""
-    if e.exit_code in (0, 2):
-        return e.exit_code
-    raise ValueError(str(e))
 
 
 def smoke_report(row: dict, metrics_path: Path, exit_code: int) -> int:
@@ -411,24 +394,6 @@ def smoke_report(row: dict, metrics_path: Path, exit_code: int) -> int:
         f"causality and state probes on {SMOKE_WINDOWS} validation windows"
     )
     return 0
-
-
-# --- for measuring tools (bench/, the nanoGPT anchor), never for a row ---
-
-
-def load_corpus():
-    """The referee's corpus (referee/data.py): `.train` and `.val` byte tensors."""
-    from referee.data import load_corpus
-
-    return load_corpus()
-
-
-def evaluate(model, val, seq_len: int, device) -> float:
-    """val_bpb of a model held by the caller, with the core's scoring and probes in the caller's process: what a
-    benchmark compares against. A scored run is never scored this way: its model lives in worker processes."""
-    from referee.worker import local_score
-
-    return local_score(model, val, seq_len, device)
 
 
 if __name__ == "__main__":

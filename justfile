@@ -18,7 +18,7 @@ default:
 
 # train and score one run, append one row to results.tsv: just eval [CONFIG] [--seed 1] [--lr 3e-3 ...]
 eval *args:
-    @exec python "{{root}}/eval.py" "$@"
+    @exec python -P -m harness.launch "$@"
 
 # download (hf: sources) and prepare eval.py's DATA_SOURCE once; runs then read it offline
 prepare:
@@ -26,7 +26,7 @@ prepare:
 
 # fast sanity check through the scored run's workers: ~30 steps, shape checks, the probes, no row: just smoke [CONFIG] [...]
 smoke *args:
-    @exec python "{{root}}/eval.py" "$@" --smoke
+    @exec python -P -m harness.launch "$@" --smoke
 
 # --- experiments ---
 

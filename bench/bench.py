@@ -27,9 +27,9 @@ import torch
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.git import checkout_dir  # noqa: E402  (main's harness and referee, beside this folder)
 from referee import core, data  # noqa: E402
 from referee.worker import device_peak_flops, load_experiment, local_data, local_score, peak_memory_gb, resolve_device  # noqa: E402
+from repo.git import checkout_dir  # noqa: E402  (main's harness and referee, beside this folder)
 
 SHAPES = {
     # nanoGPT's GPT-2-small shape: 12 layers, 768 wide, context 1024, batch 32

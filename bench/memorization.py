@@ -21,9 +21,9 @@ import torch
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.git import checkout_dir  # noqa: E402  (main's harness and referee, beside this folder)
 from referee import core, data  # noqa: E402
 from referee.worker import LocalScorer, load_experiment, local_data  # noqa: E402
+from repo.git import checkout_dir  # noqa: E402  (main's harness and referee, beside this folder)
 
 # fmt: off
 RUNS = (

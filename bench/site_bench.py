@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness import website  # noqa: E402
-from harness.ledger import RESULTS_COLUMNS  # noqa: E402
+from repo.ledger import RESULTS_COLUMNS  # noqa: E402
 
 
 def git(*args: str, cwd: Path) -> None:

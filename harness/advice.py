@@ -4,7 +4,9 @@ real command line)."""
 
 import shlex
 
-from harness.git import WORKTREES
+from harness import Refusal
+from referee.api import RunSpec
+from repo.git import WORKTREES
 
 
 def command(recipe: str, *args: str, where: str = "main") -> str:
@@ -13,31 +15,32 @@ def command(recipe: str, *args: str, where: str = "main") -> str:
     return f"{cd}uv run just {shlex.join([recipe, *args])}"
 
 
-def rerun_args(row: dict, fields: bool = True) -> list[str]:
-    """The eval.py arguments that repeat a row's run: its config and (with `fields`) its field overrides, its
-    device and budget, its process and thread counts; not its seed."""
-    name, _, overrides = row["config"].partition(":")
-    args = []
-    for item in filter(None, overrides.split(",")):
-        key, _, value = item.partition("=")
-        flag = key.replace("_", "-")
-        if key == "nproc" or fields:  # every train.Config field takes a value, booleans and None included
-            args += [f"--{flag}", value]
-    head = ["--config", name] if name.endswith(".json") else [name]
-    threads = ["--threads", str(row["threads"])] if row.get("threads") else []  # the number depends on it
-    return [*head, *args, "--device", row["device"], "--budget-tokens", str(row["budget"]), *threads]
+def rerun_spec(row: dict) -> RunSpec:
+    """The spec a row's run was scored under (its `spec` column): what reruns copy."""
+    if not row.get("spec"):
+        raise Refusal(
+            f"run {row['run_id']} has no spec (scored before rows kept one): rerun it by hand, with its config "
+            f"{row['config']!r}, device {row['device']} and {row['budget']:,} tokens"
+        )
+    return RunSpec.from_json(row["spec"])
+
+
+def rerun_args(row: dict, seed: int, fields: bool = True) -> list[str]:
+    """The eval.py arguments that repeat a row's run with another seed: its config and (with `fields`) its field
+    overrides, device, budget, process and thread counts, as its spec has them."""
+    return rerun_spec(row).rerun(seed, keep_fields=fields).to_argv()
 
 
 def seed_runs(slug: str, row: dict, seeds: range) -> str:
     """'N more seed(s):' and one `just eval` per seed, from the slug's worktree."""
-    lines = [f"  {command('eval', *rerun_args(row), '--seed', str(s), where=slug)}" for s in seeds]
+    lines = [f"  {command('eval', *rerun_args(row, s), where=slug)}" for s in seeds]
     return f"{len(seeds)} more seed{'' if len(seeds) == 1 else 's'}:\n" + "\n".join(lines)
 
 
 def baseline(row: dict, seeds: int) -> str:
     """main's baseline at a row's config name, device and budget (main's code: the row's field overrides
     are the experiment's, not main's)."""
-    return command("baseline", "--seeds", str(seeds), *rerun_args(row, fields=False))
+    return command("baseline", "--seeds", str(seeds), *rerun_args(row, 0, fields=False))
 
 
 def confirm(slug: str) -> str:

@@ -10,8 +10,8 @@ import sys
 import tyro
 
 from harness import Refusal, Terminated
-from harness.git import main_root
-from harness.guard import install_hooks, pre_commit_violations
+from repo.git import main_root
+from repo.guard import install_hooks, pre_commit_violations
 
 # command -> (module, attribute). A class is a command that takes eval.py's arguments through: tyro parses
 # its own fields and hands it the rest, untouched, for eval.py to parse.

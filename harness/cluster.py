@@ -15,6 +15,7 @@ import submitit
 from submitit.core.utils import JobPaths, pickle_load
 
 from harness import Refusal
+from referee.api import RunSpec
 
 CLUSTER_CONFIG = "cluster.toml"  # optional, in the main checkout: defaults for the flags below
 CLUSTER_DEFAULTS = dict(partition=None, gpus=None, time_min=120, cpus=None, mem_gb=None, account=None)
@@ -57,17 +58,7 @@ def slurm_parameters(slug: str, label: str, options: dict, nproc: int) -> dict:
     return {k: v for k, v in params.items() if v is not None}
 
 
-def submit_cluster(
-    root: Path,
-    backend: str,
-    label: str,
-    run_id: str,
-    slug: str,
-    path: Path,
-    eval_args: list[str],
-    nproc: int,
-    flags: dict,
-) -> None:
+def submit_cluster(root: Path, backend: str, spec: RunSpec, slug: str, path: Path, flags: dict) -> None:
     """Submit one scored run as a submitit job; its record (runs/cluster/ID/job.json) lets
     `just status` and `just review` follow it beside the pueue tasks."""
     options = cluster_options(root, flags)
@@ -76,32 +67,24 @@ def submit_cluster(
         if shutil.which("sbatch") is None:
             raise Refusal("--backend slurm needs Slurm's sbatch on PATH: run this on the cluster's login node")
         executor = submitit.SlurmExecutor(folder=folder)
-        executor.update_parameters(**slurm_parameters(slug, label, options, nproc))
+        executor.update_parameters(**slurm_parameters(slug, spec.label, options, spec.nproc))
     else:
-        gpus = options["gpus"] if options["gpus"] is not None else min(nproc, len(gpu_names()))
+        gpus = options["gpus"] if options["gpus"] is not None else min(spec.nproc, len(gpu_names()))
         executor = submitit.LocalExecutor(folder=folder)
         executor.update_parameters(timeout_min=options["time_min"], gpus_per_node=gpus)
-    # `env` adds the label and run id to the job's own environment (the node's, not a pickled copy of ours).
-    command = [
-        "env",
-        f"RESEARCH_LABEL={label}",
-        f"RESEARCH_RUN_ID={run_id}",
-        sys.executable,
-        str(root / "eval.py"),
-        *eval_args,
-    ]
+    command = [sys.executable, str(root / "eval.py"), *spec.to_argv()]  # the label and the run id in the spec
     submitted_at = datetime.now(UTC).isoformat(timespec="seconds")  # before the job can write its row
     job = executor.submit(submitit.helpers.CommandFunction(command, cwd=str(path)))
     record = dict(
-        id=f"{backend}-{job.job_id}", backend=backend, job_id=str(job.job_id), label=label, run_id=run_id, slug=slug,
-        path=str(path), command=shlex.join(["just", "eval", *eval_args]),
+        id=f"{backend}-{job.job_id}", backend=backend, job_id=str(job.job_id), label=spec.label, run_id=spec.run_id,
+        slug=slug, path=str(path), command=shlex.join(["just", "eval", *spec.to_argv()]),
         submitted_at=submitted_at,
     )  # fmt: skip
     job_dir = root / "runs" / "cluster" / record["id"]
     job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / "job.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"submitted {backend} job {record['id']}: {record['command']} in {slug}")
-    print(f"label: {label}\nlog: uv run just log {record['id']}   status: uv run just status")
+    print(f"label: {spec.label}\nlog: uv run just log {record['id']}   status: uv run just status")
 
 
 def cluster_job_state(record: dict, job_dir: Path) -> tuple[str, bool]:

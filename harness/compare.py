@@ -7,10 +7,10 @@ import dataclasses
 import polars as pl
 
 from harness import Refusal, advice
-from harness.git import main_root
-from harness.ledger import CONFIRM_ROLE
 from harness.stats import SEED_PLANS, Outcome, Verdict, verdict
-from harness.table import baseline_rows, group_name, ledger, ok_rows, print_json, same_group
+from harness.table import COMPARABLE, baseline_rows, group_name, ledger, ok_rows, print_json, same_group
+from repo.git import main_root
+from repo.ledger import CONFIRM_ROLE
 
 
 def exploration_rows(df, slug: str):
@@ -52,18 +52,23 @@ def compare_slug(df, slug: str) -> Verdict:
     return dataclasses.replace(result, advice=then)
 
 
+ONE_CHANGE = dict(data_fp="data", eval_sha="referee's core", torch="torch", device_name="processor")
+
+
 def changed_referee_or_data(df, row: dict) -> str:
-    """Why main's baseline is not in `row`'s group, when only the data or the referee's core differs."""
+    """Why main's baseline is not in `row`'s group, when one thing alone differs: the data, the referee's core,
+    torch or the processor."""
     others = df.filter((pl.col("experiment") == "main") & (pl.col("role") == "baseline") & ~same_group(row))
-    for column, what in (("data_fp", "data"), ("eval_sha", "referee's core")):
-        same_but = others.filter(
-            pl.all_horizontal(pl.col(c).eq_missing(row[c]) for c in ("device", "device_name", "budget", "threads"))
-        ).filter(pl.col(column) != row[column])
+    for column, what in ONE_CHANGE.items():
+        rest = [c for c in COMPARABLE if c != column]
+        same_but = others.filter(pl.all_horizontal(pl.col(c).eq_missing(row[c]) for c in rest))
+        same_but = same_but.filter(~pl.col(column).eq_missing(row[column]))
         if not same_but.is_empty():
             return (
                 f"\n  (main's baseline seeds here are of another {what}, {column} {same_but[column][-1]}, this run's is "
                 f"{row[column]}: rows of two {column}s never compare; the holdout split of 2026-12 changed every "
-                "data_fp once, and a change to referee/core.py changes eval_sha)"
+                "data_fp once, a change to referee/core.py changes eval_sha, and torch and the processor are "
+                "recorded since 2026-12: run main's baseline again here)"
             )
     return ""
 

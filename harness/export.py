@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Literal
 
 from harness import Refusal
-from harness.git import main_root
 from harness.table import group_name, ledger
+from repo.git import main_root
 
 HPARAMS = ("experiment", "config", "seed", "device", "commit", "role", "budget", "threads", "status", "label")
 

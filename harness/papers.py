@@ -13,7 +13,7 @@ from pathlib import Path
 import pypdf
 
 from harness import Refusal
-from harness.git import check_slug, main_root
+from repo.git import check_slug, main_root
 
 ARXIV = os.environ.get("RESEARCH_ARXIV_URL", "https://export.arxiv.org")  # its mirror for programs
 ARXIV_ID = re.compile(

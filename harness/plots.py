@@ -9,8 +9,8 @@ import polars as pl
 from matplotlib.figure import Figure  # no pyplot: files only, no display backend
 from matplotlib.ticker import MaxNLocator
 
-from harness.git import main_root
 from harness.table import group_name, ledger, newest_group, same_group, the_bar
+from repo.git import main_root
 
 
 def step_losses(metrics_path: Path) -> list[tuple[int, float]]:

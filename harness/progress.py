@@ -8,9 +8,9 @@ import polars as pl
 
 from harness import Refusal, advice
 from harness.compare import compare_slug
-from harness.git import WORKTREES, main_root, uncommitted_files
 from harness.records import ideas_table, journal_entries
 from harness.table import best_rows, group_name, ledger, newest_group, print_json, print_table, same_group, the_bar
+from repo.git import WORKTREES, main_root, uncommitted_files
 
 IDEATE_UNTIL = 30  # the seed's algorithm: ideate while fewer ideas than this exist
 

@@ -1,5 +1,5 @@
 """The pueue client, called through its CLI with JSON output parsed (contract: tests/pueue_contract.md):
-calls that fail clearly, task states of pueue 4.x and 3.x, and the label of the task a run is."""
+calls that fail clearly, task states of pueue 4.x and 3.x, and the label of the task a process is."""
 
 import json
 import os
@@ -58,13 +58,10 @@ def task_state(task: dict) -> tuple[str, str | None, str | None, str | None]:
     return name, inner.get("start", task.get("start")), inner.get("end", task.get("end")), result
 
 
-def run_label() -> str:
-    """The label of the pueue task this run is: RESEARCH_LABEL when `just queue` set it; else, under
-    pueue (PUEUE_GROUP and PUEUE_WORKER_ID set, as for the seed's own `pueue add --label .. -- just eval`),
-    the label of the running task in that group's worker slot, since pueue has no task-id variable;
-    else empty (a run started by hand)."""
-    if "RESEARCH_LABEL" in os.environ:
-        return os.environ["RESEARCH_LABEL"]
+def task_label() -> str:
+    """The label of the pueue task this process is, for a run added with the seed's plain `pueue add --label ..
+    -- just eval`: under pueue (PUEUE_GROUP and PUEUE_WORKER_ID set) the label of the running task in that
+    group's worker slot, since pueue has no task-id variable; else empty (a run started by hand)."""
     group, worker = os.environ.get("PUEUE_GROUP"), os.environ.get("PUEUE_WORKER_ID")
     if group is None or worker is None:
         return ""
@@ -79,6 +76,6 @@ def run_label() -> str:
         raise Refusal(
             f"PUEUE_GROUP={group} PUEUE_WORKER_ID={worker}: {len(mine)} running pueue tasks hold that slot "
             f"({', '.join(str(t['id']) for t in mine) or 'none'}), so this run cannot tell which label is its own; "
-            "queue it with `just queue LABEL SLUG`, or set RESEARCH_LABEL"
+            "queue it with `just queue LABEL SLUG`, or give it with --label"
         )
     return mine[0].get("label") or ""

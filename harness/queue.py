@@ -2,6 +2,7 @@
 (tasks joined with their ledger rows), `just log`/`follow`, and `just review` (a journal entry per finished
 run: question, hypothesis, what was observed)."""
 
+import dataclasses
 import os
 import re
 import shlex
@@ -16,13 +17,14 @@ from tyro.conf import Positional
 
 from harness import Refusal
 from harness.cluster import CLUSTER_DEFAULTS, cluster_job_paths, cluster_jobs, gpu_names, submit_cluster
-from harness.git import experiment_name, main_root, worktree_dir
-from harness.guard import JOURNAL, require_scoring_allowed
-from harness.ledger import new_run_id
 from harness.pueue import LABEL, parse_label, pueue, task_state
 from harness.pueue import state as pueue_state
 from harness.records import prepend_entry
 from harness.table import baseline_rows, ledger, print_json, print_table
+from referee.api import RunSpec
+from repo.git import experiment_name, main_root, worktree_dir
+from repo.guard import JOURNAL, require_scoring_allowed
+from repo.ledger import new_run_id
 
 
 @dataclass(frozen=True)
@@ -65,10 +67,14 @@ class Queue:
                 f"no worktree for {self.slug!r} ({path}): create it with `just new {self.slug}`, or queue `main`"
             )
         require_scoring_allowed(path, root)  # refuse now what eval.py would refuse hours later
-        eval_args = [*eval_args, "--nproc", str(self.nproc)] if self.nproc != 1 else eval_args
-        run_id = new_run_id(self.slug)  # the row's id: `just status` and `just review` find the run's row by it
+        spec = dataclasses.replace(
+            RunSpec.from_argv(eval_args),
+            nproc=self.nproc,
+            label=self.label,
+            run_id=new_run_id(self.slug),  # the row's id: `just status` and `just review` find the run's row by it
+        )
         if self.backend != "pueue":
-            submit_cluster(root, self.backend, self.label, run_id, self.slug, path, eval_args, self.nproc, resources)
+            submit_cluster(root, self.backend, spec, self.slug, path, resources)
             return
         group, gpu = pick_group(pueue_state())
         if gpu is not None and self.nproc > 1:
@@ -76,14 +82,12 @@ class Queue:
                 f"--nproc {self.nproc} needs several GPUs, and pueue's gpuN groups give a run one: run it "
                 "directly (uv run just eval --nproc N) or on a cluster (just queue --backend slurm ...)"
             )
-        env = {**os.environ, "RESEARCH_LABEL": self.label, "RESEARCH_RUN_ID": run_id}
-        if gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = gpu
-        command = shlex.join(["just", "eval", *eval_args])
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else None
+        command = shlex.join(["just", "eval", *spec.to_argv()])
         where = ["--working-directory", str(path), "--group", group]
         task_id = pueue("add", "--print-task-id", "--label", self.label, *where, "--", command, env=env).stdout.strip()
         gpu_note = f", CUDA_VISIBLE_DEVICES={gpu}" if gpu is not None else ""
-        print(f"queued task {task_id}: {command} in {self.slug} (group {group}{gpu_note}), run {run_id}")
+        print(f"queued task {task_id}: {command} in {self.slug} (group {group}{gpu_note}), run {spec.run_id}")
         print(f"label: {self.label}\nfollow it: uv run just follow {task_id}   status: uv run just status")
 
 
@@ -121,9 +125,18 @@ def pueue_tasks() -> list[dict]:
         name, start, _, result = task_state(task)
         state = result if name == "Done" else name
         tasks.append(dict(id=task["id"], kind="pueue task", label=task.get("label") or "", path=task["path"],
-                          run_id=task.get("envs", {}).get("RESEARCH_RUN_ID"), since=start, state=state,
+                          run_id=queued_run_id(task["command"]), since=start, state=state,
                           done=name == "Done", started=name in ("Done", "Running")))  # fmt: skip
     return tasks
+
+
+def queued_run_id(command: str) -> str | None:
+    """The run id `just queue` put in a task's command (`just eval ... --run-id ID`), read by the spec's own
+    parser; None for a task added by hand without one."""
+    argv = shlex.split(command)
+    if argv[:2] != ["just", "eval"] or "--run-id" not in argv:
+        return None
+    return RunSpec.from_argv(argv[2:]).run_id
 
 
 def task_rows(df, job: dict, slug: str, claimed: set[str]):

@@ -1,7 +1,6 @@
 """The research record in files: ideas (1_ideas/), the journal, reports (9_reports/), and `just record`,
 which commits them on main from any worktree."""
 
-import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,7 +9,9 @@ import polars as pl
 from filelock import FileLock
 
 from harness import Refusal
-from harness.git import (
+from harness.table import baseline_rows, group_name, ledger, markdown, print_json, print_table, same_group
+from repo import write_atomic
+from repo.git import (
     MAIN_BRANCH,
     WORKTREES,
     check_slug,
@@ -23,9 +24,8 @@ from harness.git import (
     succeeds,
     uncommitted_files,
 )
-from harness.guard import JOURNAL, journal_head
-from harness.ledger import LEDGER
-from harness.table import baseline_rows, group_name, ledger, markdown, print_json, print_table, same_group
+from repo.guard import JOURNAL, journal_head
+from repo.ledger import LEDGER
 
 
 def idea_files(root: Path) -> list[Path]:
@@ -78,9 +78,7 @@ def prepend_entry(path: Path, entry: str) -> None:
     with FileLock(str(path) + ".lock"):
         text = path.read_text()
         head = journal_head(text)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(head.rstrip("\n") + "\n\n" + entry.rstrip("\n") + "\n\n" + text[len(head) :])
-        os.replace(tmp, path)
+        write_atomic(path, (head.rstrip("\n") + "\n\n" + entry.rstrip("\n") + "\n\n" + text[len(head) :]).encode())
 
 
 def journal(text: str, /, observation: str = "", inference: str = "") -> None:

@@ -1,11 +1,9 @@
 """The commands that run the referee: `just baseline`, `just confirm`, `just aa`, `just determinism`,
-`just verify` and `just prepare`. The one module of the package that imports the referee (eval.py and
-its package) and torch; scored runs are eval.py subprocesses, so each one writes its own row."""
+`just verify` and `just prepare`. Each builds RunSpecs and goes through the referee's one door
+(referee/api.py); scored runs are eval.py subprocesses, so each one writes its own row."""
 
+import dataclasses
 import itertools
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -15,59 +13,35 @@ from typing import Annotated, Literal
 import polars as pl
 import tyro
 
-import eval as referee
-from harness import Refusal, Terminated
-from harness.advice import rerun_args
+from harness import Refusal
+from harness.advice import rerun_spec
 from harness.compare import confirmation, exploration_rows, first_fresh_seed
-from harness.git import checkout_dir, experiment_name, main_root, show, worktree_dir
-from harness.ledger import CONFIRM_ROLE, LEDGER, new_run_id
 from harness.stats import ALPHA, SEED_PLANS, Outcome, aa_allowed, noise_report, verdict
 from harness.table import baseline_rows, group_name, ledger
+from referee import api
+from referee.api import RunSpec
+from repo.git import checkout_dir, main_root, show, worktree_dir
+from repo.ledger import CONFIRM_ROLE, LEDGER
 
 Device = Literal["cpu", "cuda", "mps"]
 
 
-def run_eval(cwd: Path, args: list[str], role: str) -> dict:
-    """One scored run as a subprocess of main's eval.py, under a run id chosen here, its row written with `role`;
-    that ledger row (the record, not what the run printed). Its log goes to stderr as it runs."""
-    root = main_root()
-    run_id = new_run_id(experiment_name(cwd, root))
-    env = {**os.environ, "RESEARCH_ROLE": role, "RESEARCH_RUN_ID": run_id}
-    command = [sys.executable, str(root / "eval.py"), *args]
-    run = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL)  # the block: the row has it all
-    try:
-        run.wait()
-    except KeyboardInterrupt as interrupt:  # Ctrl-C reached the run too; a kill of this process alone is passed on
-        if isinstance(interrupt, Terminated):
-            run.terminate()
-        run.wait()  # the run writes its crash row
-        raise
-    rows = ledger(root).filter((pl.col("run_id") == run_id) | pl.col("run_id").str.starts_with(f"{run_id}-"))
-    if rows.is_empty():
-        raise Refusal(f"eval.py {' '.join(args)} wrote no row (exit code {run.returncode}): its error is above")
-    row = rows.row(-1, named=True)
-    if row["status"] != "ok":
-        raise Refusal(f"eval.py {' '.join(args)} failed ({row['status']}): {row['error']}")
-    return row
+def run_eval(cwd: Path, spec: RunSpec) -> dict:
+    """One scored run through the referee's door, its row read with the ledger's schema (polars' types)."""
+    row = api.run(spec, cwd)
+    return ledger(main_root()).filter(pl.col("run_id") == row["run_id"]).row(-1, named=True)
 
 
-def device_args(device: str | None) -> list[str]:
-    return [] if device is None else ["--device", device]
-
-
-def device_class(device: str | None) -> str:
-    """The device class a run would use: the one asked for, else cuda, else mps, else cpu."""
-    from referee.worker import resolve_device
-
-    return resolve_device(device, 1).type
+def base_spec(eval_args: list[str], device: str | None) -> RunSpec:
+    """The spec of the runs a command repeats over seeds: eval.py's arguments as given, and its --device."""
+    spec = RunSpec.from_argv(eval_args)
+    return dataclasses.replace(spec, device=device) if device is not None else spec
 
 
 def load_corpus(prepare: bool = False):
     """The referee's corpus; a source that is missing, unknown or not prepared is a one-line refusal."""
-    from referee import data  # torch: imported once a command runs, so that every --help is instant
-
     try:
-        return data.prepare() if prepare else data.load_corpus()
+        return api.load_corpus(prepare)
     except ValueError as e:
         raise Refusal(str(e)) from e
 
@@ -93,16 +67,14 @@ class Baseline:
     """eval.py's --device; it also picks the seed plan"""
 
     def __call__(self, eval_args: list[str]) -> None:
-        plan = SEED_PLANS[device_class(self.device)]
+        spec = base_spec(eval_args, self.device)
+        plan = SEED_PLANS[api.device_class(spec.device)]
         n = self.seeds if self.seeds is not None else plan.baseline
         if n < 2:
             raise Refusal(f"--seeds {n}: a std needs at least 2 seeds")
         root = main_root()
-        eval_args = [*eval_args, *device_args(self.device)]
         for seed in range(n):
-            out = run_eval(
-                root, [*eval_args, "--seed", str(seed), "--description", f"baseline seed {seed}/{n}"], "baseline"
-            )
+            out = run_eval(root, spec.rerun(seed, f"baseline seed {seed}/{n}", "baseline"))
             print(f"baseline seed {seed}: val_bpb {out['val_bpb']:.6f} ({out['run_id']})")
         values = baseline_rows(ledger(root), out)["val_bpb"].to_list()
         print("---\n" + "\n".join([f"group: {group_name(out)}", *noise_report(values, plan)]))
@@ -142,8 +114,7 @@ def confirm(
             (path, newest, f"confirm seed {seed}"),
             (root, base.row(-1, named=True), f"confirm {slug} seed {seed}"),
         ):
-            args = [*rerun_args(row), "--seed", str(seed), "--description", description]
-            out = run_eval(where, args, f"{CONFIRM_ROLE}{slug}")
+            out = run_eval(where, rerun_spec(row).rerun(seed, description, f"{CONFIRM_ROLE}{slug}"))
             print(f"{description}: val_bpb {out['val_bpb']:.6f} ({out['run_id']})")
     result = confirmation(ledger(root), slug)
     print(f"---\n{slug} on fresh seeds: {result.outcome}\n{result.why}\n{result.advice}")
@@ -165,21 +136,18 @@ class Aa:
 
     def __call__(self, eval_args: list[str]) -> None:
         k = self.experiments
-        eval_args = [*(eval_args or AA_ARGS), *device_args(self.device)]
+        spec = base_spec(eval_args or AA_ARGS, self.device)
         if k < 1:
             raise Refusal(f"--experiments {k}: give at least 1 experiment")
         root = main_root()
-        plan = SEED_PLANS[device_class(self.device)]
+        plan = SEED_PLANS[api.device_class(spec.device)]
         df = ledger(root)
         seeds = iter(itertools.count(1 + (df["seed"].max() if df.height else -1)))
         t0 = time.perf_counter()
 
         def scored(description: str) -> float:
             seed = next(seeds)
-            out = run_eval(
-                root, [*eval_args, "--seed", str(seed), "--description", f"aa {description} seed {seed}"], "aa"
-            )
-            return out["val_bpb"]
+            return run_eval(root, spec.rerun(seed, f"aa {description} seed {seed}", "aa"))["val_bpb"]
 
         base = [scored("baseline") for _ in range(plan.baseline)]
         print(f"aa baseline: {', '.join(f'{v:.6f}' for v in base)}")
@@ -208,9 +176,9 @@ class Determinism:
     identical. Any argument is eval.py's: just determinism [CONFIG] [--seed 1 ...]"""
 
     def __call__(self, eval_args: list[str]) -> None:
-        here = checkout_dir()
+        here, spec = checkout_dir(), RunSpec.from_argv(eval_args)
         first, second = (
-            run_eval(here, [*eval_args, "--description", f"determinism check {i}/2"], "determinism") for i in (1, 2)
+            run_eval(here, spec.rerun(spec.seed, f"determinism check {i}/2", "determinism")) for i in (1, 2)
         )
         a, b = first["val_bpb"], second["val_bpb"]
         print(f"---\nfirst: {a!r} ({first['run_id']})\nsecond: {b!r} ({second['run_id']})")
@@ -242,16 +210,38 @@ def verify(run_id: str, /) -> None:
             if blob is None:
                 raise Refusal(f"{run_dir} has no train.py, and commit {row['commit']} is not in this repository")
             (code / name).write_bytes(blob)
-    device = device_class(row["device"])
+    device = api.device_class(row["device"])
     corpus = load_corpus()
     if corpus.fingerprint != row["data_fp"]:
         raise Refusal(f"the corpus changed: fingerprint {corpus.fingerprint}, the row has {row['data_fp']}")
-    val_bpb = referee.rescore(code, run_dir / "model.pt", device, corpus, row["threads"])
+    val_bpb, device_name = api.rescore(code, run_dir / "model.pt", device, corpus, row["threads"])
     tolerance = 1e-6 if device == "cpu" else 1e-4
-    same_referee = referee.git_blob_sha(referee.CORE) == row["eval_sha"]
     print(f"---\nrecorded: {row['val_bpb']!r}\nrescored: {val_bpb!r}\ndifference: {val_bpb - row['val_bpb']:+.3g}")
-    print(f"referee: {'same core' if same_referee else 'referee/core.py changed since'}\ncode: {code}")
+    differs = what_differs(row, device_name)
+    for line in differs:
+        print(line)
+    print(f"code: {code}")
     if abs(val_bpb - row["val_bpb"]) > tolerance:
-        print(f"verify: MISMATCH — run {run_id} does not reproduce its recorded val_bpb (tolerance {tolerance:g})")
+        why = (
+            f": {', '.join(line.split(':')[0] for line in differs)} differ{'s' * (len(differs) == 1)}"
+            if differs
+            else ""
+        )
+        print(f"verify: MISMATCH — run {run_id} does not reproduce its recorded val_bpb (tolerance {tolerance:g}){why}")
         raise SystemExit(1)
     print(f"verify: ok (within {tolerance:g})")
+
+
+def what_differs(row: dict, device_name: str) -> list[str]:
+    """What decides a number besides the checkpoint and the code, where this rescoring differs from the row:
+    the referee's core, the processor, the thread count, torch. A row too old to name one is said so."""
+    here = dict(eval_sha=api.core_sha(), device_name=device_name, torch=api.torch_version())
+    names = dict(eval_sha="referee core", device_name="processor", torch="torch")
+    lines = [
+        f"{names[key]}: {row[key] or '(not recorded)'} then, {value} now"
+        for key, value in here.items()
+        if row.get(key) != value
+    ]
+    if row["device"] == "cpu" and row.get("threads") is None:
+        lines.append("threads: (not recorded) then, this machine's cores now")
+    return lines

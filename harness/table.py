@@ -8,9 +8,17 @@ from pathlib import Path
 import polars as pl
 
 from harness import Refusal
-from harness.ledger import CONFIRM_ROLE, LEDGER, RESULTS_COLUMNS, RESULTS_SCHEMA, check_ledger, reap_killed_runs
+from repo.ledger import CONFIRM_ROLE, LEDGER, RESULTS_COLUMNS, RESULTS_SCHEMA, check_ledger, reap_killed_runs
 
-COMPARABLE = ("eval_sha", "data_fp", "device", "device_name", "budget", "threads")  # rows compare only within these
+COMPARABLE = (
+    "eval_sha",
+    "data_fp",
+    "device",
+    "device_name",
+    "budget",
+    "threads",
+    "torch",
+)  # rows compare only within these
 SCHEMA = {name: getattr(pl, dtype) for name, dtype in RESULTS_SCHEMA.items()}
 SHOWN = ["run_id", "experiment", "config", "seed", "device", "status", "val_bpb", "train_tokens", "wall_s", "label"]
 SHOWN += ["description"]
@@ -65,8 +73,8 @@ def ledger(root: Path) -> pl.DataFrame:
 
 
 def same_group(row: dict) -> pl.Expr:
-    """A filter: the rows comparable with `row` (same eval_sha, data_fp, device and its model, budget and CPU
-    threads; an empty cell, such as a GPU run's threads or an older row's, matches an empty one)."""
+    """A filter: the rows comparable with `row` (same eval_sha, data_fp, device and its model, budget, CPU
+    threads and torch; an empty cell, such as a GPU run's threads or an older row's, matches an empty one)."""
     return pl.all_horizontal(pl.col(c).eq_missing(row[c]) for c in COMPARABLE)
 
 
@@ -75,7 +83,8 @@ def group_name(row: dict) -> str:
     threads = row.get("threads")
     details = [row.get("device_name") or "", f"{threads} thread{'s' * (threads > 1)}" if threads else ""]
     device = row["device"] + (f" ({', '.join(filter(None, details))})" if any(details) else "")
-    return f"{device}, {row['budget']:,} tokens, data {row['data_fp']}, referee {row['eval_sha'][:10]}"
+    torch = f", torch {row['torch']}" if row.get("torch") else ""
+    return f"{device}, {row['budget']:,} tokens, data {row['data_fp']}, referee {row['eval_sha'][:10]}{torch}"
 
 
 def ok_rows(df: pl.DataFrame, experiment: str) -> pl.DataFrame:

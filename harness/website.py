@@ -25,12 +25,13 @@ from pygments.lexers import DiffLexer
 
 from harness import Refusal
 from harness.compare import compare_slug, confirmation
-from harness.git import MAIN_BRANCH, WORKTREES, git, main_root, succeeds
-from harness.guard import JOURNAL
-from harness.ledger import CONFIRM_ROLE, LEDGER
 from harness.records import idea_file, idea_rating, idea_title, journal_entries
 from harness.stats import Outcome, mean_std
 from harness.table import COMPARABLE, baseline_rows, group_name, ledger, newest_group, same_group, the_bar
+from repo import write_atomic
+from repo.git import MAIN_BRANCH, WORKTREES, git, main_root, succeeds
+from repo.guard import JOURNAL
+from repo.ledger import CONFIRM_ROLE, LEDGER
 
 SITE = Path("9_reports") / "site"  # generated, never committed (.gitignore)
 DIFF_LIMIT = 200_000  # characters of an experiment's diff shown; the rest is named, not rendered
@@ -113,10 +114,9 @@ def build(root: Path, live: bool = False) -> Path:
 
 
 def write(path: Path, template: str, depth: int, **context) -> None:
-    html = TEMPLATES.get_template(template).render(up="../" * depth, **context)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(html)
-    tmp.replace(path)  # a reader never sees half a page
+    write_atomic(
+        path, TEMPLATES.get_template(template).render(up="../" * depth, **context).encode()
+    )  # never half a page
 
 
 def experiments(root: Path, df: pl.DataFrame) -> list[str]:

@@ -8,7 +8,10 @@ from pathlib import Path
 
 from harness import Refusal
 from harness.compare import confirmation, confirmation_rows
-from harness.git import (
+from harness.records import idea_file, idea_title
+from harness.stats import Outcome
+from harness.table import ledger, ok_rows
+from repo.git import (
     MAIN_BRANCH,
     commit,
     git,
@@ -19,11 +22,8 @@ from harness.git import (
     uncommitted_files,
     worktree_dir,
 )
-from harness.guard import check_violations
-from harness.ledger import LEDGER
-from harness.records import idea_file, idea_title
-from harness.stats import Outcome
-from harness.table import ledger, ok_rows
+from repo.guard import check_violations
+from repo.ledger import LEDGER
 
 
 def new(slug: str, /) -> None:

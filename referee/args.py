@@ -1,58 +1,20 @@
-"""`just eval`'s command line: the referee's own flags (EvalArgs), then CONFIG and train.Config's fields, which
-only a worker can read (train.py is never imported by the referee). FROZEN (meta-mode only)."""
+"""`just eval`'s command line on the training worker's side: CONFIG and train.Config's fields, which only a
+worker can read (train.py is never imported by the referee), parsed beside the RunSpec's flags so that --help
+shows both. FROZEN (meta-mode only)."""
 
 import ast
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
+from referee.spec import RunSpec
 
-@dataclass(frozen=True)
-class EvalArgs:
-    config: Path | None = None
-    """a JSON file of train.Config fields instead of a named CONFIG (a run's train_config.json reproduces it)"""
-    seed: int = 0
-    """seed for the weights and the batch order"""
-    device: Literal["cpu", "cuda", "mps"] | None = None
-    """device class; default: cuda, else mps, else cpu (logged and recorded)"""
-    budget_tokens: int | None = None
-    """training tokens instead of the preset's, for quick checks (the row records the tokens used)"""
-    description: str = ""
-    """one line for the ledger"""
-    wall_cap_s: float | None = None
-    """lower the preset's training wall-clock cap (never raise it), for quick checks"""
-    nproc: int = 1
-    """processes for this one run, with DDP: one per GPU (gloo processes on CPU)"""
-    threads: int | None = None
-    """CPU threads of each worker (default: this machine's cores, split over --nproc); a CPU run's number
-    depends on it, so it is recorded and rows compare only at one count"""
-    smoke: bool = False
-    """a fast sanity check instead of a scored run: ~30 steps with shape checks, the probes on a slice, no row"""
-
-    def __post_init__(self):  # refused before the run, with no row
-        if self.budget_tokens is not None and self.budget_tokens <= 0:
-            raise ValueError(f"--budget-tokens {self.budget_tokens}: must be a positive number of tokens")
-        if self.wall_cap_s is not None and self.wall_cap_s <= 0:
-            raise ValueError(f"--wall-cap-s {self.wall_cap_s}: must be a positive number of seconds")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"--threads {self.threads}: must be 1 or more")
-
-
-RESERVED = {f.name for f in dataclasses.fields(EvalArgs)}  # no train.Config field may shadow these
+RESERVED = {f.name for f in dataclasses.fields(RunSpec)}  # no train.Config field may shadow these
 
 
 def split_config_name(argv: list[str]) -> tuple[str | None, list[str]]:
     """CONFIG, if given, is the first argument."""
     return (argv[0], argv[1:]) if argv and not argv[0].startswith("-") else (None, argv)
-
-
-def parse_eval_args(argv: list[str]) -> EvalArgs:
-    """In the referee: its own flags; CONFIG and the train.Config fields are left to the training worker."""
-    import tyro
-
-    flags = [a for a in split_config_name(argv)[1] if a not in ("-h", "--help")]  # the worker prints the help
-    return tyro.cli(EvalArgs, args=flags, return_unknown_args=True, prog="just eval")[0]
 
 
 def resolve_train_config(train, name: str | None, config_file: tuple[str, dict] | None, device_type: str):
@@ -89,7 +51,7 @@ def cli_type(config_type: type, base) -> type:
     return dataclasses.make_dataclass(
         "Cli",
         [
-            ("eval", EvalArgs, dataclasses.field(default_factory=EvalArgs)),
+            ("eval", RunSpec, dataclasses.field(default_factory=RunSpec)),
             # every field takes a value (`--compile False`), so a row's config string reruns as it reads
             (
                 "train",

@@ -1,8 +1,10 @@
 """The metric's core: everything that decides val_bpb, read top to bottom. FROZEN (meta-mode only).
 
-Every row's `eval_sha` is the git blob hash of this file and of nothing else: arguments, processes,
-signals, logging and rows (eval.py, referee/worker.py, ...) can change without splitting comparable
-groups; a change here is a new referee and needs new baselines. The data is named by `data_fp`.
+Every row's `eval_sha` is the git blob hash of this file and of nothing else, so what shapes the number
+lives here: the split, the batches served and how a batch becomes inputs and targets, the seed of the
+weights, determinism, scoring and the probes. Arguments, processes, signals, logging and rows (eval.py,
+referee/worker.py, ...) can change without splitting comparable groups; a change here is a new referee and
+needs new baselines. The data is named by `data_fp`; torch, the processor and the threads by their columns.
 
 The split: a file is in the validation split when sha256(its relative path) mod VAL_MODULUS == 0
 (about 5% of files), so the split never shifts when files are added; of the others, a file is in the
@@ -193,6 +195,23 @@ class BatchStream:
             self.first_kept += 1
         rows = batch_size // self.world_size
         return window[rank * rows : (rank + 1) * rows]
+
+
+def inputs_and_targets(
+    rows: UInt8[Tensor, "rows seq_plus_1"], device: torch.device
+) -> tuple[Int[Tensor, "rows seq"], Int[Tensor, "rows seq"]]:
+    """What train() is given of a batch the stream served, in the training worker: each row's first seq bytes
+    and the byte after each, as int64 on the device (from pinned memory on CUDA: no sync per step)."""
+    if device.type == "cuda":
+        rows = rows.pin_memory()
+    window = rows.to(device, non_blocking=True).long()
+    return window[:, :-1], window[:, 1:]
+
+
+def seed_weights(seed: int) -> None:
+    """The seed of the weights, set in the training worker right before train(), after everything else that
+    draws random numbers there (the peak-FLOPs matmul), so that the same seed gives the same weights."""
+    torch.manual_seed(seed)
 
 
 def strict_determinism() -> None:

@@ -22,8 +22,8 @@ import torch
 from jaxtyping import UInt8
 from torch import Tensor
 
-from harness.ledger import write_atomic
 from referee.core import VAL_MODULUS, fingerprint, split_of, split_one_file
+from repo import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]  # the main checkout, which relative text:PATH sources start from
 
@@ -234,12 +234,7 @@ def prepare_hf(spec: str, cache_dir: Path) -> Path:
             write_atomic(parts / f"{i:05d}.{split}", b"".join(chunks[split]))
         write_atomic(parts / f"{i:05d}.done", b"")
     for split in SPLITS:  # streamed part by part: a large dataset never sits in memory twice
-        tmp = out / f"{split}.bin.tmp{os.getpid()}"
-        with tmp.open("wb") as whole:
-            for i in range(len(files)):
-                with (parts / f"{i:05d}.{split}").open("rb") as part:
-                    shutil.copyfileobj(part, whole)
-        os.replace(tmp, out / f"{split}.bin")
+        write_atomic(out / f"{split}.bin", ((parts / f"{i:05d}.{split}").read_bytes() for i in range(len(files))))
     manifest = dict(source=f"hf:{spec}", commit=snapshot.name, text_column=HF_TEXT_COLUMN, files=files)
     write_atomic(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
     shutil.rmtree(parts)

@@ -1,6 +1,5 @@
 """The referee's side of its worker processes (referee/worker.py): start them, talk to them, serve their
-training batches, take their logits. FROZEN (meta-mode only). Imports no torch until a tensor arrives, so
-that eval.py starts the first workers before it imports torch itself."""
+training batches, take their logits. FROZEN (meta-mode only)."""
 
 import json
 import mmap
@@ -56,6 +55,7 @@ class Worker:
         theirs.close()
         self.conn = Connection(ours.detach())
         self.deadline: float | None = None  # time.monotonic() by which each answer must come (scoring)
+        self.device: dict | None = None  # what the worker reported of its device, once it has
         self.name = f"{job['kind']} worker" + (f" (rank {job['rank']})" if job["world_size"] > 1 else "")
         self.echoes = [
             threading.Thread(target=echo, args=(pipe, out, log_file), daemon=True)
@@ -93,6 +93,8 @@ class Worker:
         header, tensor = self.recv(max_bytes)
         if header["op"] != op:
             raise WorkerFailed(f"the {self.name} sent {header['op']!r} where the protocol wants {op!r}")
+        if op == "device":
+            self.device = header  # its device class, the processor's model, its isolation
         return header, tensor
 
     # core.Scorer: inputs out, logits back

@@ -67,10 +67,7 @@ class Batches:
     ) -> Iterator[tuple[Int[Tensor, "batch seq"], Int[Tensor, "batch seq"]]]:
         while (rows := self.ask(batch_size, seq_len)) is not None:
             self.seq_len = seq_len
-            if self.device.type == "cuda":  # from pinned memory the copy is asynchronous: no sync per step
-                rows = rows.pin_memory()
-            window = rows.to(self.device, non_blocking=True).long()
-            yield window[:, :-1], window[:, 1:]
+            yield core.inputs_and_targets(rows, self.device)
 
     def log_step(self, step: int, total_steps: int, **metrics: float) -> None:
         self.log(dict(step=step, total_steps=total_steps, **metrics))
@@ -130,20 +127,24 @@ def device_peak_flops(device: torch.device) -> float:
 
 
 def device_name(device: torch.device) -> str:
-    """The processor a run's number is computed on. Floats come out differently on another CPU model (its
-    vector units take other kernels: the cpu preset's seed 0 gives 1.7527576 on a 2-core AMD EPYC and
-    1.7526108 on a 2-core Intel Xeon) and on another GPU model, so the row records it and rows compare
-    only within one."""
+    """The processor a run's number is computed on. Floats come out differently on another GPU model and on
+    another CPU (its vector units take other kernels: the cpu preset's seed 0 gives 1.7527576 on a 2-core AMD
+    EPYC and 1.7526108 on a 2-core Intel Xeon), also where a virtual machine names two CPUs alike (1.7527956
+    on an AVX-512 EPYC of family 25 model 17), so the row records it with the CPU's family and model and the
+    instruction set torch dispatches to, and rows compare only within one."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     cpuinfo = Path("/proc/cpuinfo")
+    fields = {}
     if device.type == "cpu" and cpuinfo.exists():
-        names = [
-            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
-        ]
-        if names:
-            return names[0]
-    return platform.processor() or platform.machine()
+        for line in cpuinfo.read_text().split("\n\n", 1)[0].splitlines():  # the first processor's
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if device.type != "cpu":
+        return name
+    model = f"family {fields['cpu family']} model {fields['model']}, " if "cpu family" in fields else ""
+    return f"{name} ({model}{torch.backends.cpu.get_cpu_capability()})"
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -221,8 +222,8 @@ def train_worker(link: Link, job: dict, device: torch.device) -> None:
     link.send({"op": "config", "config": dataclasses.asdict(cfg), "description": description})
     go, _ = link.recv("go")
     link.started = True
-    peak_flops = device_peak_flops(device)  # before the seed: its random matrices must not move the weights
-    torch.manual_seed(job["seed"])  # the seed of the weights
+    peak_flops = device_peak_flops(device)
+    core.seed_weights(job["seed"])
     rank, world_size = job["rank"], job["world_size"]
     if world_size > 1:
         torch.distributed.init_process_group(

@@ -11,8 +11,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # import eval, harness, model, train from the checkout under test
-from harness import guard, table  # noqa: E402
-from harness.ledger import RESULTS_COLUMNS, append_result  # noqa: E402
+from harness import table  # noqa: E402
+from referee.spec import RunSpec  # noqa: E402
+from repo import guard  # noqa: E402
+from repo.ledger import RESULTS_COLUMNS, append_result  # noqa: E402
 
 JUST = shutil.which("just") or str(ROOT / ".venv" / "bin" / "just")
 
@@ -55,8 +57,8 @@ def project(tmp_path: Path) -> Path:
 
 
 def run(cmd: list[str], cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    # The caller's META_MODE or RESEARCH_LABEL must not leak into a test's runs.
-    inherited = {k: v for k, v in os.environ.items() if k not in ("META_MODE", "RESEARCH_LABEL")}
+    # The caller's META_MODE, or pueue's slot of a test run under pueue, must not leak into a test's runs.
+    inherited = {k: v for k, v in os.environ.items() if k not in ("META_MODE", "PUEUE_GROUP", "PUEUE_WORKER_ID")}
     full_env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=full_env, timeout=timeout)
 
@@ -77,15 +79,23 @@ def ledger(project: Path):
 
 
 def add_rows(project: Path, *rows: dict) -> None:
-    """Hand-made ledger rows, written the way the referee writes them."""
+    """Hand-made ledger rows, written the way the referee writes them, each with the spec its columns imply:
+    its CONFIG (the config column up to a `:`, a display the referee writes and nothing parses), its device,
+    budget, threads and seed, and the `overrides` and `nproc` a row may give for its spec alone."""
     base = dict(status="ok", eval_sha="e" * 40, data_fp="f" * 16, device="cpu", config="cpu", train_tokens=1000, seed=0)
-    for i, row in enumerate(rows):
+    for i, given in enumerate(rows):
+        extra = {k: given[k] for k in ("overrides", "nproc") if k in given}
+        row = base | dict(run_id=f"r{i}-{given['experiment']}", started_at=f"2026-01-01T00:00:{i:02d}")
+        row |= {k: v for k, v in given.items() if k not in extra}
         if str(row.get("description", "")).startswith("confirm") and "holdout_bpb" not in row:
-            row = {**row, "holdout_bpb": row.get("val_bpb")}  # a confirmation run is scored on the holdout too
-        append_result(
-            base | dict(run_id=f"r{i}-{row['experiment']}", started_at=f"2026-01-01T00:00:{i:02d}") | row,
-            project / "results.tsv",
-        )
+            row["holdout_bpb"] = row.get("val_bpb")  # a confirmation run is scored on the holdout too
+        name = row["config"].partition(":")[0]
+        spec = RunSpec(
+            config_name=None if name.endswith(".json") else name, config=Path(name) if name.endswith(".json") else None,
+            device=row["device"], budget_tokens=row.get("budget_tokens") or row["train_tokens"], seed=row["seed"],
+            threads=row.get("threads"), run_id=row["run_id"], **extra,
+        )  # fmt: skip
+        append_result(row | dict(spec=row.get("spec", spec.to_json())), project / "results.tsv")
 
 
 def new(project: Path, slug: str) -> Path:

@@ -7,6 +7,7 @@ import functools
 import importlib
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 import tyro
@@ -15,17 +16,19 @@ import train
 from conftest import add_rows, just
 from harness import advice
 from harness.cli import COMMANDS
-from harness.git import WORKTREES
-from referee.args import parse_eval_args, parse_train_args
+from referee.args import parse_train_args
+from referee.spec import RunSpec
+from repo.git import WORKTREES
 
 PASSES_EVAL_ARGS = {"baseline", "aa", "determinism", "queue"}  # their other arguments are eval.py's
 
 
 def parse(recipe: str, args: list[str]) -> None:
     """What `uv run just RECIPE ARGS` parses, parsed here by the same code, without running anything."""
-    if recipe == "eval":
-        parse_eval_args(args)
-        parse_train_args(args, train, "cpu", None)
+    if recipe in ("eval", "smoke"):
+        spec = RunSpec.from_argv(args)
+        parse_train_args(spec.train_argv(), train, "cpu", None)
+        assert RunSpec.from_argv(spec.to_argv()) == spec  # the spec's one text form reads back as itself
         return
     module, attribute = COMMANDS[recipe]
     target = getattr(importlib.import_module(f"harness.{module}"), attribute)
@@ -62,7 +65,9 @@ def baseline(*values: float, **fields) -> list[dict]:
 
 
 def test_every_command_compare_prints_runs_as_printed(project):
-    overrides = dict(config="tiny:lr=0.001,compile=False,nproc=2", budget_tokens=1000)
+    overrides = dict(
+        config="tiny:lr=0.001,compile=False", overrides=dict(lr="0.001", compile="False"), nproc=2, budget_tokens=1000
+    )
     add_rows(
         project,
         *baseline(2.0, config="tiny", budget_tokens=500),
@@ -81,7 +86,7 @@ def test_every_command_compare_prints_runs_as_printed(project):
     assert "1 run and 1 baseline seed" in printed["lonely"] and "a verdict needs 2; run" in printed["lonely"]
     assert "uv run just baseline --seeds 3 tiny --device cpu --budget-tokens 500" in printed["lonely"]
     assert "promising" in printed["lucky"] and "2 more seeds:" in printed["lucky"]
-    assert "--lr 0.001 --compile False --nproc 2" in printed["lucky"]
+    assert "tiny --lr 0.001 --compile False --seed" in printed["lucky"] and "--nproc 2" in printed["lucky"]
     assert "1 more seed:" in printed["unsure"] and len(commands_in(printed["unsure"])) == 1
     assert "drop it, or resolve a smaller effect with 2 more seeds:" in printed["same"]
     assert printed["faster"].rstrip().endswith("uv run just confirm faster")
@@ -121,11 +126,38 @@ def test_the_commands_of_next_and_of_a_confirmed_experiment_run_as_printed(proje
         check_runs_as_printed(command)
 
 
-@pytest.mark.parametrize("row_config", ["cpu", "tiny:n_layer=3", "runs/x/train_config.json", "cpu:nproc=2"])
-def test_a_rerun_names_each_flag_once(row_config):
-    row = dict(config=row_config, device="cpu", budget=7000)
+@pytest.mark.parametrize(
+    "spec",
+    [
+        RunSpec(config_name="cpu"),
+        RunSpec(config_name="tiny", overrides={"n_layer": "3", "compile": "False"}, seed=4),
+        RunSpec(config=Path("runs/x/train_config.json"), description="a, b: c=d", label="Q: x? H: y"),
+        RunSpec(config_name="cpu", nproc=2, threads=1, smoke=True, role="confirm:x", run_id="20260101-main-ab12"),
+    ],
+)
+def test_a_spec_reads_back_from_its_command_line_and_a_rerun_names_each_flag_once(spec):
+    assert RunSpec.from_argv(spec.to_argv()) == spec
+    assert RunSpec.from_json(spec.to_json()) == spec
+    row = dict(run_id="r", config="x", device="cpu", budget=7000, spec=spec.to_json())
     for command in (advice.seed_runs("x", row, range(1, 3)), advice.baseline(row, 3)):
         for line in commands_in(command):
             flags = [w for w in shlex.split(line) if w.startswith("--")]
-            assert len(flags) == len(set(flags)), line
+            assert len(flags) == len(set(flags)) and "--run-id" not in flags and "--role" not in flags, line
     assert dataclasses.fields(train.Config)  # the fields the overrides name exist
+
+
+@pytest.mark.parametrize("doc", ["README.md", "program.md"])
+def test_every_command_the_readme_and_program_show_runs_as_written(doc):
+    """The same check on the commands the docs show a person or an agent (placeholders such as {slug} read as
+    the values they stand for); a recipe with no parser of its own (test, lint, profile) must exist."""
+    root = Path(__file__).resolve().parents[1]
+    recipes = set(re.findall(r"^([a-z][\w-]*)(?: [^\n:]*)?:(?!=)", (root / "justfile").read_text(), re.M))
+    text = (root / doc).read_text().replace("\\\n", " ")
+    commands = [part for line in commands_in(text) for part in re.split(r" && (?=uv run just )", line)]
+    assert len(commands) > 20
+    for command in commands:
+        recipe = shlex.split(command, comments=True)[3]
+        if recipe in COMMANDS or recipe in ("eval", "smoke"):
+            check_runs_as_printed(command)
+        else:
+            assert recipe in recipes, f"{doc}: `{command}` names no recipe of the justfile"

@@ -42,7 +42,7 @@ def test_compare_reads_the_ledger_and_names_the_next_commands(project):
     assert "inconclusive" in other and "uv run just baseline --seeds 3 tiny --device cpu --budget-tokens 5" in other
     lucky = just(project, "compare", "lucky").stdout
     assert lucky.startswith("lucky: promising") and "2 more seeds" in lucky
-    assert "cd 5_worktrees/lucky && uv run just eval tiny --device cpu --budget-tokens 1000 --seed 3" in lucky
+    assert "cd 5_worktrees/lucky && uv run just eval tiny --seed 3 --device cpu --budget-tokens 1000" in lucky
     assert "no ok rows for 'nobody'" in just(project, "compare", "nobody").stderr
     best = just(project, "best").stdout
     assert "the bar: main's baseline 2.010000 ± 0.010000 (n=3) in cpu, 1,000 tokens" in best

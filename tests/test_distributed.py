@@ -1,5 +1,6 @@
 """One run on several processes: `just eval --nproc N`, one training worker per rank, with DDP (gloo on CPU)."""
 
+import json
 import os
 
 from conftest import block, git, just, ledger, new
@@ -13,7 +14,7 @@ def test_two_processes_write_one_row_and_repeat_the_metric(project):
     assert second.returncode == 0, second.stderr
     rows = ledger(project).to_dicts()
     assert len(rows) == 2  # rank 1 never writes
-    assert all(r["status"] == "ok" and r["config"] == "tiny:nproc=2" for r in rows)
+    assert all(r["status"] == "ok" and r["config"] == "tiny" and json.loads(r["spec"])["nproc"] == 2 for r in rows)
     assert rows[0]["val_bpb"] == rows[1]["val_bpb"] == float(block(first.stdout)["val_bpb"])
     assert rows[0]["train_tokens"] == 19968  # the global budget, counted once for all ranks
     # Each rank trains on its half of the same global batches: one process sees the same data.
@@ -55,5 +56,5 @@ def test_a_rank_that_dies_without_a_word_leaves_the_referees_crash_row(project):
     result = just(wt, *RUN, "--nproc", "2")
     assert result.returncode != 0
     [row] = ledger(project).to_dicts()
-    assert row["status"] == "crash" and row["experiment"] == "rank-zero-dies" and row["config"] == "tiny:nproc=2"
+    assert row["status"] == "crash" and row["experiment"] == "rank-zero-dies" and json.loads(row["spec"])["nproc"] == 2
     assert row["error"] == "the train worker (rank 0) exited with code 3 (its output is above)"

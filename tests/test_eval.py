@@ -13,10 +13,11 @@ from torch import nn
 
 import eval as referee
 from conftest import in_processes
-from harness import guard, ledger, table
+from harness import table
 from model import GPT, GPTConfig
-from referee import core, data, wire
+from referee import api, core, data, wire
 from referee.worker import crash_message, local_score
+from repo import guard, ledger
 
 CPU = torch.device("cpu")
 
@@ -32,13 +33,14 @@ def test_public_interface_is_pinned():
     }  # fmt: skip
     assert names <= set(dir(core))
     assert {"DATA_SOURCE", "Corpus", "load_corpus", "prepare", "forbidden_paths", "compile_stdlib"} <= set(dir(data))
-    assert {"main", "rescore", "git_blob_sha", "CORE"} <= set(dir(referee))
+    assert {"main", "evaluate", "load_corpus"} <= set(dir(referee))  # evaluate, load_corpus: the measuring tools'
+    assert set(api.__all__) <= set(dir(api))
     assert {"RESULTS_SCHEMA", "RESULTS_COLUMNS", "append_result", "check_ledger"} <= set(dir(ledger))
     assert ledger.RESULTS_COLUMNS == tuple(
         (
             "run_id started_at experiment config commit seed device status val_bpb train_tokens wall_s "
             "tokens_per_s mfu peak_mem_gb params_m label eval_sha data_fp description error budget_tokens threads role device_name "
-            "isolation unseen_bpb holdout_bpb"
+            "isolation unseen_bpb holdout_bpb torch spec"
         ).split()
     )
     assert core.VOCAB_SIZE == 256
@@ -412,11 +414,17 @@ def test_concurrent_appends_lose_no_row_and_corrupt_none(tmp_path):
     assert (df["description"].str.len_chars() == 2000).all()
 
 
-def test_eval_sha_is_the_git_blob_hash(tmp_path):
-    f = tmp_path / "x.py"
-    f.write_text("print('hi')\n")
-    expected = subprocess.run(["git", "hash-object", str(f)], capture_output=True, text=True).stdout.strip()
-    assert referee.git_blob_sha(f) == expected
+def test_eval_sha_is_the_git_blob_hash_of_the_core():
+    expected = subprocess.run(["git", "hash-object", str(api.CORE)], capture_output=True, text=True).stdout.strip()
+    assert api.core_sha() == expected and api.CORE.name == "core.py"
+
+
+def test_the_door_names_torch_and_the_device_class_as_torch_does_without_importing_it():
+    assert api.torch_version() == torch.__version__
+    assert api.device_class() == (
+        "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    )
+    assert api.device_class("cpu") == "cpu"
 
 
 def test_presets_are_sane():

@@ -12,8 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import add_rows, git, in_processes, just, ledger, new
-from harness import git as gitlayer
-from harness import guard, records
+from harness import records
+from repo import git as gitlayer
+from repo import guard
 
 TINY = ["tiny", "--budget-tokens", "3000"]
 META = {"META_MODE": "1"}

@@ -16,6 +16,7 @@ import tyro
 from conftest import git, just, ledger, make_project, run
 from harness import queue
 from harness.pueue import task_state
+from referee.spec import RunSpec
 
 HERE = Path(__file__).resolve().parent
 TINY = ["tiny", "--budget-tokens", "3000"]
@@ -86,7 +87,8 @@ def test_labelled_runs_from_two_checkouts_meet_their_results(tmp_path, pueue):
         ("gpu0", "0"),
         ("gpu1", "1"),
     ]
-    assert all(t["envs"]["RESEARCH_LABEL"] == t["label"] for t in state["tasks"].values())
+    specs = [RunSpec.from_argv(shlex.split(t["command"])[2:]) for t in state["tasks"].values()]
+    assert [s.label for s in specs] == [t["label"] for t in state["tasks"].values()] and all(s.run_id for s in specs)
 
     waited = pueue("wait", "0", "1", "--status", "success")
     assert waited.returncode == 0, pueue("log", "0", "1", "--full").stdout
@@ -125,12 +127,12 @@ def test_the_seeds_own_pueue_add_records_its_label_and_parallel_tasks_keep_their
     assert waited.returncode == 0, pueue("log", "0", "1", "--full").stdout
     state = json.loads(pueue("status", "--json").stdout)["tasks"]
     assert sorted(t["envs"]["PUEUE_WORKER_ID"] for t in state.values()) == ["0", "1"]
-    assert "RESEARCH_LABEL" not in state["0"]["envs"] and state["1"]["envs"]["RESEARCH_LABEL"] == label
+    assert "--label" not in state["0"]["command"] and queue.queued_run_id(state["0"]["command"]) is None
 
     df = ledger(project)
     same = ["experiment", "config", "seed", "status", "val_bpb", "label", "description", "budget_tokens"]
     assert df.height == 2 and df.select(same).unique().height == 1  # one row twice, but for its id
-    queued_id = state["1"]["envs"]["RESEARCH_RUN_ID"]
+    queued_id = queue.queued_run_id(state["1"]["command"])
     status = {s["id"]: s["row"]["run_id"] for s in json.loads(just(project, "status", "--json", env=pueue.env).stdout)}
     assert status[1] == queued_id and status[0] != queued_id and set(status.values()) == set(df["run_id"])
 

@@ -14,8 +14,9 @@ import time
 import pytest
 
 from conftest import JUST, block, git, just, ledger, run
-from harness.ledger import RESULTS_COLUMNS, RUNNING
 from referee import data
+from referee.spec import RunSpec
+from repo.ledger import RESULTS_COLUMNS, RUNNING
 
 TINY = ["tiny", "--budget-tokens", "6000"]
 
@@ -50,10 +51,10 @@ def test_eval_prints_the_block_writes_one_row_and_a_run_folder(project):
 
 
 def test_same_seed_same_metric_a_saved_config_reproduces_and_overrides_are_recorded(project):
-    label = {"RESEARCH_LABEL": "Q: wider? H: -0.01 bpb"}
-    assert just(project, "eval", *TINY, env=label).returncode == 0
+    label = "Q: wider? H: -0.01 bpb"
+    assert just(project, "eval", *TINY, "--label", label).returncode == 0
     first = ledger(project).row(0, named=True)
-    assert first["label"] == label["RESEARCH_LABEL"] and first["seed"] == 0
+    assert first["label"] == label and first["seed"] == 0
     saved = project / "runs" / first["run_id"] / "train_config.json"
     assert just(project, "eval", f"--config={saved}", "--budget-tokens", "6000").returncode == 0
     assert just(project, "eval", *TINY, "--seed", "1", "--d-model", "96", "--threads", "1").returncode == 0
@@ -61,6 +62,9 @@ def test_same_seed_same_metric_a_saved_config_reproduces_and_overrides_are_recor
     assert again["config"] == str(saved) and again["val_bpb"] == first["val_bpb"]  # same seed: bitwise equal
     assert other["config"] == "tiny:d_model=96" and other["val_bpb"] != first["val_bpb"] and other["label"] is None
     assert other["threads"] == 1
+    spec = RunSpec.from_json(other["spec"])  # the run as data: what a rerun copies
+    assert spec.overrides == {"d_model": "96"} and (spec.seed, spec.threads, spec.run_id) == (1, 1, other["run_id"])
+    assert RunSpec.from_json(again["spec"]).config == saved and RunSpec.from_json(first["spec"]).label == label
 
 
 def commit_change(project, path, old, new):
@@ -184,8 +188,8 @@ def test_bad_input_is_a_clear_error_and_no_row(project, args, message):
 
 
 def test_a_role_no_command_writes_is_refused_before_anything_runs(project):
-    result = run([sys.executable, "eval.py", *TINY], cwd=project, env={"RESEARCH_ROLE": "baseline seed"})
-    assert result.returncode == 2 and "RESEARCH_ROLE: role='baseline seed' is not one of" in result.stderr
+    result = run([sys.executable, "eval.py", *TINY, "--role", "baseline seed"], cwd=project)
+    assert result.returncode == 2 and "--role: role='baseline seed' is not one of" in result.stderr
     assert ledger(project).is_empty()
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from git import Git, GitCommandError, Repo
 
-from harness import Refusal
+from repo import Refusal
 
 MAIN_BRANCH = "main"
 WORKTREES = "5_worktrees"  # one worktree per experiment: 5_worktrees/{slug} on branch exp/{slug}

@@ -5,12 +5,14 @@ import os
 import re
 from pathlib import Path
 
-from harness import Refusal
-from harness.git import MAIN_BRANCH, checkout_dir, config_get, current_branch, git, show, uncommitted_files
-from harness.ledger import LEDGER, RESULTS_COLUMNS, ledger_problems, migrated, without_bad_lines
+from repo import Refusal
+from repo.git import MAIN_BRANCH, checkout_dir, config_get, current_branch, git, show, uncommitted_files
+from repo.ledger import LEDGER, RESULTS_COLUMNS, ledger_problems, migrated, without_bad_lines
 
-FROZEN = ("program.md", "eval.py", "meta_journal.md", "justfile")  # and every file of the packages:
-FROZEN_PACKAGES = ("referee/", "harness/")  # the referee's core and workers; the workflow that records a run
+# pyproject.toml and uv.lock: every checkout runs in main's environment (a worktree's .venv is a link to main's),
+# so an experiment that changed them would re-sync the environment main's runs use, under them.
+FROZEN = ("program.md", "eval.py", "meta_journal.md", "justfile", "pyproject.toml", "uv.lock")  # and the packages:
+FROZEN_PACKAGES = ("referee/", "harness/", "repo/")  # the referee; the workflow that records a run; what both stand on
 GLOBAL = (LEDGER, "RESEARCH_JOURNAL.md")
 JOURNAL = "RESEARCH_JOURNAL.md"
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from repo import write_atomic
+
 LEDGER = "results.tsv"
 RESULTS_SCHEMA = {  # the ledger's columns, in order, with their polars dtypes
     "run_id": "String",
@@ -41,11 +43,13 @@ RESULTS_SCHEMA = {  # the ledger's columns, in order, with their polars dtypes
     "isolation": "String",  # added 2026-12: what kept the data from the experiment: landlock or tripwire
     "unseen_bpb": "Float64",  # added 2026-12: bits per byte on training text never served (memorization probe)
     "holdout_bpb": "Float64",  # added 2026-12: bits per byte on the sealed holdout split (confirmation runs only)
+    "torch": "String",  # added 2026-12: the torch version, on which the number depends too
+    "spec": "String",  # added 2026-12: the run as data (referee/spec.py's RunSpec, JSON), for reruns
 }
 RESULTS_COLUMNS = tuple(RESULTS_SCHEMA)
 STATUSES = ("ok", "crash", "timeout")
 # A row's role: a plain `just eval` explores; `just baseline`, `aa` and `determinism` write theirs; both
-# sides of `just confirm SLUG` write confirm:SLUG. It reaches eval.py as RESEARCH_ROLE.
+# sides of `just confirm SLUG` write confirm:SLUG. It reaches eval.py in the run's spec (--role).
 ROLES = ("exploration", "baseline", "aa", "determinism")
 CONFIRM_ROLE = "confirm:"
 
@@ -60,14 +64,6 @@ def role_problem(role: str) -> str | None:
 def new_run_id(experiment: str) -> str:
     """A ledger row's id: start time, experiment, and 4 random hex digits so parallel runs differ."""
     return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{experiment}-{secrets.token_hex(2)}"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Concurrent runs and a killed `just prepare` never leave a half-written file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def format_row(row: dict) -> str:
@@ -124,6 +120,28 @@ def row_problem(line: str, header: tuple[str, ...]) -> str | None:
         except ValueError:
             return f"{column}={cell!r} is not a {'whole number' if kind == 'Int64' else 'number'}"
     return None
+
+
+def find_rows(path: Path, run_id: str) -> list[dict]:
+    """The rows of run `run_id` (and of its restarts, `RUN_ID-xxxx`), in order, with typed cells: what the
+    referee's door reads back after a run, without polars."""
+    if not path.exists() or path.stat().st_size == 0:
+        return []
+    lines = path.read_text().splitlines()
+    header = ledger_header(path)
+    rows = []
+    for line in lines[1:]:
+        cells = line.split("\t")
+        if (cells[0] == run_id or cells[0].startswith(f"{run_id}-")) and row_problem(line, header) is None:
+            row = dict.fromkeys(RESULTS_COLUMNS)
+            row.update((column, typed(column, cell)) for column, cell in zip(header, cells, strict=True))
+            rows.append(row)
+    return rows
+
+
+def typed(column: str, cell: str):
+    kind = RESULTS_SCHEMA[column]
+    return None if cell == "" else int(cell) if kind == "Int64" else float(cell) if kind == "Float64" else cell
 
 
 def ledger_problems(text: str, name: str = LEDGER) -> list[str]:
