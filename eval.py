@@ -51,6 +51,7 @@ from referee.supervisor import (
     start_workers,
     worker_job,
 )
+from repo import Terminated, entry_point
 from repo.git import checkout_dir, experiment_name, head_commit, tracked_dirty
 from repo.guard import install_hooks, require_scoring_allowed
 from repo.ledger import (
@@ -62,14 +63,12 @@ from repo.ledger import (
     live_runs,
     mark_running,
     new_run_id,
+    reap_killed_runs,
 )
+from repo.runs import CHECKPOINT, LOG, METRICS, RUNS, SUMMARY, TRAIN_CONFIG, read_steps
 
 ROOT = Path(__file__).resolve().parent
 SMOKE_STEPS, SMOKE_WINDOWS = 30, 64  # just smoke: training steps, and scoring windows of the split
-
-
-class Terminated(BaseException):
-    """SIGTERM (a queue's kill): turned into an exception so the run still writes its row."""
 
 
 def keep_code(code_dir: Path, run_dir: Path) -> None:
@@ -100,7 +99,7 @@ def record(row: dict, summary: dict, run_dir: Path) -> None:
     """The row into the ledger, the summary beside the run's log, the summary block on stdout."""
     append_result(row, ROOT / LEDGER)
     (run_dir / RUNNING).unlink(missing_ok=True)
-    (run_dir / "summary.json").write_text(json.dumps({**row, **summary}, indent=2) + "\n")
+    (run_dir / SUMMARY).write_text(json.dumps({**row, **summary}, indent=2) + "\n")
     print_summary(row, summary)
 
 
@@ -113,15 +112,10 @@ def end_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def on_sigterm(signum, frame):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: a second must not interrupt the row
-    raise Terminated("killed by SIGTERM")
-
-
 def start_logging(run_dir: Path) -> None:
     logger.remove()
     logger.add(sys.stderr, format="{time:HH:mm:ss} | {message}", level="INFO", diagnose=False)
-    logger.add(run_dir / "train.log", format="{time:YYYY-MM-DD HH:mm:ss.SSS} | {message}", diagnose=False)
+    logger.add(run_dir / LOG, format="{time:YYYY-MM-DD HH:mm:ss.SSS} | {message}", diagnose=False)
 
 
 def read_config_file(path: Path | None) -> list | None:
@@ -148,32 +142,40 @@ def main(argv: list[str] | None = None) -> int:
     if scored:
         require_scoring_allowed(code_dir, ROOT)
         check_ledger(ROOT / LEDGER)  # its row could not be appended
+        for killed in reap_killed_runs(ROOT):  # the explicit step that records runs killed without their row
+            print(f"recorded run {killed} as crash: its process was killed before it wrote its row", file=sys.stderr)
 
     experiment = experiment_name(code_dir, ROOT)
     run_id = spec.run_id or new_run_id(experiment)
-    if (ROOT / "runs" / run_id).exists():
+    if (ROOT / RUNS / run_id).exists():
         run_id += f"-{os.urandom(2).hex()}"  # a queued id used before: `pueue restart` repeats the task's command
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = spec.threads or max(1, cores // spec.nproc)  # fixed for the run: a CPU run's number depends on it
-    run_dir = ROOT / "runs" / run_id if scored else Path(tempfile.mkdtemp(prefix="smoke-"))
+    run_dir = ROOT / RUNS / run_id if scored else Path(tempfile.mkdtemp(prefix="smoke-"))
     keep_code(code_dir, run_dir)
     job = worker_job(
-        run_dir, run_dir / "model.pt", trains=True, args=spec.train_argv() + ["--help"] * help_asked,
-        config_file=read_config_file(spec.config), seed=spec.seed, device=spec.device, smoke=spec.smoke, threads=threads,
-    )  # fmt: skip
+        run_dir,
+        run_dir / CHECKPOINT,
+        trains=True,
+        args=spec.train_argv() + ["--help"] * help_asked,
+        config_file=read_config_file(spec.config),
+        seed=spec.seed,
+        device=spec.device,
+        smoke=spec.smoke,
+        threads=threads,
+    )
     scratch = tempfile.mkdtemp(prefix=f"worker-{run_id}-")  # the workers' working folder, outside the checkout
     start_logging(run_dir)
-    signal.signal(signal.SIGTERM, on_sigterm)
     workers: list[Worker] = []
     try:
-        workers = start_workers("train", spec.nproc, job, scratch, run_dir / "train.log")
+        workers = start_workers("train", spec.nproc, job, scratch, run_dir / LOG)
         return run(dataclasses.replace(spec, run_id=run_id), workers, code_dir, experiment, run_dir, scratch, threads)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the run is over: a kill now must not lose its row
         for worker in workers:
             worker.stop()
         shutil.rmtree(scratch, ignore_errors=True)
-        if not scored or not (run_dir / "summary.json").exists():  # a smoke run, or bad input: nothing to keep
+        if not scored or not (run_dir / SUMMARY).exists():  # a smoke run, or bad input: nothing to keep
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -191,42 +193,23 @@ def run(
     t0 = time.perf_counter()
     corpus = load_corpus()  # a source that is missing or unprepared is refused, no row
     data_s = time.perf_counter() - t0
-    confirming = spec.role.startswith(CONFIRM_ROLE)
-    if confirming and len(corpus.holdout) < 2:
+    if spec.role.startswith(CONFIRM_ROLE) and len(corpus.holdout) < 2:
         raise ValueError(
             f"the corpus has no holdout split ({len(corpus.holdout)} bytes), on which a confirmation is judged: "
             f"add files (one in {core.VAL_MODULUS} of the others goes to it)"
         )
 
     found, cfg, config, refused = handshake(workers, spec)
-    device = found["device"]
-    preset = core.PRESETS[device]
-    if spec.wall_cap_s is not None and spec.wall_cap_s > preset.wall_cap_s:
-        logger.warning(f"--wall-cap-s {spec.wall_cap_s:g} is above the {device} preset's cap: a cap is only lowered")
-    smoke_tokens = SMOKE_STEPS * cfg.get("batch_size", 8) * cfg.get("seq_len", 64)
-    spec = dataclasses.replace(
-        spec,
-        device=device,
-        budget_tokens=spec.budget_tokens or (smoke_tokens if spec.smoke else preset.train_tokens),
-        wall_cap_s=spec.wall_cap_s if spec.wall_cap_s and spec.wall_cap_s < preset.wall_cap_s else None,  # lowered
-        threads=threads if device == "cpu" else spec.threads,  # the number of a CPU run depends on it; a GPU run's not
-    )
-    row = dict(
-        run_id=spec.run_id, started_at=datetime.now(UTC).isoformat(timespec="seconds"), experiment=experiment,
-        config=config, commit=head_commit(code_dir), seed=spec.seed, device=device, status="crash", label=spec.label,
-        eval_sha=core_sha(), torch=torch.__version__, budget_tokens=spec.budget_tokens, description=spec.description,
-        data_fp=corpus.fingerprint, threads=spec.threads if device == "cpu" else None, role=spec.role,
-        device_name=found["device_name"],  # any run's number depends on the processor's model too
-        isolation=found["isolation"],  # what kept the data from the experiment's code: landlock, or the tripwire alone
-        spec=spec.to_json(),
-    )  # fmt: skip
-    (run_dir / "train_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    preset = core.PRESETS[found["device"]]
+    spec = resolved(spec, found["device"], preset, cfg, threads)
+    row = first_row(spec, found, config, corpus.fingerprint, head_commit(code_dir), experiment, torch.__version__)
+    (run_dir / TRAIN_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
     if not spec.smoke:
         mark_running(row, run_dir)
     log_header(spec, row, cfg, corpus, data_s, preset, torch, code_dir)
 
     summary: dict = {"data_s": data_s, "nproc": spec.nproc}
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path = run_dir / METRICS
     try:
         if refused:
             raise refused
@@ -240,15 +223,55 @@ def run(
         row.update(unseen_bpb=e.scores.unseen_bpb, holdout_bpb=e.scores.holdout_bpb, error=str(e))
         logger.error(f"crash: {row['error']}")
         exit_code = 1
-    except (Exception, KeyboardInterrupt, Terminated) as e:
-        row["error"] = " ".join(str(e).split())[:500] if isinstance(e, WorkerFailed) else crash_message(e)
+    except (Exception, KeyboardInterrupt) as e:  # Terminated (SIGTERM) too
+        row["error"] = " ".join((str(e) if isinstance(e, WorkerFailed) else f"{type(e).__name__}: {e}").split())[:500]
         logger.error(f"crash: {row['error']}")
-        exit_code = 130 if isinstance(e, KeyboardInterrupt) else 1
+        exit_code = 143 if isinstance(e, Terminated) else 130 if isinstance(e, KeyboardInterrupt) else 1
     row.update(summary.pop("measured", {}))
     if spec.smoke:
         return smoke_report(row, metrics_path, exit_code)
     record(row, summary, run_dir)
     return exit_code
+
+
+def resolved(spec: RunSpec, device: str, preset, cfg: dict, threads: int) -> RunSpec:
+    """The spec as the row records it: the device class, the budget and the CPU threads the run used, a wall
+    cap only where it lowers the preset's."""
+    if spec.wall_cap_s is not None and spec.wall_cap_s > preset.wall_cap_s:
+        logger.warning(f"--wall-cap-s {spec.wall_cap_s:g} is above the {device} preset's cap: a cap is only lowered")
+    smoke_tokens = SMOKE_STEPS * cfg.get("batch_size", 8) * cfg.get("seq_len", 64)
+    return dataclasses.replace(
+        spec,
+        device=device,
+        budget_tokens=spec.budget_tokens or (smoke_tokens if spec.smoke else preset.train_tokens),
+        wall_cap_s=spec.wall_cap_s if spec.wall_cap_s and spec.wall_cap_s < preset.wall_cap_s else None,
+        threads=threads if device == "cpu" else spec.threads,  # the number of a CPU run depends on it; a GPU run's not
+    )
+
+
+def first_row(spec: RunSpec, found: dict, config: str, data_fp: str, commit: str, experiment: str, torch: str) -> dict:
+    """The row as it stands when training starts: a crash row until the run says otherwise."""
+    return dict(
+        run_id=spec.run_id,
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        experiment=experiment,
+        config=config,
+        commit=commit,
+        seed=spec.seed,
+        device=spec.device,
+        status="crash",
+        label=spec.label,
+        eval_sha=core_sha(),
+        torch=torch,
+        budget_tokens=spec.budget_tokens,
+        description=spec.description,
+        data_fp=data_fp,
+        threads=spec.threads if spec.device == "cpu" else None,
+        role=spec.role,
+        device_name=found["device_name"],  # any run's number depends on the processor's model too
+        isolation=found["isolation"],  # what kept the data from the experiment's code: landlock, or the tripwire alone
+        spec=spec.to_json(),
+    )
 
 
 def handshake(workers: list[Worker], spec: RunSpec) -> tuple[dict, dict, str, WorkerFailed | None]:
@@ -317,9 +340,9 @@ def train_and_score(spec: RunSpec, workers, corpus, run_dir: Path, scratch: str,
 
     def start_scoring() -> None:
         scoring = worker_job(
-            run_dir, run_dir / "model.pt", trains=False, seed=spec.seed, device=spec.device, smoke=spec.smoke
+            run_dir, run_dir / CHECKPOINT, trains=False, seed=spec.seed, device=spec.device, smoke=spec.smoke
         )
-        scorers.extend(start_scorers(scoring, scratch, run_dir / "train.log", preset.eval_seq_len))
+        scorers.extend(start_scorers(scoring, scratch, run_dir / LOG, preset.eval_seq_len))
 
     try:
         for worker in workers:
@@ -327,7 +350,7 @@ def train_and_score(spec: RunSpec, workers, corpus, run_dir: Path, scratch: str,
         t0 = time.perf_counter()
         try:
             done = serve_training(
-                workers, stream, spec.wall_cap_s or preset.wall_cap_s, run_dir / "metrics.jsonl", start_scoring
+                workers, stream, spec.wall_cap_s or preset.wall_cap_s, run_dir / METRICS, start_scoring
             )
         finally:
             wall_s = time.perf_counter() - t0
@@ -366,18 +389,9 @@ def train_and_score(spec: RunSpec, workers, corpus, run_dir: Path, scratch: str,
             worker.stop()
 
 
-def crash_message(e: BaseException) -> str:
-    return " ".join(f"{type(e).__name__}: {e}".split())[:500]
-
-
 def smoke_report(row: dict, metrics_path: Path, exit_code: int) -> int:
     """What `just smoke` prints: the run's checks (the loss fell, the probes passed) and no row."""
-    losses = (
-        [json.loads(line).get("loss") for line in metrics_path.read_text().splitlines()]
-        if metrics_path.exists()
-        else []
-    )
-    losses = [x for x in losses if x is not None]
+    losses = [r["loss"] for r in read_steps(metrics_path.parent) if r.get("loss") is not None]
     problem = row.get("error")
     if problem is None and len(losses) < 2:
         problem = f"train.py reported {len(losses)} losses through data.log_step; smoke needs 2 or more"
@@ -397,19 +411,4 @@ def smoke_report(row: dict, metrics_path: Path, exit_code: int) -> int:
 
 
 if __name__ == "__main__":
-    debug = "--debug" in sys.argv  # tracebacks of errors before the run; the run's own are in its train.log
-    if debug:
-        sys.argv.remove("--debug")
-    try:
-        sys.exit(main())
-    except (KeyboardInterrupt, Terminated):  # before the run began: nothing to record
-        sys.exit(130)
-    except Exception as e:  # bad input before a run starts: a one-line error and no row
-        if debug:
-            raise
-        hint = "" if isinstance(e, ValueError) else " (run with --debug for the traceback)"
-        print(
-            f"error: {' '.join(str(e).split()) if isinstance(e, ValueError) else f'{type(e).__name__}: {e}'}{hint}",
-            file=sys.stderr,
-        )
-        sys.exit(2)
+    sys.exit(entry_point(main, sys.argv[1:]))  # bad input before the run: one line, exit 2, no row

@@ -33,9 +33,4 @@ No module of the harness imports torch; the door loads the referee's torch modul
 so a ledger query starts in under a second.
 """
 
-from repo import Refusal  # noqa: F401  (one refusal, at the bottom: the harness raises it as `harness.Refusal`)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM to a harness command (a queue's or a scheduler's kill): handled as Ctrl-C is, and passed on to
-    the run in progress, which writes its own row."""
+from repo import Refusal, Terminated  # noqa: F401  (the bottom's: the harness raises them as harness.X)

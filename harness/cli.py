@@ -4,12 +4,12 @@ runs, so a ledger query never loads torch. Any failure is one line on stderr nam
 `--debug` shows the traceback instead."""
 
 import importlib
-import signal
 import sys
 
 import tyro
 
-from harness import Refusal, Terminated
+from harness import Refusal
+from repo import entry_point
 from repo.git import main_root
 from repo.guard import install_hooks, pre_commit_violations
 
@@ -68,31 +68,5 @@ def run(argv: list[str]) -> int:
     return 0
 
 
-def on_sigterm(signum, frame) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: a second must not interrupt the wait for the row
-    raise Terminated
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    if debug:
-        argv.remove("--debug")
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        return run(argv)
-    except Terminated:  # passed on to a run in progress, which recorded its own crash row
-        print("terminated", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:  # Ctrl-C reached a run in progress too: it recorded its own crash row
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:
-        if debug:
-            raise
-        if isinstance(e, ValueError):  # a Refusal, or a bad value caught where it was read: the message says it
-            message = str(e)
-        else:
-            message = f"{type(e).__name__}: {e} (run it again with --debug for the traceback)"
-        print("error: " + " ".join(message.split()), file=sys.stderr)
-        return 1
+    return entry_point(run, list(sys.argv[1:] if argv is None else argv))

@@ -3,7 +3,6 @@ the viewer researchers already use shows them: `tensorboard --logdir runs/tensor
 than W&B or MLflow because it reads local files, with no account, server or network, as this harness runs;
 written through tensorboardX, TensorBoard's standalone writer (the optional `tensorboard` dependency group)."""
 
-import json
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -11,6 +10,7 @@ from typing import Literal
 from harness import Refusal
 from harness.table import group_name, ledger
 from repo.git import main_root
+from repo.runs import RUNS, read_steps, run_dir
 
 HPARAMS = ("experiment", "config", "seed", "device", "commit", "role", "budget", "threads", "status", "label")
 
@@ -29,14 +29,13 @@ def export(tool: Literal["tensorboard"], /, out: Path | None = None) -> None:
     except ImportError as e:
         raise Refusal("tensorboardX is not installed: `uv sync --group tensorboard` adds it (dev has it)") from e
     root = main_root()
-    out = out or root / "runs" / "tensorboard"
+    out = out or root / RUNS / "tensorboard"
     df = ledger(root)
     if df.is_empty():
         raise Refusal("the ledger has no rows to export: score a run first (uv run just eval)")
     shutil.rmtree(out, ignore_errors=True)  # event files append: a second export must not repeat every point
     for row in df.iter_rows(named=True):
-        metrics_path = root / "runs" / row["run_id"] / "metrics.jsonl"
-        steps = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+        steps = read_steps(run_dir(root, row["run_id"]))
         with SummaryWriter(logdir=str(out / row["run_id"])) as writer:
             for record in steps:
                 for key, value in record.items():

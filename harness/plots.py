@@ -1,7 +1,6 @@
 """`just plot`: progress.png (val_bpb per run in one comparable group, the running best, every point named)
 and runs/{run_id}/loss.png (the training loss train.py reported, from the run's metrics.jsonl)."""
 
-import json
 import math
 from pathlib import Path
 
@@ -11,12 +10,12 @@ from matplotlib.ticker import MaxNLocator
 
 from harness.table import group_name, ledger, newest_group, same_group, the_bar
 from repo.git import main_root
+from repo.runs import METRICS, read_steps, run_dir
 
 
-def step_losses(metrics_path: Path) -> list[tuple[int, float]]:
+def step_losses(folder: Path) -> list[tuple[int, float]]:
     """(step, loss) of every step train.py reported with a loss."""
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    return [(r["step"], r["loss"]) for r in records if "loss" in r]
+    return [(r["step"], r["loss"]) for r in read_steps(folder) if "loss" in r]
 
 
 def plot_group(df):
@@ -81,10 +80,10 @@ def plot() -> None:
     print(f"plot: {root / 'progress.png'} ({len(rows)} runs)")
     made = 0
     for r in df.to_dicts():
-        run_dir = root / "runs" / r["run_id"]
-        if not (run_dir / "metrics.jsonl").exists() or (run_dir / "loss.png").exists():
+        folder = run_dir(root, r["run_id"])
+        if not (folder / METRICS).exists() or (folder / "loss.png").exists():
             continue
-        losses = step_losses(run_dir / "metrics.jsonl")
+        losses = step_losses(folder)
         fig = Figure(figsize=(8, 5), dpi=100)
         ax = fig.subplots()
         ax.plot(
@@ -93,6 +92,6 @@ def plot() -> None:
         if r["val_bpb"] is not None:
             ax.axhline(r["val_bpb"], color="tab:green", linestyle="--", label=f"val_bpb {r['val_bpb']:.4f}")
         ax.set_title(f"{r['run_id']} ({r['status']})")
-        save_figure(fig, ax, "step", "training loss (bits per byte)", run_dir / "loss.png")
+        save_figure(fig, ax, "step", "training loss (bits per byte)", folder / "loss.png")
         made += 1
     print(f"plot: {made} new loss curves in runs/*/loss.png")

@@ -9,7 +9,17 @@ import polars as pl
 from harness import Refusal, advice
 from harness.compare import compare_slug
 from harness.records import ideas_table, journal_entries
-from harness.table import best_rows, group_name, ledger, newest_group, print_json, print_table, same_group, the_bar
+from harness.table import (
+    best_rows,
+    group_name,
+    ledger,
+    newest_group,
+    print_json,
+    print_table,
+    record_killed_runs,
+    same_group,
+    the_bar,
+)
 from repo.git import WORKTREES, main_root, uncommitted_files
 
 IDEATE_UNTIL = 30  # the seed's algorithm: ideate while fewer ideas than this exist
@@ -131,6 +141,7 @@ def what_next(json: bool = False) -> None:
     """What is pending (confirm, review, report, record), then the seed's algorithm: IDEATE or IMPLEMENT (which
     idea, and why), and where things stand."""
     root = main_root()
+    record_killed_runs(root)
     todo, queue_unchecked = pending(root)
     step, state = next_step(root), where_things_stand(root)
     if json:

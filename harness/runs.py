@@ -22,6 +22,7 @@ from referee import api
 from referee.api import RunSpec
 from repo.git import checkout_dir, main_root, show, worktree_dir
 from repo.ledger import CONFIRM_ROLE, LEDGER
+from repo.runs import CHECKPOINT, RUNS
 
 Device = Literal["cpu", "cuda", "mps"]
 
@@ -199,8 +200,8 @@ def verify(run_id: str, /) -> None:
     row = rows.row(0, named=True)
     if row["status"] != "ok":
         raise Refusal(f"run {run_id} ended {row['status']}: there is no metric to verify")
-    run_dir = root / "runs" / run_id
-    if not (run_dir / "model.pt").exists():
+    run_dir = root / RUNS / run_id
+    if not (run_dir / CHECKPOINT).exists():
         raise Refusal(f"{run_dir / 'model.pt'} is missing: runs/ is local to the machine that scored the run")
     code = run_dir
     if not (run_dir / "train.py").exists():  # scored before runs kept their code
@@ -214,7 +215,7 @@ def verify(run_id: str, /) -> None:
     corpus = load_corpus()
     if corpus.fingerprint != row["data_fp"]:
         raise Refusal(f"the corpus changed: fingerprint {corpus.fingerprint}, the row has {row['data_fp']}")
-    val_bpb, device_name = api.rescore(code, run_dir / "model.pt", device, corpus, row["threads"])
+    val_bpb, device_name = api.rescore(code, run_dir / CHECKPOINT, device, corpus, row["threads"])
     tolerance = 1e-6 if device == "cpu" else 1e-4
     print(f"---\nrecorded: {row['val_bpb']!r}\nrescored: {val_bpb!r}\ndifference: {val_bpb - row['val_bpb']:+.3g}")
     differs = what_differs(row, device_name)

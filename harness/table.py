@@ -57,12 +57,10 @@ def role_of_older_rows() -> pl.Expr:
 
 
 def ledger(root: Path) -> pl.DataFrame:
-    """The ledger, after recording the runs that were killed before they wrote their row, with `budget`:
-    the token budget asked for, which decides comparability, and every row's `role`. Rows written before
-    the ledger had budget_tokens compare by the tokens they were served, as they did then; rows written
-    before it had role take the one their description implied then."""
-    for run_id in reap_killed_runs(root):
-        print(f"recorded run {run_id} as crash: its process was killed before it wrote its row", file=sys.stderr)
+    """The ledger, read (never written: `record_killed_runs` is the step that writes), with `budget`: the token
+    budget asked for, which decides comparability, and every row's `role`. Rows written before the ledger had
+    budget_tokens compare by the tokens they were served, as they did then; rows written before it had role
+    take the one their description implied then."""
     try:
         df = read_results(root / LEDGER)
     except ValueError as e:  # a line that is not a row: named, with its repair
@@ -70,6 +68,13 @@ def ledger(root: Path) -> pl.DataFrame:
     return df.with_columns(
         budget=pl.coalesce("budget_tokens", "train_tokens"), role=pl.coalesce("role", role_of_older_rows())
     )
+
+
+def record_killed_runs(root: Path) -> None:
+    """The crash row of every run killed before it wrote one (SIGKILL, the out-of-memory killer), once: the
+    explicit step of `just eval`, `just check` and `just next`."""
+    for run_id in reap_killed_runs(root):
+        print(f"recorded run {run_id} as crash: its process was killed before it wrote its row", file=sys.stderr)
 
 
 def same_group(row: dict) -> pl.Expr:

@@ -32,6 +32,7 @@ from repo import write_atomic
 from repo.git import MAIN_BRANCH, WORKTREES, git, main_root, succeeds
 from repo.guard import JOURNAL
 from repo.ledger import CONFIRM_ROLE, LEDGER
+from repo.runs import read_steps, run_dir
 
 SITE = Path("9_reports") / "site"  # generated, never committed (.gitignore)
 DIFF_LIMIT = 200_000  # characters of an experiment's diff shown; the rest is named, not rendered
@@ -303,11 +304,7 @@ def experiment_diff(root: Path, slug: str, rows: pl.DataFrame) -> str:
 
 @functools.cache  # a baseline seed's curve is drawn on the page of every experiment in its group
 def step_metrics(root: Path, run_id: str) -> list[dict]:
-    path = root / "runs" / run_id / "metrics.jsonl"
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if "loss" in r]
+    return [r for r in read_steps(run_dir(root, run_id)) if "loss" in r]
 
 
 def loss_chart(root: Path, mine: pl.DataFrame, baseline: pl.DataFrame) -> str | None:

@@ -10,7 +10,7 @@ from harness import Refusal
 from harness.compare import confirmation, confirmation_rows
 from harness.records import idea_file, idea_title
 from harness.stats import Outcome
-from harness.table import ledger, ok_rows
+from harness.table import ledger, ok_rows, record_killed_runs
 from repo.git import (
     MAIN_BRANCH,
     commit,
@@ -80,8 +80,8 @@ def rm(slug: str, /, force: bool = False) -> None:
 
 def check() -> None:
     """List taxonomy violations (FROZEN, GLOBAL, APPEND-ONLY) of this checkout; exit 1 if any. Runs
-    killed before they wrote their row get it here (as on every ledger read)."""
-    ledger(main_root())
+    killed before they wrote their row get it here (and in `just eval` and `just next`)."""
+    record_killed_runs(main_root())
     problems = check_violations(Path.cwd())
     for p in problems:
         print(f"- {p}")

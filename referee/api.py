@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from referee.spec import RunSpec
-from repo import Refusal
+from repo import Refusal, Terminated
 from repo.git import experiment_name, main_root
 from repo.ledger import LEDGER, find_rows, new_run_id
 
@@ -50,7 +50,7 @@ def run(spec: RunSpec, cwd: Path) -> dict:
     try:
         process.wait()
     except KeyboardInterrupt as interrupt:  # Ctrl-C reached the run too; a kill of this process alone is passed on
-        if type(interrupt) is not KeyboardInterrupt:  # the harness's Terminated: SIGTERM to this process only
+        if isinstance(interrupt, Terminated):  # SIGTERM to this process alone
             process.terminate()
         process.wait()  # the run writes its crash row
         raise

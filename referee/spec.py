@@ -95,9 +95,14 @@ class RunSpec:
         """The same run with another seed, as a new run (a new id, no label), the experiment's field overrides
         kept or (main's code at an experiment's config name) dropped."""
         return dataclasses.replace(
-            self, seed=seed, description=description, role=role, label="", run_id=None,
+            self,
+            seed=seed,
+            description=description,
+            role=role,
+            label="",
+            run_id=None,
             overrides=self.overrides if keep_fields else {},
-        )  # fmt: skip
+        )
 
     def to_json(self) -> str:
         return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()})

@@ -5,16 +5,53 @@ harness. FROZEN (infrastructure): edit only with META_MODE=1.
     ledger     results.tsv: its schema, what a valid row is, the locked append, killed runs
     guard      the file taxonomy (FROZEN, GLOBAL, APPEND-ONLY) and the scoring guard
 
-and, here, what every layer needs: a refusal, and a file written whole or not at all.
+and, here, what every layer needs: a refusal, a kill turned into an exception, the one way an entry point
+ends (eval.py's and the harness's), and a file written whole or not at all.
 """
 
 import os
-from collections.abc import Iterable
+import signal
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
 class Refusal(ValueError):
     """A command refused: the message says what, which rule, and how to proceed."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a queue's or a scheduler's kill), handled as Ctrl-C is: a run still writes its row, and a command
+    passes it on to the run it waits for."""
+
+
+def on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: a second must not interrupt the row
+    raise Terminated("killed by SIGTERM")
+
+
+def entry_point(main: Callable[[list[str]], int], argv: list[str]) -> int:
+    """How eval.py and every harness command end. Exit 2: refused or bad input, nothing done, one line on stderr
+    naming the value and the fix (`--debug` shows the traceback instead); 130 and 143: Ctrl-C and SIGTERM (a run
+    in progress recorded its own crash row); else `main`'s code (1: it ran and failed, as a crash row, a
+    mismatch or a check that found violations)."""
+    debug = "--debug" in argv
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        return main([a for a in argv if a != "--debug"])
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        hint = "" if isinstance(e, ValueError) else " (run it again with --debug for the traceback)"
+        text = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"  # a ValueError's says it all
+        print(f"error: {' '.join(text.split())}{hint}", file=sys.stderr)
+        return 2
 
 
 def write_atomic(path: Path, data: bytes | Iterable[bytes]) -> None:

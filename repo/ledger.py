@@ -13,6 +13,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from repo import write_atomic
+from repo.runs import RUNS
 
 LEDGER = "results.tsv"
 RESULTS_SCHEMA = {  # the ledger's columns, in order, with their polars dtypes
@@ -254,7 +255,7 @@ def markers_here(root: Path) -> list[tuple[Path, dict]]:
     """The markers of runs started on this host, read; a run on another host (a cluster's shared runs/) is
     that host's to judge."""
     found = []
-    for marker in (root / "runs").glob(f"*/{RUNNING}"):
+    for marker in (root / RUNS).glob(f"*/{RUNNING}"):
         try:
             record = json.loads(marker.read_text())
         except (OSError, ValueError):

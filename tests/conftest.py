@@ -91,10 +91,15 @@ def add_rows(project: Path, *rows: dict) -> None:
             row["holdout_bpb"] = row.get("val_bpb")  # a confirmation run is scored on the holdout too
         name = row["config"].partition(":")[0]
         spec = RunSpec(
-            config_name=None if name.endswith(".json") else name, config=Path(name) if name.endswith(".json") else None,
-            device=row["device"], budget_tokens=row.get("budget_tokens") or row["train_tokens"], seed=row["seed"],
-            threads=row.get("threads"), run_id=row["run_id"], **extra,
-        )  # fmt: skip
+            config_name=None if name.endswith(".json") else name,
+            config=Path(name) if name.endswith(".json") else None,
+            device=row["device"],
+            budget_tokens=row.get("budget_tokens") or row["train_tokens"],
+            seed=row["seed"],
+            threads=row.get("threads"),
+            run_id=row["run_id"],
+            **extra,
+        )
         append_result(row | dict(spec=row.get("spec", spec.to_json())), project / "results.tsv")
 
 

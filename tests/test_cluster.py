@@ -73,7 +73,7 @@ def test_slurm_job_script_carries_label_partition_gpus_and_time(project):
 
 def test_slurm_without_sbatch_is_a_clear_refusal(project):
     result = just(project, "queue", "--backend", "slurm", LABEL, "main", *TINY)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "--backend slurm needs Slurm's sbatch on PATH" in result.stderr
     assert not (project / "runs" / "cluster").exists()
 
@@ -106,5 +106,5 @@ def test_a_multi_gpu_run_is_not_put_in_a_one_gpu_pueue_group(project, tmp_path):
         tasks = json.loads(pueue("status", "--json").stdout)["tasks"]
     finally:
         pueue.stop()
-    assert result.returncode == 1 and "--nproc 2 needs several GPUs" in result.stderr
+    assert result.returncode == 2 and "--nproc 2 needs several GPUs" in result.stderr
     assert tasks == {}

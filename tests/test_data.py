@@ -201,7 +201,7 @@ def test_hf_missing_text_column_names_the_columns(meta_project, tmp_path):
     hub_dataset(tmp_path / "hub", "owner/no-text", {"data/train.parquet": parquet_bytes(stories(5), column="story")})
     set_data_source(meta_project, "hf:owner/no-text")
     result = just(meta_project, "prepare", env=hf_env(tmp_path))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "no text column 'text'" in result.stderr and "story (String)" in result.stderr
     assert "HF_TEXT_COLUMN" in result.stderr
 
@@ -209,7 +209,7 @@ def test_hf_missing_text_column_names_the_columns(meta_project, tmp_path):
 def test_hf_not_in_the_cache_and_offline_is_a_clear_error(meta_project, tmp_path):
     set_data_source(meta_project, "hf:owner/absent")
     result = just(meta_project, "prepare", env=hf_env(tmp_path))
-    assert result.returncode == 1 and "hf:owner/absent: could not download it" in result.stderr
+    assert result.returncode == 2 and "hf:owner/absent: could not download it" in result.stderr
 
 
 def test_hf_prepare_resumes_after_a_failure(meta_project, tmp_path):
@@ -223,7 +223,7 @@ def test_hf_prepare_resumes_after_a_failure(meta_project, tmp_path):
     set_data_source(meta_project, f"hf:{repo}")
     env = hf_env(tmp_path)
     failed = just(meta_project, "prepare", env=env)  # the second file is broken
-    assert failed.returncode == 1 and "train-00001-of-00002.parquet (ComputeError" in failed.stderr
+    assert failed.returncode == 2 and "train-00001-of-00002.parquet (ComputeError" in failed.stderr
     # The first file was converted before the failure: a rerun must not read it again.
     hub_dataset(hub, repo, {**good, "data/train-00000-of-00002.parquet": b"broken after its conversion"})
     result = just(meta_project, "prepare", env=env)

@@ -60,7 +60,7 @@ def test_new_refuses_an_existing_worktree_and_the_reserved_slug(project):
     new(project, "dup")
     assert "already exists" in just(project, "new", "dup").stderr
     reserved = just(project, "new", "main")
-    assert reserved.returncode == 1 and "the slug 'main' is reserved" in reserved.stderr
+    assert reserved.returncode == 2 and "the slug 'main' is reserved" in reserved.stderr
     assert "exp/main" not in git("branch", cwd=project)
 
 
@@ -81,10 +81,10 @@ def test_rm_refuses_to_lose_work_and_says_what(project):
     wt = new(project, "risky")
     (wt / "model.py").write_text((wt / "model.py").read_text() + "\n# unsaved\n")
     result = just(project, "rm", "risky")
-    assert result.returncode == 1 and "would lose the uncommitted changes to model.py" in result.stderr
+    assert result.returncode == 2 and "would lose the uncommitted changes to model.py" in result.stderr
     git("commit", "-qam", "idea", cwd=wt)
     result = just(project, "rm", "risky")
-    assert result.returncode == 1 and "would lose its commit" in result.stderr
+    assert result.returncode == 2 and "would lose its commit" in result.stderr
     assert "which is neither merged into main nor scored in results.tsv. Commit and score it" in result.stderr
     assert wt.is_dir()
     removed = just(project, "rm", "risky", "--force")
@@ -134,7 +134,7 @@ def test_journal_entries_are_prepended_never_edited(project):
     assert "- **Observation:** bpb 2.0" in text
     for blank in ("", "  "):
         refused = just(project, "journal", blank)
-        assert refused.returncode == 1 and "an empty journal entry" in refused.stderr
+        assert refused.returncode == 2 and "an empty journal entry" in refused.stderr
     assert (project / "RESEARCH_JOURNAL.md").read_text() == text
     assert commit(project, "RESEARCH_JOURNAL.md", text, env=hooked_env()).returncode == 0  # prepending: fine
     edited = commit(
@@ -452,7 +452,7 @@ def test_submit_goes_through_the_guard(project):
     wt = new(project, "sneaky")
     (wt / "eval.py").write_text((wt / "eval.py").read_text() + "\n# sneaky\n")
     result = just(project, "submit", "sneaky")
-    assert result.returncode == 1 and "FROZEN eval.py" in result.stderr
+    assert result.returncode == 2 and "FROZEN eval.py" in result.stderr
 
 
 def test_recipes_find_the_root_from_a_subfolder_of_a_worktree(project):

@@ -78,7 +78,7 @@ def test_an_arxiv_paper_is_saved_in_full_with_title_authors_id_and_licence(proje
     assert "- **Licence:** http://creativecommons.org/licenses/by/4.0/" in text
     assert "We propose LoRA." in text and "<!-- page 2 -->\nResults on GPT-3." in text  # every page, not a summary
     again = just(project, "paper", "2106.09685", env=arxiv)
-    assert again.returncode == 1 and "exists: pick another --slug" in again.stderr
+    assert again.returncode == 2 and "exists: pick another --slug" in again.stderr
 
 
 def test_a_pdf_file_is_saved_with_its_own_title(project, tmp_path):
@@ -94,8 +94,8 @@ def test_a_pdf_file_is_saved_with_its_own_title(project, tmp_path):
 def test_no_network_is_one_line_that_says_so(project):
     closed = {"RESEARCH_ARXIV_URL": "http://127.0.0.1:9"}  # the discard port: nothing listens
     result = just(project, "paper", "2106.09685", env=closed)
-    assert result.returncode == 1 and "no network here?" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "no network here?" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 2  # the error, and just's own line
     bad = just(project, "paper", "not-a-paper")
-    assert bad.returncode == 1 and "is not an arXiv id (2106.09685), a URL or a PDF file" in bad.stderr
+    assert bad.returncode == 2 and "is not an arXiv id (2106.09685), a URL or a PDF file" in bad.stderr
     assert not list(Path(project, "0_docs", "papers").glob("*.md"))

@@ -142,33 +142,33 @@ def test_the_seeds_own_pueue_add_records_its_label_and_parallel_tasks_keep_their
 )
 def test_a_label_without_question_and_hypothesis_is_refused_with_an_example(project, pueue, label):
     result = just(project, "queue", label, "main", *TINY, env=pueue.env)
-    assert result.returncode == 1 and "bad label" in result.stderr and "Q: does rotary help? H:" in result.stderr
+    assert result.returncode == 2 and "bad label" in result.stderr and "Q: does rotary help? H:" in result.stderr
 
 
 def test_an_unknown_slug_is_refused(project, pueue):
     result = just(project, "queue", "Q: x? H: y", "nowhere", env=pueue.env)
     assert (
-        result.returncode == 1 and "no worktree for 'nowhere'" in result.stderr and "just new nowhere" in result.stderr
+        result.returncode == 2 and "no worktree for 'nowhere'" in result.stderr and "just new nowhere" in result.stderr
     )
 
 
 def test_a_dirty_worktree_is_refused_before_it_is_queued(project, pueue):
     (project / "model.py").write_text((project / "model.py").read_text() + "\n# wip\n")
     result = just(project, "queue", "Q: x? H: y", "main", env=pueue.env)
-    assert result.returncode == 1 and "uncommitted Python code" in result.stderr
+    assert result.returncode == 2 and "uncommitted Python code" in result.stderr
     assert json.loads(pueue("status", "--json").stdout)["tasks"] == {}
 
 
 def test_pueue_missing_says_how_to_install_it(project):
     result = just(project, "queue", "Q: x? H: y", "main")
-    assert result.returncode == 1 and "pueue is not installed" in result.stderr and "pueued -d" in result.stderr
+    assert result.returncode == 2 and "pueue is not installed" in result.stderr and "pueued -d" in result.stderr
 
 
 def test_a_daemon_that_is_down_says_how_to_start_it(project, tmp_path):
     down = Pueue(tmp_path / "down")  # configured, never started
     for args in (["queue", "Q: x? H: y", "main"], ["status"], ["log", "0"]):
         result = just(project, *args, env=down.env)
-        assert result.returncode == 1 and "start it with `pueued -d`" in result.stderr, args
+        assert result.returncode == 2 and "start it with `pueued -d`" in result.stderr, args
 
 
 def test_gpus_without_a_gpu_uses_the_default_group(project, pueue):

@@ -240,7 +240,7 @@ def test_a_signal_to_the_command_the_user_started_reaches_the_run(project, sig):
         raise AssertionError("the run outlived the command that started it")
 
 
-def test_a_run_killed_without_its_row_gets_one_crash_row_on_the_next_read(project):
+def test_a_run_killed_without_its_row_gets_one_crash_row_from_check_or_next_never_from_a_read(project):
     proc = start_long_run(project, "eval", "tiny", "--budget-tokens", "2000000")
     try:
         wait_until_training(project)
@@ -250,9 +250,13 @@ def test_a_run_killed_without_its_row_gets_one_crash_row_on_the_next_read(projec
     finally:
         kill_group(proc)
     assert (project / "results.tsv").read_text().count("\n") == 1  # no row yet: nothing could write it
+    for reader in ("results", "best"):  # reading the record never writes it
+        just(project, reader)
+        assert (project / "results.tsv").read_text().count("\n") == 1
+    writers = ("check", "next", "check")  # the explicit step, twice at once: one row
     readers = [
         subprocess.Popen([JUST, cmd], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for cmd in ("results", "check", "best")
+        for cmd in writers
     ]
     outputs = [reader.communicate(timeout=120) for reader in readers]
     assert sum("as crash: its process was killed" in err for _, err in outputs) == 1
