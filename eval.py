@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         for worker in workers:
             worker.stop()
         shutil.rmtree(scratch, ignore_errors=True)
-        if not scored or not (run_dir / SUMMARY).exists():  # a smoke run, or bad input: nothing to keep
+        began = (run_dir / SUMMARY).exists() or (run_dir / RUNNING).exists()  # its row, recorded or to be reaped
+        if not scored or not began:  # a smoke run, or bad input: nothing to keep
             shutil.rmtree(run_dir, ignore_errors=True)
 
 

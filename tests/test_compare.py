@@ -209,9 +209,14 @@ def test_verify_reproduces_a_run_after_its_branch_is_gone_and_flags_tampering(pr
     results = project / "results.tsv"
     original = results.read_text()
     recorded = ledger(project)["val_bpb"][0]
-    results.write_text(original.replace(repr(recorded), repr(recorded - 0.01)))
+    assert "differ" not in result.stdout and "torch:" not in result.stdout  # nothing but the code and weights
+    torch_cell = f"\t{torch.__version__}\t"
+    assert original.count(torch_cell) == 1
+    results.write_text(original.replace(repr(recorded), repr(recorded - 0.01)).replace(torch_cell, "\t2.0.0\t"))
     tampered_row = just(project, "verify", run_id)
     assert tampered_row.returncode == 1 and "MISMATCH" in tampered_row.stdout
+    assert f"torch: 2.0.0 then, {torch.__version__} now" in tampered_row.stdout  # what differs, named
+    assert tampered_row.stdout.rstrip().endswith(": torch differs")
     results.write_text(original)
 
     checkpoint = project / "runs" / run_id / "model.pt"
