@@ -8,7 +8,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import polars as pl
 import tyro
@@ -19,12 +19,10 @@ from harness.compare import confirmation, exploration_rows, first_fresh_seed
 from harness.stats import ALPHA, SEED_PLANS, Outcome, aa_allowed, noise_report, verdict
 from harness.table import baseline_rows, group_name, ledger
 from referee import api
-from referee.api import RunSpec
+from referee.api import Device, RunSpec
 from repo.git import checkout_dir, main_root, show, worktree_dir
 from repo.ledger import CONFIRM_ROLE, LEDGER
 from repo.runs import CHECKPOINT, RUNS
-
-Device = Literal["cpu", "cuda", "mps"]
 
 
 def run_eval(cwd: Path, spec: RunSpec) -> dict:

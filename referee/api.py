@@ -4,7 +4,7 @@ The harness reaches the referee through this module alone (`just lint` holds it 
 pyproject.toml), and by data: a RunSpec in, a row out. Nothing here imports torch until it is called for, so a
 command that reads the ledger never loads it.
 
-    RunSpec             a run as data (referee/spec.py)
+    RunSpec, Device     a run as data, and its device classes (referee/spec.py)
     run(spec, cwd)      one scored run of the checkout at `cwd`, a subprocess of main's eval.py; its ledger row
     rescore(...)        `just verify`: a kept run scored again through the scoring workers of every run
     core_sha()          the hash of referee/core.py, every row's eval_sha
@@ -28,14 +28,24 @@ import tempfile
 import time
 from pathlib import Path
 
-from referee.spec import RunSpec
+from referee.spec import Device, RunSpec
 from repo import Refusal, Terminated
 from repo.git import experiment_name, main_root
 from repo.ledger import LEDGER, find_rows, new_run_id
 
 CORE = Path(__file__).resolve().with_name("core.py")  # the metric's core: its hash is every row's eval_sha
 
-__all__ = ["RunSpec", "run", "rescore", "core_sha", "device_class", "torch_version", "load_corpus", "evaluate"]
+__all__ = [
+    "Device",
+    "RunSpec",
+    "run",
+    "rescore",
+    "core_sha",
+    "device_class",
+    "torch_version",
+    "load_corpus",
+    "evaluate",
+]
 
 
 def run(spec: RunSpec, cwd: Path) -> dict:

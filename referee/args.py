@@ -7,14 +7,9 @@ import dataclasses
 from pathlib import Path
 from typing import Annotated, Literal
 
-from referee.spec import RunSpec
+from referee.spec import RunSpec, split_config_name
 
 RESERVED = {f.name for f in dataclasses.fields(RunSpec)}  # no train.Config field may shadow these
-
-
-def split_config_name(argv: list[str]) -> tuple[str | None, list[str]]:
-    """CONFIG, if given, is the first argument."""
-    return (argv[0], argv[1:]) if argv and not argv[0].startswith("-") else (None, argv)
 
 
 def resolve_train_config(train, name: str | None, config_file: tuple[str, dict] | None, device_type: str):

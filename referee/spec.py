@@ -70,7 +70,7 @@ class RunSpec:
     @classmethod
     def from_argv(cls, argv: list[str]) -> "RunSpec":
         """`[CONFIG] [eval.py's flags] [--<train.Config field> VALUE ...]`, the way `just eval` takes it."""
-        name, rest = (argv[0], argv[1:]) if argv and not argv[0].startswith("-") else (None, argv)
+        name, rest = split_config_name(argv)
         flags = [a for a in rest if a not in ("-h", "--help")]  # the help is the training worker's to print
         spec, unknown = tyro.cli(cls, args=flags, return_unknown_args=True, prog="just eval")
         return dataclasses.replace(spec, config_name=name, overrides=field_values(unknown))
@@ -111,6 +111,11 @@ class RunSpec:
     def from_json(cls, text: str) -> "RunSpec":
         fields = json.loads(text)
         return cls(**{**fields, "config": Path(fields["config"]) if fields.get("config") else None})
+
+
+def split_config_name(argv: list[str]) -> tuple[str | None, list[str]]:
+    """CONFIG, if given, is the first argument."""
+    return (argv[0], argv[1:]) if argv and not argv[0].startswith("-") else (None, argv)
 
 
 def flag(name: str) -> str:

@@ -114,10 +114,7 @@ def row_problem(line: str, header: tuple[str, ...]) -> str | None:
         if column == "role" and cell and role_problem(cell):
             return role_problem(cell)
         try:
-            if cell and kind == "Int64":
-                int(cell)
-            elif cell and kind == "Float64":
-                float(cell)
+            typed(column, cell)
         except ValueError:
             return f"{column}={cell!r} is not a {'whole number' if kind == 'Int64' else 'number'}"
     return None
