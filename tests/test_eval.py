@@ -334,13 +334,19 @@ def test_bad_rows_are_refused_before_anything_is_written(tmp_path):
 @pytest.mark.parametrize(
     "line, why",
     [
-        ("garbage", "1 fields where the header has 27"),
-        ("r9\tnot-a-time\tmain\tcpu\tabc\tNOT_AN_INT" + "\t" * 21, "seed='NOT_AN_INT' is not a whole number"),
+        ("garbage", f"1 fields where the header has {len(ledger.RESULTS_COLUMNS)}"),
         (
-            "\t".join(["r9", "", "main", "cpu", "c", "zero", "cpu", "ok"] + [""] * 19),
+            "r9\tnot-a-time\tmain\tcpu\tabc\tNOT_AN_INT" + "\t" * (len(ledger.RESULTS_COLUMNS) - 6),
+            "seed='NOT_AN_INT' is not a whole number",
+        ),
+        (
+            "\t".join(["r9", "", "main", "cpu", "c", "zero", "cpu", "ok"] + [""] * (len(ledger.RESULTS_COLUMNS) - 8)),
             "seed='zero' is not a whole number",
         ),
-        ("\t".join(["r9", "", "main", "cpu", "c", "0", "cpu", "great"] + [""] * 19), "status='great' is not one of"),
+        (
+            "\t".join(["r9", "", "main", "cpu", "c", "0", "cpu", "great"] + [""] * (len(ledger.RESULTS_COLUMNS) - 8)),
+            "status='great' is not one of",
+        ),
         ("", "an empty line"),
     ],
 )
