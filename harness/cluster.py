@@ -16,10 +16,12 @@ from submitit.core.utils import JobPaths, pickle_load
 
 from harness import Refusal
 from referee.api import RunSpec
+from repo.runs import RUNS
 
 CLUSTER_CONFIG = "cluster.toml"  # optional, in the main checkout: defaults for the flags below
 CLUSTER_DEFAULTS = dict(partition=None, gpus=None, time_min=120, cpus=None, mem_gb=None, account=None)
 SLURM_DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL"}
+CLUSTER_JOBS = Path(RUNS) / "cluster"  # runs/cluster/ID/job.json: what `just status` follows of a submitted job
 
 
 def cluster_options(root: Path, flags: dict) -> dict:
@@ -62,7 +64,7 @@ def submit_cluster(root: Path, backend: str, spec: RunSpec, slug: str, path: Pat
     """Submit one scored run as a submitit job; its record (runs/cluster/ID/job.json) lets
     `just status` and `just review` follow it beside the pueue tasks."""
     options = cluster_options(root, flags)
-    folder = root / "runs" / "cluster" / f"{backend}-%j"
+    folder = root / CLUSTER_JOBS / f"{backend}-%j"
     if backend == "slurm":
         if shutil.which("sbatch") is None:
             raise Refusal("--backend slurm needs Slurm's sbatch on PATH: run this on the cluster's login node")
@@ -80,7 +82,7 @@ def submit_cluster(root: Path, backend: str, spec: RunSpec, slug: str, path: Pat
         slug=slug, path=str(path), command=shlex.join(["just", "eval", *spec.to_argv()]),
         submitted_at=submitted_at,
     )  # fmt: skip
-    job_dir = root / "runs" / "cluster" / record["id"]
+    job_dir = root / CLUSTER_JOBS / record["id"]
     job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / "job.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"submitted {backend} job {record['id']}: {record['command']} in {slug}")
@@ -106,7 +108,7 @@ def cluster_job_state(record: dict, job_dir: Path) -> tuple[str, bool]:
 
 def cluster_jobs(root: Path) -> list[dict]:
     jobs = []
-    for path in sorted((root / "runs" / "cluster").glob("*/job.json")):
+    for path in sorted((root / CLUSTER_JOBS).glob("*/job.json")):
         record = json.loads(path.read_text())
         state, done = cluster_job_state(record, path.parent)
         kind = f"{record['backend']} job"
@@ -116,7 +118,7 @@ def cluster_jobs(root: Path) -> list[dict]:
 
 def cluster_job_paths(root: Path, job_id: str):
     """submitit's files (stdout, stderr, result) of the job `just status` lists as `job_id`."""
-    record_path = root / "runs" / "cluster" / job_id / "job.json"
+    record_path = root / CLUSTER_JOBS / job_id / "job.json"
     if not record_path.exists():
         raise Refusal(f"no job {job_id!r}: the ids are pueue task numbers and the slurm-N / local-N of `just status`")
     return JobPaths(record_path.parent, json.loads(record_path.read_text())["job_id"])
