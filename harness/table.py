@@ -72,7 +72,12 @@ def ledger(root: Path) -> pl.DataFrame:
 
 def record_killed_runs(root: Path) -> None:
     """The crash row of every run killed before it wrote one (SIGKILL, the out-of-memory killer), once: the
-    explicit step of `just eval`, `just check` and `just next`."""
+    explicit step of `just eval`, `just check` and `just next`; a ledger with a line that is not a row is
+    refused first, naming the line and its repair (nothing is appended to it)."""
+    try:
+        check_ledger(root / LEDGER)
+    except ValueError as e:
+        raise Refusal(str(e)) from e
     for run_id in reap_killed_runs(root):
         print(f"recorded run {run_id} as crash: its process was killed before it wrote its row", file=sys.stderr)
 

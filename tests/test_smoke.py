@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from conftest import JUST, block, git, just, ledger, run
 from referee import data
@@ -38,7 +39,12 @@ def test_eval_prints_the_block_writes_one_row_and_a_run_folder(project):
     assert r["description"] == "a first run, with spaces" and r["label"] is None
     assert r["threads"] == len(os.sched_getaffinity(0))  # the cores here, fixed for the run and recorded
     assert r["role"] == "exploration"  # a plain run; baseline, confirm, aa and determinism write their own
-    assert f"model name\t: {r['device_name']}\n" in open("/proc/cpuinfo").read()  # the processor it ran on
+    first = dict(  # the first processor of /proc/cpuinfo: the one the run names, with what its kernels depend on
+        (k.strip(), v.strip())
+        for k, _, v in (line.partition(":") for line in open("/proc/cpuinfo").read().split("\n\n")[0].splitlines())
+    )
+    family = f"family {first['cpu family']} model {first['model']}, " if "cpu family" in first else ""
+    assert r["device_name"] == f"{first['model name']} ({family}{torch.backends.cpu.get_cpu_capability()})"
     assert r["mfu"] > 0 and r["tokens_per_s"] > 0 and r["params_m"] > 0 and r["peak_mem_gb"] > 0
     run_dir = project / "runs" / r["run_id"]
     kept = {"train.log", "metrics.jsonl", "train_config.json", "summary.json", "model.pt", "train.py", "model.py"}
