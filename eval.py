@@ -59,11 +59,10 @@ from repo.ledger import (
     LEDGER,
     RUNNING,
     append_result,
-    check_ledger,
     live_runs,
     mark_running,
     new_run_id,
-    reap_killed_runs,
+    record_killed_runs,
 )
 from repo.runs import CHECKPOINT, LOG, METRICS, RUNS, SUMMARY, TRAIN_CONFIG, read_steps
 
@@ -141,9 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     install_hooks(ROOT)
     if scored:
         require_scoring_allowed(code_dir, ROOT)
-        check_ledger(ROOT / LEDGER)  # its row could not be appended
-        for killed in reap_killed_runs(ROOT):  # the explicit step that records runs killed without their row
-            print(f"recorded run {killed} as crash: its process was killed before it wrote its row", file=sys.stderr)
+        record_killed_runs(ROOT)  # refuses a ledger its row could not be appended to
 
     experiment = experiment_name(code_dir, ROOT)
     run_id = spec.run_id or new_run_id(experiment)
@@ -210,7 +207,6 @@ def run(
     log_header(spec, row, cfg, corpus, data_s, preset, torch, code_dir)
 
     summary: dict = {"data_s": data_s, "nproc": spec.nproc}
-    metrics_path = run_dir / METRICS
     try:
         if refused:
             raise refused
@@ -230,7 +226,7 @@ def run(
         exit_code = 143 if isinstance(e, Terminated) else 130 if isinstance(e, KeyboardInterrupt) else 1
     row.update(summary.pop("measured", {}))
     if spec.smoke:
-        return smoke_report(row, metrics_path, exit_code)
+        return smoke_report(row, run_dir, exit_code)
     record(row, summary, run_dir)
     return exit_code
 
@@ -390,9 +386,9 @@ def train_and_score(spec: RunSpec, workers, corpus, run_dir: Path, scratch: str,
             worker.stop()
 
 
-def smoke_report(row: dict, metrics_path: Path, exit_code: int) -> int:
+def smoke_report(row: dict, run_dir: Path, exit_code: int) -> int:
     """What `just smoke` prints: the run's checks (the loss fell, the probes passed) and no row."""
-    losses = [r["loss"] for r in read_steps(metrics_path.parent) if r.get("loss") is not None]
+    losses = [r["loss"] for r in read_steps(run_dir) if r.get("loss") is not None]
     problem = row.get("error")
     if problem is None and len(losses) < 2:
         problem = f"train.py reported {len(losses)} losses through data.log_step; smoke needs 2 or more"

@@ -10,7 +10,7 @@ from typing import Literal
 from harness import Refusal
 from harness.table import group_name, ledger
 from repo.git import main_root
-from repo.runs import RUNS, read_steps, run_dir
+from repo.runs import RUNS, read_steps
 
 HPARAMS = ("experiment", "config", "seed", "device", "commit", "role", "budget", "threads", "status", "label")
 
@@ -35,7 +35,7 @@ def export(tool: Literal["tensorboard"], /, out: Path | None = None) -> None:
         raise Refusal("the ledger has no rows to export: score a run first (uv run just eval)")
     shutil.rmtree(out, ignore_errors=True)  # event files append: a second export must not repeat every point
     for row in df.iter_rows(named=True):
-        steps = read_steps(run_dir(root, row["run_id"]))
+        steps = read_steps(root / RUNS / row["run_id"])
         with SummaryWriter(logdir=str(out / row["run_id"])) as writer:
             for record in steps:
                 for key, value in record.items():

@@ -10,7 +10,7 @@ from matplotlib.ticker import MaxNLocator
 
 from harness.table import group_name, ledger, newest_group, same_group, the_bar
 from repo.git import main_root
-from repo.runs import METRICS, read_steps, run_dir
+from repo.runs import METRICS, RUNS, read_steps
 
 
 def step_losses(folder: Path) -> list[tuple[int, float]]:
@@ -80,7 +80,7 @@ def plot() -> None:
     print(f"plot: {root / 'progress.png'} ({len(rows)} runs)")
     made = 0
     for r in df.to_dicts():
-        folder = run_dir(root, r["run_id"])
+        folder = root / RUNS / r["run_id"]
         if not (folder / METRICS).exists() or (folder / "loss.png").exists():
             continue
         losses = step_losses(folder)

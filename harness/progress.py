@@ -16,11 +16,11 @@ from harness.table import (
     newest_group,
     print_json,
     print_table,
-    record_killed_runs,
     same_group,
     the_bar,
 )
 from repo.git import WORKTREES, main_root, uncommitted_files
+from repo.ledger import record_killed_runs
 
 IDEATE_UNTIL = 30  # the seed's algorithm: ideate while fewer ideas than this exist
 

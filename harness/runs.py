@@ -199,8 +199,9 @@ def verify(run_id: str, /) -> None:
     if row["status"] != "ok":
         raise Refusal(f"run {run_id} ended {row['status']}: there is no metric to verify")
     run_dir = root / RUNS / run_id
-    if not (run_dir / CHECKPOINT).exists():
-        raise Refusal(f"{run_dir / 'model.pt'} is missing: runs/ is local to the machine that scored the run")
+    checkpoint = run_dir / CHECKPOINT
+    if not checkpoint.exists():
+        raise Refusal(f"{checkpoint} is missing: runs/ is local to the machine that scored the run")
     code = run_dir
     if not (run_dir / "train.py").exists():  # scored before runs kept their code
         code = Path(tempfile.mkdtemp(prefix=f"verify-{run_id}-"))
@@ -213,7 +214,7 @@ def verify(run_id: str, /) -> None:
     corpus = load_corpus()
     if corpus.fingerprint != row["data_fp"]:
         raise Refusal(f"the corpus changed: fingerprint {corpus.fingerprint}, the row has {row['data_fp']}")
-    val_bpb, device_name = api.rescore(code, run_dir / CHECKPOINT, device, corpus, row["threads"])
+    val_bpb, device_name = api.rescore(code, checkpoint, device, corpus, row["threads"])
     tolerance = 1e-6 if device == "cpu" else 1e-4
     print(f"---\nrecorded: {row['val_bpb']!r}\nrescored: {val_bpb!r}\ndifference: {val_bpb - row['val_bpb']:+.3g}")
     differs = what_differs(row, device_name)

@@ -2,13 +2,12 @@
 bar every experiment must beat), the best rows, and tables printed through polars."""
 
 import json
-import sys
 from pathlib import Path
 
 import polars as pl
 
 from harness import Refusal
-from repo.ledger import CONFIRM_ROLE, LEDGER, RESULTS_COLUMNS, RESULTS_SCHEMA, check_ledger, reap_killed_runs
+from repo.ledger import CONFIRM_ROLE, LEDGER, RESULTS_COLUMNS, RESULTS_SCHEMA, check_ledger
 
 COMPARABLE = (
     "eval_sha",
@@ -57,7 +56,7 @@ def role_of_older_rows() -> pl.Expr:
 
 
 def ledger(root: Path) -> pl.DataFrame:
-    """The ledger, read (never written: `record_killed_runs` is the step that writes), with `budget`: the token
+    """The ledger, read, never written (repo.ledger.record_killed_runs writes), with `budget`: the token
     budget asked for, which decides comparability, and every row's `role`. Rows written before the ledger had
     budget_tokens compare by the tokens they were served, as they did then; rows written before it had role
     take the one their description implied then."""
@@ -68,18 +67,6 @@ def ledger(root: Path) -> pl.DataFrame:
     return df.with_columns(
         budget=pl.coalesce("budget_tokens", "train_tokens"), role=pl.coalesce("role", role_of_older_rows())
     )
-
-
-def record_killed_runs(root: Path) -> None:
-    """The crash row of every run killed before it wrote one (SIGKILL, the out-of-memory killer), once: the
-    explicit step of `just eval`, `just check` and `just next`; a ledger with a line that is not a row is
-    refused first, naming the line and its repair (nothing is appended to it)."""
-    try:
-        check_ledger(root / LEDGER)
-    except ValueError as e:
-        raise Refusal(str(e)) from e
-    for run_id in reap_killed_runs(root):
-        print(f"recorded run {run_id} as crash: its process was killed before it wrote its row", file=sys.stderr)
 
 
 def same_group(row: dict) -> pl.Expr:

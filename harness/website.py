@@ -32,7 +32,7 @@ from repo import write_atomic
 from repo.git import MAIN_BRANCH, WORKTREES, git, main_root, succeeds
 from repo.guard import JOURNAL
 from repo.ledger import CONFIRM_ROLE, LEDGER
-from repo.runs import read_steps, run_dir
+from repo.runs import RUNS, read_steps
 
 SITE = Path("9_reports") / "site"  # generated, never committed (.gitignore)
 DIFF_LIMIT = 200_000  # characters of an experiment's diff shown; the rest is named, not rendered
@@ -304,7 +304,7 @@ def experiment_diff(root: Path, slug: str, rows: pl.DataFrame) -> str:
 
 @functools.cache  # a baseline seed's curve is drawn on the page of every experiment in its group
 def step_metrics(root: Path, run_id: str) -> list[dict]:
-    return [r for r in read_steps(run_dir(root, run_id)) if "loss" in r]
+    return [r for r in read_steps(root / RUNS / run_id) if "loss" in r]
 
 
 def loss_chart(root: Path, mine: pl.DataFrame, baseline: pl.DataFrame) -> str | None:

@@ -10,7 +10,7 @@ from harness import Refusal
 from harness.compare import confirmation, confirmation_rows
 from harness.records import idea_file, idea_title
 from harness.stats import Outcome
-from harness.table import ledger, ok_rows, record_killed_runs
+from harness.table import ledger, ok_rows
 from repo.git import (
     MAIN_BRANCH,
     commit,
@@ -23,7 +23,7 @@ from repo.git import (
     worktree_dir,
 )
 from repo.guard import check_violations
-from repo.ledger import LEDGER
+from repo.ledger import LEDGER, record_killed_runs
 
 
 def new(slug: str, /) -> None:

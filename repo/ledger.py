@@ -7,6 +7,7 @@ import math
 import os
 import secrets
 import socket
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -265,6 +266,15 @@ def markers_here(root: Path) -> list[tuple[Path, dict]]:
 def live_runs(root: Path) -> list[str]:
     """The ids of the runs in progress on this host."""
     return [marker.parent.name for marker, r in markers_here(root) if is_alive(r["pid"], r["start"])]
+
+
+def record_killed_runs(root: Path) -> None:
+    """The crash row of every run killed before it wrote one (SIGKILL, the out-of-memory killer), once, each
+    named on stderr: the explicit step of `just eval`, `just check` and `just next` (reading the ledger never
+    writes it). A ledger with a line that is not a row is refused first (`check_ledger`): nothing is appended."""
+    check_ledger(root / LEDGER)
+    for run_id in reap_killed_runs(root):
+        print(f"recorded run {run_id} as crash: its process was killed before it wrote its row", file=sys.stderr)
 
 
 def reap_killed_runs(root: Path) -> list[str]:

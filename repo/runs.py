@@ -13,10 +13,6 @@ TRAIN_CONFIG = "train_config.json"  # the resolved train.Config: `just eval --co
 LOG = "train.log"  # the run's log: the referee's and the workers' lines
 
 
-def run_dir(root: Path, run_id: str) -> Path:
-    return root / RUNS / run_id
-
-
 def read_steps(folder: Path) -> list[dict]:
     """The step records train.py reported, in order ({"step", "total_steps", "tokens", "loss", ...}); none
     before the first."""
