@@ -3,6 +3,7 @@ the confirmation on fresh seeds that `just confirm` runs and `just submit` needs
 exact commands to run next."""
 
 import dataclasses
+import secrets
 
 import polars as pl
 
@@ -12,16 +13,31 @@ from harness.table import COMPARABLE, baseline_rows, group_name, ledger, ok_rows
 from repo.git import main_root
 from repo.ledger import CONFIRM_ROLE
 
+# `just confirm` draws its seeds in secret from here: too many to screen, and above every seed a person picks
+CONFIRM_SEEDS = range(2**31, 2**32)
+
 
 def exploration_rows(df, slug: str):
-    """The slug's ok rows that took part in choosing it: its plain runs (not its confirmation or determinism
-    runs)."""
-    return ok_rows(df, slug).filter(pl.col("role") == "exploration")
+    """Every scored row of the slug, whatever command ran it (no role keeps a run out of the verdict), one per
+    seed: a determinism check's second run repeats its first."""
+    return ok_rows(df, slug).sort("started_at").unique("seed", keep="first", maintain_order=True)
 
 
 def first_fresh_seed(df, row: dict) -> int:
-    """The lowest seed above every seed of `row`'s comparable group."""
-    return df.filter(same_group(row))["seed"].max() + 1
+    """The lowest seed above every seed of `row`'s comparable group, below the confirmation seeds."""
+    seeds = df.filter(same_group(row) & (pl.col("seed") < CONFIRM_SEEDS.start))["seed"]
+    return 0 if seeds.is_empty() else seeds.max() + 1
+
+
+def draw_confirm_seeds(df, n: int) -> list[int]:
+    """n seeds drawn with secret randomness from CONFIRM_SEEDS, none that any row of the ledger used."""
+    used, seeds = set(df["seed"].to_list()), []
+    while len(seeds) < n:
+        seed = CONFIRM_SEEDS.start + secrets.randbelow(len(CONFIRM_SEEDS))
+        if seed not in used:
+            used.add(seed)
+            seeds.append(seed)
+    return seeds
 
 
 def compare_slug(df, slug: str) -> Verdict:
@@ -74,13 +90,36 @@ def changed_referee_or_data(df, row: dict) -> str:
 
 
 def confirmation_rows(df, slug: str):
-    """(the slug's confirmation rows, main's rows run beside them) in the group of the newest one."""
-    mine = ok_rows(df, slug).filter(pl.col("role") == CONFIRM_ROLE + slug)
+    """(the slug's confirming rows, main's rows beside them, why any other confirm:SLUG row does not count), in
+    the group of the newest one. A claim holds by its structure, not by the role a row carries (a shell can
+    set any): a seed counts only as a pair, one ok row of each side, drawn from CONFIRM_SEEDS, and fresh: no
+    row of the ledger, of any experiment, group or status, used it before the pair began."""
+    role = pl.col("role") == CONFIRM_ROLE + slug
+    mine = ok_rows(df, slug).filter(role)
     if mine.is_empty():
-        return mine, mine
+        return mine, mine, []
     group = same_group(mine.sort("started_at").row(-1, named=True))
-    mains = ok_rows(df, "main").filter(group & (pl.col("role") == CONFIRM_ROLE + slug))
-    return mine.filter(group), mains
+    both = df.filter(group & role & (pl.col("status") == "ok") & pl.col("experiment").is_in([slug, "main"]))
+    kept, problems = [], []
+    for seed, rows in both.sort("started_at").group_by("seed", maintain_order=True):
+        seed, began = seed[0], rows["started_at"].min()
+        earlier = df.filter((pl.col("seed") == seed) & (pl.col("started_at") < began))
+        if sorted(rows["experiment"]) != sorted(["main", slug]):
+            problems.append(
+                f"seed {seed}: rows of {', '.join(rows['experiment'])}: a confirmation runs each seed once on both sides"
+            )
+        elif seed not in CONFIRM_SEEDS:
+            problems.append(
+                f"seed {seed}: not drawn by `just confirm` (it draws from {CONFIRM_SEEDS.start:,} up, in secret)"
+            )
+        elif not earlier.is_empty():
+            problems.append(
+                f"seed {seed}: not fresh, {', '.join(earlier['run_id'])} used it before the confirmation began"
+            )
+        else:
+            kept.extend(rows["run_id"])
+    kept = pl.col("run_id").is_in(kept)
+    return mine.filter(kept), both.filter(kept & (pl.col("experiment") == "main")), problems
 
 
 def holdout_reads(df, experiment: str) -> int:
@@ -92,7 +131,11 @@ def confirmation(df, slug: str) -> Verdict | None:
     """The rule on the rows `just confirm SLUG` ran: fresh seeds of the experiment against fresh seeds
     of main, none of which took part in choosing the experiment, on the validation split and on the sealed
     holdout; a claim needs both. None before any."""
-    mine, mains = confirmation_rows(df, slug)
+    mine, mains, problems = confirmation_rows(df, slug)
+    if problems:
+        why = "not a confirmation: " + "; ".join(problems)
+        then = f"no pull request: run `{advice.confirm(slug)}`, which draws fresh seeds in secret and runs each on both sides"
+        return Verdict(Outcome.INCONCLUSIVE, why, then, mine["val_bpb"].to_list(), mains["val_bpb"].to_list())
     if mine.is_empty():
         return None
     result = verdict(mine["val_bpb"].to_list(), mains["val_bpb"].to_list())

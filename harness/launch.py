@@ -13,6 +13,17 @@ EVAL = Path(__file__).resolve().parents[1] / "eval.py"
 
 
 def main(argv: list[str]) -> None:
+    roles = [b for a, b in zip(argv, argv[1:], strict=False) if a == "--role"] + [
+        a[7:] for a in argv if a.startswith("--role=")
+    ]
+    if any(role.startswith("confirm:") for role in roles):
+        print(
+            f"error: --role {roles[0]}: confirmation rows are written by `just confirm SLUG`, which draws its seeds "
+            "in secret and runs each on both sides; a role given by hand makes no confirmation (compare judges "
+            "a confirmation by its seeds, not its role)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     labelled = any(a == "--label" or a.startswith("--label=") for a in argv)
     try:
         label = "" if labelled else task_label()

@@ -15,7 +15,7 @@ import tyro
 
 from harness import Refusal
 from harness.advice import rerun_spec
-from harness.compare import confirmation, exploration_rows, first_fresh_seed
+from harness.compare import CONFIRM_SEEDS, confirmation, draw_confirm_seeds, exploration_rows
 from harness.stats import ALPHA, SEED_PLANS, Outcome, aa_allowed, noise_report, verdict
 from harness.table import baseline_rows, group_name, ledger
 from referee import api
@@ -107,8 +107,7 @@ def confirm(
         raise Refusal(f"no baseline in {slug}'s group ({group_name(newest)}): run just baseline first")
     plan = SEED_PLANS[newest["device"]]
     n = n if n is not None else plan.confirm
-    first = first_fresh_seed(df, newest)  # no seed that took part in choosing it
-    for seed in range(first, first + n):
+    for seed in draw_confirm_seeds(df, n):  # fresh: no row used it, and no one could screen it
         for where, row, description in (
             (path, newest, f"confirm seed {seed}"),
             (root, base.row(-1, named=True), f"confirm {slug} seed {seed}"),
@@ -141,7 +140,8 @@ class Aa:
         root = main_root()
         plan = SEED_PLANS[api.device_class(spec.device)]
         df = ledger(root)
-        seeds = iter(itertools.count(1 + (df["seed"].max() if df.height else -1)))
+        below = df.filter(pl.col("seed") < CONFIRM_SEEDS.start)["seed"]
+        seeds = iter(itertools.count(0 if below.is_empty() else below.max() + 1))
         t0 = time.perf_counter()
 
         def scored(description: str) -> float:

@@ -128,7 +128,7 @@ def submit(slug: str, /, message: str = "") -> None:
     if result.outcome != Outcome.IMPROVED:
         print(f"no pull request: {result.advice}")
         return
-    mine, mains = confirmation_rows(df, slug)
+    mine, mains, _ = confirmation_rows(df, slug)
     title = f"exp({slug}): {summary}"
     body = (
         f"Confirmed on fresh seeds (just compare {slug}): {result.why}. Confirming rows: {', '.join(mine['run_id'])} "

@@ -12,10 +12,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # import eval, harness, model, train from the checkout under test
 from harness import table  # noqa: E402
+from harness.compare import CONFIRM_SEEDS  # noqa: E402
 from referee.spec import RunSpec  # noqa: E402
 from repo import guard  # noqa: E402
 from repo.ledger import RESULTS_COLUMNS, append_result  # noqa: E402
 
+DRAWN_SEED = CONFIRM_SEEDS.start  # hand-made confirmation rows: seeds in the range `just confirm` draws from
 JUST = shutil.which("just") or str(ROOT / ".venv" / "bin" / "just")
 
 

@@ -10,8 +10,10 @@ import torch
 
 from conftest import add_rows, block, git, just, ledger, new
 from harness import stats
+from harness.compare import CONFIRM_SEEDS
 
 TINY = ["tiny", "--budget-tokens", "3000"]
+DRAWN = [CONFIRM_SEEDS.start + 7, CONFIRM_SEEDS.start + 1234, CONFIRM_SEEDS.start + 99]  # as `just confirm` draws
 
 
 # --- the ledger's verdicts (the rule itself: test_stats.py) ---
@@ -96,8 +98,8 @@ def test_a_rows_role_not_its_description_decides_what_it_counts_for(project):
         dict(experiment="main", val_bpb=9.0, seed=5, budget_tokens=1000, role="exploration", description="baseline seed 5/5"),
         dict(experiment="lr", val_bpb=1.0, seed=6, budget_tokens=1000, role="determinism", description="a check"),
     )  # fmt: skip
-    result = json.loads(just(project, "compare", "lr", "--json").stdout)
-    assert result["runs"] == [1.9, 1.91] and result["baseline"] == [2.0, 2.02, 2.01]
+    result = json.loads(just(project, "compare", "lr", "--json").stdout)  # every scored row of lr, whatever its role
+    assert result["runs"] == [1.9, 1.91, 1.0] and result["baseline"] == [2.0, 2.02, 2.01]
     assert ledger(project)["role"].to_list()[:3] == [None, None, None]  # as written: the file is not rewritten
 
 
@@ -120,10 +122,10 @@ def test_submit_opens_a_pull_request_only_for_a_result_confirmed_on_fresh_seeds(
             commit="x",
             seed=s,
             description=d,
-            run_id=f"c{s}-{e}",
-            started_at=f"2026-01-02T00:00:0{s}",
+            run_id=f"c{i + 3}-{e}",
+            started_at=f"2026-01-02T00:00:0{i}",
         )
-        for s, (a, b) in zip((3, 4, 5), ((1.90, 2.01), (1.91, 2.00), (1.92, 2.02)), strict=True)
+        for i, (s, (a, b)) in enumerate(zip(DRAWN, ((1.90, 2.01), (1.91, 2.00), (1.92, 2.02)), strict=True))
         for e, v, d in (("faster", a, f"confirm seed {s}"), ("main", b, f"confirm faster seed {s}"))
     ]
     add_rows(project, *confirming)
@@ -148,10 +150,10 @@ def test_a_claim_needs_the_holdout_too(project):
         project,
         *[
             dict(experiment=e, val_bpb=v, holdout_bpb=h, seed=s, description=d, run_id=f"c{s}-{e}")
-            for s, (a, b) in zip((3, 4, 5), ((1.90, 2.01), (1.91, 2.00), (1.92, 2.02)), strict=True)
+            for i, (s, (a, b)) in enumerate(zip(DRAWN, ((1.90, 2.01), (1.91, 2.00), (1.92, 2.02)), strict=True))
             for e, v, h, d in (
                 ("overfit", a, 2.3, f"confirm seed {s}"),
-                ("main", b, 2.3 - s / 1000, f"confirm overfit seed {s}"),
+                ("main", b, 2.3 - (i + 3) / 1000, f"confirm overfit seed {s}"),
             )
         ],
     )
@@ -159,6 +161,45 @@ def test_a_claim_needs_the_holdout_too(project):
     assert "on fresh seeds: worse" in compared and "improved on fresh seeds but not on the holdout" in compared
     submitted = just(project, "submit", "overfit")
     assert "gh pr create" not in submitted.stdout and "no pull request" in submitted.stdout
+
+
+def test_a_confirmation_assembled_by_hand_is_no_confirmation(project):
+    """The forgery of issue 25: seeds screened with plain runs, the best three run on the experiment's side and
+    the worst three on main's, each with the role typed by hand. Each seed is refused by name."""
+    new(project, "forged")
+    screened = dict(zip((8, 3, 4, 5, 6, 7), (1.90, 1.91, 1.92, 2.00, 2.01, 2.02), strict=True))
+    add_rows(
+        project,
+        *baseline_rows(2.0, 2.02, 2.01),
+        *[dict(experiment="forged", val_bpb=v, seed=s) for s, v in screened.items()],
+        *[
+            dict(experiment=e, val_bpb=screened[s], seed=s, role="confirm:forged", started_at=f"2026-01-02T00:00:0{s}")
+            for e, seeds in (("forged", (8, 3, 4)), ("main", (5, 6, 7)))
+            for s in seeds
+        ],
+    )
+    result = json.loads(just(project, "compare", "forged", "--json").stdout)["confirmation"]
+    assert result["outcome"] == "inconclusive" and result["why"].startswith(
+        "not a confirmation: seed 8: rows of forged"
+    )
+    assert "seed 5: rows of main: a confirmation runs each seed once on both sides" in result["why"]
+    submitted = just(project, "submit", "forged").stdout
+    assert "gh pr create" not in submitted and "no pull request" in submitted
+    # both sides at each screened seed, still by hand: not drawn, and not fresh
+    add_rows(project, *[dict(experiment="main", val_bpb=2.0, seed=s, role="confirm:forged") for s in (8, 3, 4)])
+    why = json.loads(just(project, "compare", "forged", "--json").stdout)["confirmation"]["why"]
+    assert "seed 8: not drawn by `just confirm`" in why
+    fresh = dict(role="confirm:forged", started_at="2026-01-03T00:00:00")
+    add_rows(
+        project,
+        dict(experiment="forged", val_bpb=1.9, seed=DRAWN[0] - 1, **fresh),  # drawn range, screened before
+        dict(experiment="forged", val_bpb=1.9, seed=DRAWN[0] - 1, started_at="2026-01-01T00:00:00"),
+        dict(experiment="main", val_bpb=2.0, seed=DRAWN[0] - 1, **fresh),
+    )
+    why = json.loads(just(project, "compare", "forged", "--json").stdout)["confirmation"]["why"]
+    assert f"seed {DRAWN[0] - 1}: not fresh" in why
+    refused = just(project, "eval", "tiny", "--role", "confirm:forged", "--budget-tokens", "3000")
+    assert refused.returncode == 2 and "a role given by hand makes no confirmation" in refused.stderr
 
 
 # --- real runs: baseline, determinism, verify, plot ---
@@ -262,9 +303,10 @@ def test_confirm_scores_fresh_seeds_of_the_experiment_and_of_main(project):
     result = just(project, "confirm", "same", "1")
     assert result.returncode == 0, result.stderr
     rows = ledger(project).filter(ledger(project)["description"].str.starts_with("confirm"))
-    assert rows.select("experiment", "seed", "description", "role").rows() == [
-        ("same", 8, "confirm seed 8", "confirm:same"),  # a seed no row of its group used
-        ("main", 8, "confirm same seed 8", "confirm:same"),
+    seed = rows["seed"][0]  # drawn in secret, far above any seed a person picks
+    assert seed in CONFIRM_SEEDS and rows.select("experiment", "seed", "description", "role").rows() == [
+        ("same", seed, f"confirm seed {seed}", "confirm:same"),
+        ("main", seed, f"confirm same seed {seed}", "confirm:same"),
     ]
     assert rows["val_bpb"][0] == rows["val_bpb"][1] and set(rows["config"]) == {"tiny"}
     assert "same on fresh seeds: inconclusive" in result.stdout  # one seed a side is no claim

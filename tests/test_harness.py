@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import add_rows, git, in_processes, just, ledger, new
+from conftest import DRAWN_SEED, add_rows, git, in_processes, just, ledger, new
 from harness import records
 from repo import git as gitlayer
 from repo import guard
@@ -303,10 +303,11 @@ def test_next_lists_what_is_pending_before_the_mode_in_order(project):
     assert [p["kind"] for p in state["pending"]] == ["confirm", "report", "record"] and state["mode"] == "IDEATE"
 
     confirming = [
-        dict(experiment="faster", val_bpb=1.9 + s / 1000, seed=s, description=f"confirm seed {s}") for s in (5, 6, 7)
+        dict(experiment="faster", val_bpb=1.9 + s / 1000, seed=DRAWN_SEED + s, description=f"confirm seed {s}")
+        for s in (5, 6, 7)
     ]
     mains = [
-        dict(experiment="main", val_bpb=2.0 + s / 1000, seed=s, description=f"confirm faster seed {s}")
+        dict(experiment="main", val_bpb=2.0 + s / 1000, seed=DRAWN_SEED + s, description=f"confirm faster seed {s}")
         for s in (5, 6, 7)
     ]
     add_rows(project, *confirming, *mains)
@@ -414,11 +415,17 @@ def test_submit_commits_pushes_and_proposes_a_pr_only_when_it_beats_main(project
     add_rows(
         project,
         *[
-            dict(experiment="better", val_bpb=v, seed=s, description=f"confirm seed {s}", run_id=f"c{s}")
+            dict(experiment="better", val_bpb=v, seed=DRAWN_SEED + s, description=f"confirm seed {s}", run_id=f"c{s}")
             for s, v in ((2, 2.0), (3, 2.01))
         ],
         *[
-            dict(experiment="main", val_bpb=v, seed=s, description=f"confirm better seed {s}", run_id=f"m{s}")
+            dict(
+                experiment="main",
+                val_bpb=v,
+                seed=DRAWN_SEED + s,
+                description=f"confirm better seed {s}",
+                run_id=f"m{s}",
+            )
             for s, v in ((2, 2.5), (3, 2.51))
         ],
     )
@@ -438,10 +445,10 @@ def test_submit_does_not_propose_a_pr_that_noise_explains(project):
         dict(experiment="main", val_bpb=2.0, commit="m1", description="baseline seed 0/2"),
         dict(experiment="main", val_bpb=2.1, commit="m1", description="baseline seed 1/2"),
         dict(experiment="noise", val_bpb=1.99, commit="w1"),
-        dict(experiment="noise", val_bpb=1.90, commit="w1", seed=2, description="confirm seed 2"),
-        dict(experiment="noise", val_bpb=2.05, commit="w1", seed=3, description="confirm seed 3"),
-        dict(experiment="main", val_bpb=2.0, commit="m1", seed=2, description="confirm noise seed 2"),
-        dict(experiment="main", val_bpb=2.01, commit="m1", seed=3, description="confirm noise seed 3"),
+        dict(experiment="noise", val_bpb=1.90, commit="w1", seed=DRAWN_SEED + 2, description="confirm seed 2"),
+        dict(experiment="noise", val_bpb=2.05, commit="w1", seed=DRAWN_SEED + 3, description="confirm seed 3"),
+        dict(experiment="main", val_bpb=2.0, commit="m1", seed=DRAWN_SEED + 2, description="confirm noise seed 2"),
+        dict(experiment="main", val_bpb=2.01, commit="m1", seed=DRAWN_SEED + 3, description="confirm noise seed 3"),
     )
     out = just(project, "submit", "noise").stdout
     assert "noise on fresh seeds: inconclusive" in out and "no pull request: not confirmed" in out

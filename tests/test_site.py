@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import JUST, add_rows, git, just, new
+from conftest import DRAWN_SEED, JUST, add_rows, git, just, new
 
 BASELINE = [(0, 2.0), (1, 2.02), (2, 2.01)]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -39,8 +39,8 @@ def research_record(project: Path) -> dict:
         dict(experiment="fast", val_bpb=1.5, seed=3, label="Q: faster? H: -0.5 bpb", **tiny),
         dict(experiment="fast", val_bpb=1.51, seed=4, **tiny),
         dict(experiment="fast", val_bpb=1.49, seed=5, **tiny),
-        *[dict(experiment="fast", val_bpb=v, seed=s, description=f"confirm seed {s}", **tiny) for s, v in ((6, 1.5), (7, 1.52))],
-        *[dict(experiment="main", val_bpb=v, seed=s, description=f"confirm fast seed {s}", **tiny) for s, v in ((6, 2.0), (7, 2.01))],
+        *[dict(experiment="fast", val_bpb=v, seed=DRAWN_SEED + s, description=f"confirm seed {s}", **tiny) for s, v in ((6, 1.5), (7, 1.52))],
+        *[dict(experiment="main", val_bpb=v, seed=DRAWN_SEED + s, description=f"confirm fast seed {s}", **tiny) for s, v in ((6, 2.0), (7, 2.01))],
         dict(experiment="slow", val_bpb=2.5, seed=3, **tiny),
         dict(experiment="slow", status="crash", val_bpb=None, seed=4, error="RuntimeError: out of memory", **tiny),
     )  # fmt: skip
