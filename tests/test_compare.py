@@ -128,7 +128,12 @@ def test_submit_opens_a_pull_request_only_for_a_result_confirmed_on_fresh_seeds(
         for i, (s, (a, b)) in enumerate(zip(DRAWN, ((1.90, 2.01), (1.91, 2.00), (1.92, 2.02)), strict=True))
         for e, v, d in (("faster", a, f"confirm seed {s}"), ("main", b, f"confirm faster seed {s}"))
     ]
-    add_rows(project, *confirming)
+    crashed = dict(seed=DRAWN[0] + 5, role="confirm:faster", started_at="2026-01-02T00:00:09")
+    crashed_pair = [
+        dict(experiment="faster", val_bpb=1.91, **crashed),
+        dict(experiment="main", status="crash", **crashed),
+    ]
+    add_rows(project, *confirming, *crashed_pair)  # a pair one side of which crashed is no pair, and no forgery
     submitted = just(project, "submit", "faster")
     assert "faster on fresh seeds: improved" in submitted.stdout and "gh pr create" in submitted.stdout
     assert (
@@ -180,7 +185,7 @@ def test_a_confirmation_assembled_by_hand_is_no_confirmation(project):
     )
     result = json.loads(just(project, "compare", "forged", "--json").stdout)["confirmation"]
     assert result["outcome"] == "inconclusive" and result["why"].startswith(
-        "not a confirmation: seed 8: rows of forged"
+        "not a confirmation: seed 3: rows of forged"
     )
     assert "seed 5: rows of main: a confirmation runs each seed once on both sides" in result["why"]
     submitted = just(project, "submit", "forged").stdout
