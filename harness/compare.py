@@ -104,9 +104,10 @@ def confirmation_rows(df, slug: str):
     for seed, rows in both.sort("started_at").group_by("seed", maintain_order=True):
         seed, began = seed[0], rows["started_at"].min()
         earlier = df.filter((pl.col("seed") == seed) & (pl.col("started_at") < began))
-        if sorted(rows["experiment"]) == sorted(["main", slug]) and set(rows["status"]) != {"ok"}:
+        paired = sorted(rows["experiment"]) == sorted(["main", slug])
+        if paired and set(rows["status"]) != {"ok"}:
             continue  # a side crashed or timed out: the seed has no pair to judge, and nothing was chosen by it
-        if sorted(rows["experiment"]) != sorted(["main", slug]):
+        if not paired:
             problems.append(
                 f"seed {seed}: rows of {', '.join(rows['experiment'])}: a confirmation runs each seed once on both sides"
             )
