@@ -124,6 +124,10 @@ compare slug *args:
 confirm slug *args:
     @exec python -P -m harness confirm "$@"
 
+# re-derive a confirmed claim from the record, one line per check (rescored bit for bit); exit 1 on a failure: just audit SLUG
+audit slug *args:
+    @exec python -P -m harness audit "$@"
+
 # A/A check of the rule on this machine: K runs of main's code vs main; exit 1 if too many "improve": just aa [--experiments 20] [EVAL_ARGS...]
 aa *args:
     @exec python -P -m harness aa "$@"

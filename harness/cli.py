@@ -42,6 +42,7 @@ COMMANDS = {
     "prepare": ("runs", "prepare"),
     "baseline": ("runs", "Baseline"),
     "confirm": ("runs", "confirm"),
+    "audit": ("audit", "audit"),
     "aa": ("runs", "Aa"),
     "determinism": ("runs", "Determinism"),
     "verify": ("runs", "verify"),

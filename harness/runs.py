@@ -196,26 +196,9 @@ def verify(run_id: str, /) -> None:
     if rows.is_empty():
         raise Refusal(f"no run {run_id!r} in {LEDGER}: `just results` lists them")
     row = rows.row(0, named=True)
-    if row["status"] != "ok":
-        raise Refusal(f"run {run_id} ended {row['status']}: there is no metric to verify")
-    run_dir = root / RUNS / run_id
-    checkpoint = run_dir / CHECKPOINT
-    if not checkpoint.exists():
-        raise Refusal(f"{checkpoint} is missing: runs/ is local to the machine that scored the run")
-    code = run_dir
-    if not (run_dir / "train.py").exists():  # scored before runs kept their code
-        code = Path(tempfile.mkdtemp(prefix=f"verify-{run_id}-"))
-        for name in ("model.py", "train.py"):
-            blob = show(f"{row['commit']}:{name}", root)
-            if blob is None:
-                raise Refusal(f"{run_dir} has no train.py, and commit {row['commit']} is not in this repository")
-            (code / name).write_bytes(blob)
-    device = api.device_class(row["device"])
-    corpus = load_corpus()
-    if corpus.fingerprint != row["data_fp"]:
-        raise Refusal(f"the corpus changed: fingerprint {corpus.fingerprint}, the row has {row['data_fp']}")
-    val_bpb, device_name = api.rescore(code, checkpoint, device, corpus, row["threads"])
-    tolerance = 1e-6 if device == "cpu" else 1e-4
+    scores, device_name, code = rescore_row(root, row)
+    val_bpb = scores.val_bpb
+    tolerance = 1e-6 if api.device_class(row["device"]) == "cpu" else 1e-4
     print(f"---\nrecorded: {row['val_bpb']!r}\nrescored: {val_bpb!r}\ndifference: {val_bpb - row['val_bpb']:+.3g}")
     differs = what_differs(row, device_name)
     for line in differs:
@@ -230,6 +213,32 @@ def verify(run_id: str, /) -> None:
         print(f"verify: MISMATCH — run {run_id} does not reproduce its recorded val_bpb (tolerance {tolerance:g}){why}")
         raise SystemExit(1)
     print(f"verify: ok (within {tolerance:g})")
+
+
+def rescore_row(root: Path, row: dict, holdout: bool = False):
+    """A row's run scored again from its checkpoint and the code kept beside it (runs older than that: the code of
+    its commit), with the holdout too when asked: (Scores, the processor, the code's folder). A Refusal when
+    something needed is gone; a ValueError when the referee refuses the model (a probe, the code cap)."""
+    if row["status"] != "ok":
+        raise Refusal(f"run {row['run_id']} ended {row['status']}: there is no metric to verify")
+    run_dir = root / RUNS / row["run_id"]
+    checkpoint = run_dir / CHECKPOINT
+    if not checkpoint.exists():
+        raise Refusal(f"{checkpoint} is missing: runs/ is local to the machine that scored the run")
+    code = run_dir
+    if not (run_dir / "train.py").exists():  # scored before runs kept their code
+        code = Path(tempfile.mkdtemp(prefix=f"verify-{row['run_id']}-"))
+        for name in ("model.py", "train.py"):
+            blob = show(f"{row['commit']}:{name}", root)
+            if blob is None:
+                raise Refusal(f"{run_dir} has no train.py, and commit {row['commit']} is not in this repository")
+            (code / name).write_bytes(blob)
+    corpus = load_corpus()
+    if corpus.fingerprint != row["data_fp"]:
+        raise Refusal(f"the corpus changed: fingerprint {corpus.fingerprint}, the row has {row['data_fp']}")
+    device = api.device_class(row["device"])
+    scores, device_name = api.rescore(code, checkpoint, device, corpus, row["threads"], holdout)
+    return scores, device_name, code
 
 
 def what_differs(row: dict, device_name: str) -> list[str]:

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 from harness import Refusal
+from harness.audit import run_audit
 from harness.compare import confirmation, confirmation_rows
 from harness.records import idea_file, idea_title
 from harness.stats import Outcome
@@ -92,7 +93,8 @@ def check() -> None:
 
 def submit(slug: str, /, message: str = "") -> None:
     """Commit the worktree's pending changes as exp(SLUG): ..., push exp/SLUG if there is a remote, and
-    open a pull request (or print the command) when `just confirm SLUG` confirmed it on fresh seeds."""
+    open a pull request (or print the command) when `just confirm SLUG` confirmed it on fresh seeds and
+    `just audit SLUG` re-derives that from the record; the pull request carries the audit's lines."""
     root = main_root()
     path = worktree_dir(root, slug)
     if not path.is_dir():
@@ -128,11 +130,22 @@ def submit(slug: str, /, message: str = "") -> None:
     if result.outcome != Outcome.IMPROVED:
         print(f"no pull request: {result.advice}")
         return
+    evidence = []
+
+    def emit(line: str) -> None:
+        print(line)
+        evidence.append(line)
+
+    if not run_audit(root, slug, emit):
+        print(f"no pull request: the audit failed (`just audit {slug}` repeats it)")
+        raise SystemExit(1)
     mine, mains, _ = confirmation_rows(df, slug)
     title = f"exp({slug}): {summary}"
     body = (
-        f"Confirmed on fresh seeds (just compare {slug}): {result.why}. Confirming rows: {', '.join(mine['run_id'])} "
-        f"against the main rows {', '.join(mains['run_id'])}. Merging is for a human."
+        f"Confirmed on fresh seeds: {result.why}. Confirming rows: {', '.join(mine['run_id'])} against the main rows "
+        f"{', '.join(mains['run_id'])}.\n\n`just audit {slug}` re-derived it from the record:\n\n```\n"
+        + "\n".join(evidence)
+        + "\n```\n\nMerging is for a human."
     )
     command = ["gh", "pr", "create", "--base", MAIN_BRANCH, "--head", f"exp/{slug}", "--title", title, "--body", body]
     if shutil.which("gh") and "origin" in remotes:

@@ -6,7 +6,8 @@ command that reads the ledger never loads it.
 
     RunSpec, Device     a run as data, and its device classes (referee/spec.py)
     run(spec, cwd)      one scored run of the checkout at `cwd`, a subprocess of main's eval.py; its ledger row
-    rescore(...)        `just verify`: a kept run scored again through the scoring workers of every run
+    rescore(...)        `just verify` and `just audit`: a kept run scored again through the scoring workers of every run
+    limits()            the code cap and the memorization margin, as the core holds them
     core_sha()          the hash of referee/core.py, every row's eval_sha
     device_class(name)  the device class a run would use (cuda, else mps, else cpu), read without torch
     torch_version()     the torch a run would use, read without importing it
@@ -40,6 +41,7 @@ __all__ = [
     "RunSpec",
     "run",
     "rescore",
+    "limits",
     "core_sha",
     "device_class",
     "torch_version",
@@ -72,24 +74,36 @@ def run(spec: RunSpec, cwd: Path) -> dict:
     return rows[-1]
 
 
-def rescore(code: Path, checkpoint: Path, device: str, corpus, threads: int | None) -> tuple[float, str]:
-    """A kept run's val_bpb again, from its code and checkpoint, through the same scoring workers and probes as
-    every scored run (the memorization probe's windows from the whole training split: what the run was served
-    is not kept); and the processor it was computed on, as a row names it."""
+def rescore(code: Path, checkpoint: Path, device: str, corpus, threads: int | None, holdout: bool = False):
+    """A kept run scored again from its code and checkpoint, through the same scoring workers and probes as every
+    scored run (the memorization probe's windows drawn afresh from the whole training split: what the run was
+    served is not kept), and the holdout too with `holdout` (a confirming run's): (its Scores: val_bpb,
+    unseen_bpb, holdout_bpb; the processor it was computed on, as a row names it). Code over the cap, or a model a
+    probe refuses, is a ValueError naming the rule, as in a scored run."""
     from referee import core
     from referee.supervisor import score, start_scorers, worker_job
 
+    core.check_code_size({path.name: path.stat().st_size for path in code.glob("*.py")})
     preset, scratch, scorers = core.PRESETS[device], tempfile.mkdtemp(prefix="worker-verify-"), []
     try:
         job = worker_job(code, checkpoint, trains=False, device=device, threads=threads)
         scorers = start_scorers(job, scratch, None, preset.eval_seq_len)
         deadline = time.monotonic() + preset.wall_cap_s
-        scores = score(scorers, corpus.val, preset.eval_seq_len, deadline, corpus.train)
-        return scores.val_bpb, scorers[0].device["device_name"]
+        held = corpus.holdout if holdout else None
+        scores = score(scorers, corpus.val, preset.eval_seq_len, deadline, corpus.train, holdout=held)
+        return scores, scorers[0].device["device_name"]
     finally:
         for worker in scorers:
             worker.stop()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def limits() -> dict:
+    """The referee's bounds on what an experiment may be: its code's bytes together (max_code_bytes), and how much
+    better than unseen training text it may predict the validation or holdout text (memorization_margin)."""
+    from referee import core
+
+    return dict(max_code_bytes=core.MAX_CODE_BYTES, memorization_margin=core.MEMORIZATION_MARGIN)
 
 
 def core_sha() -> str:

@@ -50,6 +50,7 @@ RESULTS_SCHEMA = {  # the ledger's columns, in order, with their polars dtypes
 }
 RESULTS_COLUMNS = tuple(RESULTS_SCHEMA)
 STATUSES = ("ok", "crash", "timeout")
+BITWISE = ("val_bpb", "holdout_bpb", "unseen_bpb")  # written in full (repr), the other floats to 6 digits
 # A row's role: a plain `just eval` explores; `just baseline`, `aa` and `determinism` write theirs; both
 # sides of `just confirm SLUG` write confirm:SLUG. It reaches eval.py in the run's spec (--role).
 ROLES = ("exploration", "baseline", "aa", "determinism")
@@ -82,8 +83,8 @@ def format_row(row: dict) -> str:
         if value is None or (isinstance(value, float) and not math.isfinite(value)):
             return ""
         text = f"{value:.6g}" if isinstance(value, float) else str(value)
-        if column == "val_bpb":
-            text = repr(float(value))  # full precision: determinism is checked on this column
+        if column in BITWISE:
+            text = repr(float(value))  # full precision: determinism and `just audit` check these bit for bit
         return " ".join(text.split())  # no tab or newline may break the row
 
     return "\t".join(cell(c) for c in RESULTS_COLUMNS) + "\n"

@@ -105,6 +105,16 @@ def add_rows(project: Path, *rows: dict) -> None:
         append_result(row | dict(spec=row.get("spec", spec.to_json())), project / "results.tsv")
 
 
+def set_data_source(project: Path, source: str) -> None:
+    """What a researcher does in meta-mode: edit the referee's DATA_SOURCE and commit it on main (META_MODE=1 must
+    be set for the commit)."""
+    path = project / "referee" / "data.py"
+    text = path.read_text()
+    assert 'DATA_SOURCE = "stdlib"' in text
+    path.write_text(text.replace('DATA_SOURCE = "stdlib"', f"DATA_SOURCE = {source!r}"))
+    git("commit", "-qam", f"data source {source}", cwd=project)
+
+
 def new(project: Path, slug: str) -> Path:
     result = just(project, "new", slug)
     assert result.returncode == 0, result.stderr

@@ -1,19 +1,38 @@
 """Trustworthy comparisons: the noise floor, the determinism check, verdicts, re-verification, plots."""
 
+import argparse
+import inspect
 import json
 import math
 import os
+import shlex
 import struct
+import textwrap
+from pathlib import Path
 
+import polars as pl
 import pytest
 import torch
 
-from conftest import add_rows, block, git, just, ledger, new
+from conftest import add_rows, block, git, just, ledger, new, set_data_source
 from harness import stats
 from harness.compare import CONFIRM_SEEDS
 
 TINY = ["tiny", "--budget-tokens", "3000"]
 DRAWN = [CONFIRM_SEEDS.start + 7, CONFIRM_SEEDS.start + 1234, CONFIRM_SEEDS.start + 99]  # as `just confirm` draws
+
+
+@pytest.fixture
+def small_corpus(project, tmp_path, monkeypatch) -> dict:
+    """The project's DATA_SOURCE set to 330 KB of real text (a few modules of the standard library in one file), so
+    that a scoring pass takes a second or two; the environment its runs need (the corpus's cache)."""
+    text = tmp_path / "corpus.py.txt"
+    text.write_text("".join(Path(m.__file__).read_text() for m in (argparse, textwrap, inspect)))
+    monkeypatch.setenv("META_MODE", "1")  # the commit of referee/data.py (conftest.run drops it for runs)
+    set_data_source(project, f"text:{text}")
+    env = {"RESEARCH_CACHE_DIR": str(tmp_path / "cache")}
+    assert just(project, "prepare", env=env).returncode == 0
+    return env
 
 
 # --- the ledger's verdicts (the rule itself: test_stats.py) ---
@@ -134,12 +153,11 @@ def test_submit_opens_a_pull_request_only_for_a_result_confirmed_on_fresh_seeds(
         dict(experiment="main", status="crash", **crashed),
     ]
     add_rows(project, *confirming, *crashed_pair)  # a pair one side of which crashed is no pair, and no forgery
-    submitted = just(project, "submit", "faster")
-    assert "faster on fresh seeds: improved" in submitted.stdout and "gh pr create" in submitted.stdout
-    assert (
-        "Confirming rows: c3-faster, c4-faster, c5-faster against the main rows c3-main, c4-main, c5-main"
-        in submitted.stdout
-    )
+    submitted = just(project, "submit", "faster")  # confirmed, but rows written by hand re-derive nothing
+    assert "faster on fresh seeds: improved" in submitted.stdout and "gh pr create" not in submitted.stdout
+    assert submitted.returncode == 1 and "ok    seeds: 3 pairs" in submitted.stdout
+    assert f"FAIL  rescore c3-faster: {project / 'runs' / 'c3-faster' / 'model.pt'} is missing" in submitted.stdout
+    assert "no pull request: the audit failed (`just audit faster` repeats it)" in submitted.stdout
     compared = just(project, "compare", "faster").stdout
     assert "on fresh seeds: improved" in compared and compared.startswith("faster: improved")
     assert "on the holdout: mean of 3 runs 1.9100 vs baseline 2.0100" in compared
@@ -297,7 +315,7 @@ def test_a_batch_size_experiment_compares_with_the_baseline_end_to_end(project):
     assert len(result["baseline"]) == 2 and len(result["runs"]) == 1 and result["outcome"] != "improved"
 
 
-def test_confirm_scores_fresh_seeds_of_the_experiment_and_of_main(project):
+def test_confirm_scores_fresh_seeds_of_the_experiment_and_of_main(project, small_corpus):
     new(project, "same")  # main's code: the two sides of each fresh seed must agree to the bit
     hand = dict(config="tiny", budget_tokens=3000, train_tokens=2560)
     add_rows(
@@ -305,7 +323,7 @@ def test_confirm_scores_fresh_seeds_of_the_experiment_and_of_main(project):
         *baseline_rows(5.0, 5.1, 5.2, **hand),
         dict(experiment="same", val_bpb=4.9, commit="s", seed=7, **hand),
     )
-    result = just(project, "confirm", "same", "1")
+    result = just(project, "confirm", "same", "1", env=small_corpus)
     assert result.returncode == 0, result.stderr
     rows = ledger(project).filter(ledger(project)["description"].str.starts_with("confirm"))
     seed = rows["seed"][0]  # drawn in secret, far above any seed a person picks
@@ -315,7 +333,61 @@ def test_confirm_scores_fresh_seeds_of_the_experiment_and_of_main(project):
     ]
     assert rows["val_bpb"][0] == rows["val_bpb"][1] and set(rows["config"]) == {"tiny"}
     assert "same on fresh seeds: inconclusive" in result.stdout  # one seed a side is no claim
-    assert "no pull request" in just(project, "submit", "same").stdout
+    assert "no pull request" in just(project, "submit", "same", env=small_corpus).stdout
+
+    # The audit re-derives it: each row scored again bit for bit, the holdout too; only the verdict fails.
+    audited = just(project, "audit", "same", env=small_corpus)
+    lines = audited.stdout.splitlines()
+    assert audited.returncode == 1 and lines[-1] == "audit: FAIL (1 of 7 checks)", audited.stdout + audited.stderr
+    assert [line.split(":")[0] for line in lines[1:-1]] == [
+        "ok    seeds", "FAIL  verdict", f"ok    rescore {rows['run_id'][1]}", f"ok    rescore {rows['run_id'][0]}",
+        "ok    memorization", "ok    holdout", "ok    code",
+    ]  # fmt: skip
+    assert f"holdout_bpb {rows['holdout_bpb'][0]!r} again, bit for bit" in audited.stdout
+    results, kept = project / "results.tsv", project / "runs" / rows["run_id"][0] / "train.py"
+    recorded = repr(rows["val_bpb"][0])
+    assert results.read_text().count(recorded) == 2  # both sides
+    results.write_text(results.read_text().replace(recorded, repr(rows["val_bpb"][0] - 1e-9), 1))
+    kept.write_text(kept.read_text() + "# edited after the run\n")
+    tampered = just(project, "audit", "same", env=small_corpus).stdout
+    assert f"FAIL  rescore {rows['run_id'][0]}: val_bpb {rows['val_bpb'][0] - 1e-9!r}" in tampered
+    assert "nothing else differs: the checkpoint or the row changed" in tampered
+    assert f"FAIL  code: train.py is not commit {rows['commit'][0]}'s; train.py differs on exp/same" in tampered
+
+
+def test_a_claim_from_baseline_to_pull_request_carries_its_audit(project, small_corpus):
+    """The protocol end to end on real runs, as program.md has an agent run it: main's baseline, an experiment with a
+    real improvement (tiny's learning rate 3e-3 -> 1e-2 at 3,000 tokens: markedly lower at every seed),
+    the seeds compare asks for, `just confirm` (drawn seeds, both sides), and submit, whose audit scores every
+    confirming row again and whose pull request carries the audit's lines."""
+    assert just(project, "baseline", "--seeds", "3", *TINY, env=small_corpus).returncode == 0
+    wt = new(project, "hot")
+    train_py = wt / "train.py"
+    train_py.write_text(train_py.read_text().replace("batch_size=8, lr=3e-3", "batch_size=8, lr=1e-2"))
+    git("commit", "-qam", "tiny at lr 1e-2", cwd=wt)
+    assert just(wt, "eval", *TINY, env=small_corpus).returncode == 0
+    asked = just(project, "compare", "hot", env=small_corpus).stdout
+    assert asked.startswith("hot: promising") and "2 more seeds:" in asked
+    for seed in (3, 4):  # fresh seeds, as compare asks
+        assert f"cd 5_worktrees/hot && uv run just eval tiny --seed {seed} --device cpu --budget-tokens 3000" in asked
+        assert just(wt, "eval", *TINY, "--seed", str(seed), env=small_corpus).returncode == 0
+    compared = just(project, "compare", "hot", env=small_corpus).stdout
+    assert compared.startswith("hot: improved\nmean of 3 runs") and "uv run just confirm hot" in compared
+    confirmed = just(project, "confirm", "hot", env=small_corpus)
+    assert "hot on fresh seeds: improved" in confirmed.stdout, confirmed.stdout + confirmed.stderr
+    submitted = just(project, "submit", "hot", env=small_corpus)
+    audit, command = submitted.stdout.split("open the pull request with:\n")
+    checks = [line.split(":")[0] for line in audit.splitlines() if line.startswith(("ok  ", "FAIL"))]
+    rescore = [
+        f"ok    rescore {row['run_id']}"
+        for row in ledger(project).filter(pl.col("seed") >= DRAWN[0]).iter_rows(named=True)
+    ]
+    assert checks[:2] == ["ok    seeds", "ok    verdict"] and sorted(checks[2:8]) == sorted(rescore)
+    assert checks[8:] == ["ok    memorization", "ok    holdout", *["ok    code"] * 3], audit
+    assert audit.rstrip().endswith("audit: ok (13 checks)")
+    body = shlex.split(command)[-1]  # the pull request's body: the audit's own lines
+    assert "`just audit hot` re-derived it from the record" in body and "audit: ok (13 checks)" in body
+    assert all(line in body for line in audit.splitlines() if line.startswith("ok  "))
 
 
 def test_aa_passes_on_mains_own_code_and_fails_when_runs_drift(project):

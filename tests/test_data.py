@@ -9,19 +9,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from conftest import block, git, just, ledger
+from conftest import block, just, ledger, set_data_source
 from referee import core, data
 
 TINY_RUN = ("eval", "tiny", "--budget-tokens", "4000")
-
-
-def set_data_source(project: Path, source: str) -> None:
-    """What a researcher does in meta-mode: edit the referee's DATA_SOURCE and commit it on main."""
-    path = project / "referee" / "data.py"
-    text = path.read_text()
-    assert 'DATA_SOURCE = "stdlib"' in text
-    path.write_text(text.replace('DATA_SOURCE = "stdlib"', f"DATA_SOURCE = {source!r}"))
-    git("commit", "-qam", f"data source {source}", cwd=project)
 
 
 @pytest.fixture
