@@ -19,7 +19,7 @@ The modules of the harness:
     compare    an experiment's rows against main's: compare and confirm        table, stats, advice
     records    ideas, journal, reports, `just record`                          table
     papers     a paper's full text into 0_docs/papers/                         pypdf
-    worktrees  one worktree per experiment: new, rm, submit, check             records, compare
+    worktrees  one worktree per experiment: new, rm, submit, check             records, compare, audit
     progress   where things stand: results, best, next                         table, compare, records
     queue      labelled runs on pueue: queue, gpus, status, review             pueue, cluster, records, table
     cluster    Slurm through submitit                                          submitit, referee.api
@@ -27,6 +27,7 @@ The modules of the harness:
     website    the record as a static site: `just site`                        compare, records, queue, plotly, jinja2
     export     every run as TensorBoard event files: `just export tensorboard` table, tensorboardX
     runs       baseline, confirm, A/A, determinism, verify, prepare            referee.api, compare
+    audit      a claim re-derived from the record: `just audit`, `submit`      compare, runs
     cli        tyro parses each command; one-line errors                       each module, when it runs
 
 No module of the harness imports torch; the door loads the referee's torch modules only when it is called,

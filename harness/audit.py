@@ -66,11 +66,12 @@ def rescoring(root: Path, row: dict) -> tuple[Check, object | None]:
         scores, device_name, _ = rescore_row(root, row, holdout=True)
     except (Refusal, ValueError) as e:
         return Check(name, False, str(e)), None
-    # rows written before holdout_bpb was kept in full hold it to 6 digits
-    held = scores.holdout_bpb in (row["holdout_bpb"], float(f"{scores.holdout_bpb:.6g}"))
     recorded = f"val_bpb {row['val_bpb']!r}, holdout_bpb {row['holdout_bpb']!r}"
-    if scores.val_bpb == row["val_bpb"] and held:
-        return Check(name, True, f"{recorded} again, bit for bit"), scores
+    if scores.val_bpb == row["val_bpb"]:
+        if scores.holdout_bpb == row["holdout_bpb"]:
+            return Check(name, True, f"{recorded} again, bit for bit"), scores
+        if float(f"{scores.holdout_bpb:.6g}") == row["holdout_bpb"]:  # a row from before it was kept in full
+            return Check(name, True, f"{recorded} again (val_bpb bit for bit, holdout_bpb to its 6 digits)"), scores
     differs = "; ".join(what_differs(row, device_name)) or "nothing else differs: the checkpoint or the row changed"
     again = f"rescored {scores.val_bpb!r} and {scores.holdout_bpb!r} ({differs})"
     return Check(name, False, f"{recorded}, {again}"), scores
