@@ -91,7 +91,7 @@ def main(args: Args) -> None:
         t0 = time.perf_counter()
         audited = just("audit", SLUG, check=False)
         stage("audit", 0, t0)
-        outcome += ", audit " + audited.strip().splitlines()[-1]
+        outcome += ", " + audited.strip().splitlines()[-1]
     total = round(time.perf_counter() - t_all, 1)
     print(f"whole: {total:.0f} s ({total / 60:.1f} min), {n_rows(project)} runs: {outcome}")
     print(
