@@ -31,10 +31,10 @@ class Check:
         return f"{'ok  ' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
 
 
-def checks(root: Path, slug: str) -> Iterator[Check]:
-    """The checks of SLUG's confirmation, one at a time (each rescoring takes a scoring pass)."""
-    df = ledger(root)
-    mine, mains, problems = confirmation_rows(df, slug)
+def checks(root: Path, slug: str, df: pl.DataFrame, confirming: tuple) -> Iterator[Check]:
+    """The checks of SLUG's confirmation (`confirming`: its confirmation_rows in the ledger `df`), one at a time
+    (each rescoring takes a scoring pass)."""
+    mine, mains, problems = confirming
     if mine.is_empty() and not problems:
         yield Check("confirmation", False, f"no confirming rows of {slug}: `just confirm {slug}` runs them")
         return
@@ -122,10 +122,12 @@ def code(root: Path, slug: str, mine: pl.DataFrame) -> Iterator[Check]:
     """The confirming rows' kept code: under the referee's cap, the files of the commit each row names, and what
     exp/SLUG carries now (the pull request's code is the code that was scored)."""
     cap, branch = api.limits()["max_code_bytes"], f"exp/{slug}"
-    on_branch = None
+    on_branch = None  # the branch's experiment code: name -> bytes
     if succeeds("rev-parse", "--verify", "--quiet", branch, cwd=root):
         listed = git("ls-tree", "--name-only", branch, cwd=root).split()
-        on_branch = {name for name in listed if name.endswith(".py") and name != "eval.py"}
+        on_branch = {
+            name: show(f"{branch}:{name}", root) for name in listed if name.endswith(".py") and name != "eval.py"
+        }
     for row in mine.sort("seed").iter_rows(named=True):
         kept = {path.name: path.read_bytes() for path in sorted((root / RUNS / row["run_id"]).glob("*.py"))}
         size = sum(map(len, kept.values()))
@@ -138,8 +140,8 @@ def code(root: Path, slug: str, mine: pl.DataFrame) -> Iterator[Check]:
         if on_branch is None:
             problems.append(f"no branch {branch}")
         else:
-            problems += [f"{name} differs on {branch}" for name in kept if show(f"{branch}:{name}", root) != kept[name]]
-            problems += [f"{name} is on {branch} but was not scored" for name in sorted(on_branch - set(kept))]
+            problems += [f"{name} differs on {branch}" for name in kept if on_branch.get(name) != kept[name]]
+            problems += [f"{name} is on {branch} but was not scored" for name in sorted(set(on_branch) - set(kept))]
         if not kept:
             problems = [f"runs/{row['run_id']} keeps no code (runs/ is local to the machine that scored it)"]
         detail = (
@@ -150,18 +152,19 @@ def code(root: Path, slug: str, mine: pl.DataFrame) -> Iterator[Check]:
 
 def audit(slug: str, /) -> None:
     """Re-derive SLUG's claim from the record: one line per check, exit 1 if any fails (`just submit` runs it)."""
-    if not run_audit(main_root(), slug, print):
+    root = main_root()
+    if not run_audit(root, ledger(root), slug, print):
         raise SystemExit(1)
 
 
-def run_audit(root: Path, slug: str, emit) -> bool:
-    """The checks, each passed to `emit` as it ends (a line), then the summary line; whether all passed."""
-    df = ledger(root)
-    mine, _, _ = confirmation_rows(df, slug)
-    if not mine.is_empty():
-        emit(f"audit {slug}: its confirmation in {group_name(mine.row(-1, named=True))}")
+def run_audit(root: Path, df: pl.DataFrame, slug: str, emit) -> bool:
+    """The checks on the ledger `df`, each passed to `emit` as it ends (a line), then the summary line; whether all
+    passed."""
+    confirming = confirmation_rows(df, slug)
+    if not confirming[0].is_empty():
+        emit(f"audit {slug}: its confirmation in {group_name(confirming[0].row(-1, named=True))}")
     failed = total = 0
-    for check in checks(root, slug):
+    for check in checks(root, slug, df, confirming):
         emit(str(check))
         failed, total = failed + (not check.ok), total + 1
     emit(f"audit: ok ({total} checks)" if not failed else f"audit: FAIL ({failed} of {total} checks)")

@@ -136,7 +136,7 @@ def submit(slug: str, /, message: str = "") -> None:
         print(line)
         evidence.append(line)
 
-    if not run_audit(root, slug, emit):
+    if not run_audit(root, df, slug, emit):
         print(f"no pull request: the audit failed (`just audit {slug}` repeats it)")
         raise SystemExit(1)
     mine, mains, _ = confirmation_rows(df, slug)
