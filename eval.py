@@ -102,6 +102,18 @@ def record(row: dict, summary: dict, run_dir: Path) -> None:
     print_summary(row, summary)
 
 
+def on_sigint(signum, frame) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # one is enough: the command that started this run passes
+    raise KeyboardInterrupt  # Ctrl-C on, and a second must not interrupt the row
+
+
+def hold_signals() -> None:
+    """Ignore Ctrl-C and SIGTERM from here on: the run is ending and writes its row, and one signal is enough
+    (a terminal's Ctrl-C reaches this process, and the command that started it passes it on too)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def end_with_parent() -> None:
     """SIGTERM this process when its parent dies (Linux), so that a kill of `uv run just eval`, of `just`, or
     of `just baseline` reaches the run, which records its crash row, instead of leaving it running unseen."""
@@ -130,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     """The run's checks, its folder and its training workers; then `run`. Whatever happens, the workers end and
     the scratch folder goes; the run's folder stays only with a row."""
     end_with_parent()
+    signal.signal(signal.SIGINT, on_sigint)
     argv = sys.argv[1:] if argv is None else argv
     code_dir = checkout_dir()
     help_asked = "-h" in argv or "--help" in argv
@@ -221,9 +234,11 @@ def run(
         logger.error(f"crash: {row['error']}")
         exit_code = 1
     except (Exception, KeyboardInterrupt) as e:  # Terminated (SIGTERM) too
+        hold_signals()
         row["error"] = " ".join((str(e) if isinstance(e, WorkerFailed) else f"{type(e).__name__}: {e}").split())[:500]
         logger.error(f"crash: {row['error']}")
         exit_code = 143 if isinstance(e, Terminated) else 130 if isinstance(e, KeyboardInterrupt) else 1
+    hold_signals()
     row.update(summary.pop("measured", {}))
     if spec.smoke:
         return smoke_report(row, run_dir, exit_code)

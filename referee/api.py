@@ -23,6 +23,7 @@ import importlib.util
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -60,10 +61,11 @@ def run(spec: RunSpec, cwd: Path) -> dict:
     argv = spec.to_argv()
     process = subprocess.Popen([sys.executable, str(root / "eval.py"), *argv], cwd=cwd, stdout=subprocess.DEVNULL)
     try:
-        process.wait()
-    except KeyboardInterrupt as interrupt:  # Ctrl-C reached the run too; a kill of this process alone is passed on
-        if isinstance(interrupt, Terminated):  # SIGTERM to this process alone
-            process.terminate()
+        while process.poll() is None:  # not one blocking wait: a signal that another thread of this process (polars'
+            time.sleep(0.1)  # pool) takes must still interrupt this one, and Python checks for it between sleeps
+    except KeyboardInterrupt as interrupt:  # passed on: a signal to this process alone must reach the run too
+        if process.poll() is None:  # (a terminal's Ctrl-C reached it already; it takes the first and ignores more)
+            process.send_signal(signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
         process.wait()  # the run writes its crash row
         raise
     rows = find_rows(root / LEDGER, spec.run_id)  # a `pueue restart` of a queued id adds a suffix

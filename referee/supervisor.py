@@ -178,11 +178,14 @@ def compile_caches(kind: str, scratch: str) -> dict[str, str]:
 def start_workers(
     kind: str, n: int, job: dict, scratch: str, log: Path | None, logits_bytes: int = 0
 ) -> list["Worker"]:
-    # OpenMP threads spin ~0.1 ms, not libgomp's default of a few, for the next parallel region before they
-    # sleep: between two batches the referee needs a core, and on 2 cores two spinning threads starve it
-    # (bench/README.md: scoring 35 s instead of 95 s). How long a thread waits never changes a number.
-    # OpenBLAS (numpy's, which torch imports) starts no thread pool: a worker confines itself single-threaded.
-    env = {"GOMP_SPINCOUNT": "100000", **os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+    # How long an OpenMP thread spins for the next parallel region before it sleeps (libgomp's default: a few
+    # ms). Training: ~0.1 ms, so that between two steps the referee gets a core. Scoring: not at all, because
+    # beside another process's threads a spinning thread holds the core its partner needs, and every layer waits
+    # (bench/README.md: scoring beside one 2-thread neighbour 182 s at 100000 spins, 77 s at 0; alone ~45 s
+    # either way). How long a thread waits never changes a number. OpenBLAS (numpy's, which torch imports)
+    # starts no thread pool: a worker confines itself single-threaded.
+    spins = "0" if kind == "score" else "100000"
+    env = {"GOMP_SPINCOUNT": spins, **os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
     caches = compile_caches(kind, scratch)
     env.update(caches, TMPDIR=scratch, OPENBLAS_NUM_THREADS="1")
     for folder in caches.values():

@@ -274,18 +274,22 @@ def test_a_run_killed_without_its_row_gets_one_crash_row_from_check_or_next_neve
 
 
 @pytest.mark.parametrize(
-    "sig, said, code, error",
-    [(signal.SIGINT, "interrupted", 130, "KeyboardInterrupt"), (signal.SIGTERM, "terminated", 143, "Terminated")],
+    "sig, group, said, code, error",
+    [
+        (signal.SIGINT, True, "interrupted", 130, "KeyboardInterrupt"),
+        (signal.SIGINT, False, "interrupted", 130, "KeyboardInterrupt"),
+        (signal.SIGTERM, False, "terminated", 143, "Terminated"),
+    ],
 )
-def test_ctrl_c_or_a_kill_during_baseline_records_the_run_and_prints_one_line(project, sig, said, code, error):
+def test_ctrl_c_or_a_kill_during_baseline_records_the_run_and_prints_one_line(project, sig, group, said, code, error):
     proc = start_long_run(project, "baseline", "--seeds", "2", "tiny", "--budget-tokens", "2000000")
     try:
         wait_until_training(project)
-        if sig == signal.SIGINT:
+        if group:
             os.killpg(proc.pid, sig)  # a terminal's Ctrl-C: the whole foreground group
-        else:  # a queue's kill: the harness's process alone, which passes it on to the run
+        else:  # `kill` or a queue's kill: the harness's process alone, which passes it on to the run
             harness = subprocess.run(["pgrep", "-s", str(proc.pid), "-f", "harness baseline"], capture_output=True)
-            subprocess.run(["kill", "-TERM", *harness.stdout.split()], check=True)
+            subprocess.run(["kill", f"-{sig.name.removeprefix('SIG')}", *harness.stdout.split()], check=True)
         _, err = proc.communicate(timeout=120)
     finally:
         kill_group(proc)
@@ -293,4 +297,6 @@ def test_ctrl_c_or_a_kill_during_baseline_records_the_run_and_prints_one_line(pr
     assert last[0] == said and f"exit code {code}" in last[1], err[-2000:]
     assert "BrokenPipe" not in err and not re.search(r'harness/\w+\.py", line', err)  # no traceback
     df = ledger(project)
-    assert df.height == 1 and df["error"][0].startswith(error)
+    assert df.height == 1 and (df["error"][0] or "").startswith(error), df.select(
+        "status", "error", "val_bpb"
+    ).to_dicts()
