@@ -59,10 +59,10 @@ from repo.ledger import (
     LEDGER,
     RUNNING,
     append_result,
-    live_runs,
     mark_running,
     new_run_id,
     record_killed_runs,
+    runs_on_this_machine,
 )
 from repo.runs import CHECKPOINT, LOG, METRICS, RUNS, SUMMARY, TRAIN_CONFIG, read_steps
 
@@ -321,12 +321,15 @@ def log_header(spec: RunSpec, row: dict, cfg: dict, corpus, data_s: float, prese
             f"threads {spec.threads} per worker: the number depends on it; the row records it and compares only at "
             "this count"
         )
-        others = [r for r in live_runs(ROOT) if r != spec.run_id]
-        if others:  # measured on 2 cores (bench/README.md, "Runs sharing the cores"): 2 to 3 times as long
+        others, load, cores = runs_on_this_machine(ROOT), os.getloadavg()[0], os.cpu_count() or 1
+        if others or load > cores:  # measured on 2 cores: bench/README.md, "Scoring beside other work"
+            seen = f"{len(others)} other scored run{'s' * (len(others) != 1)} on this machine"
             logger.warning(
-                f"{len(others)} other run{'s' * (len(others) > 1)} in progress on this machine ({', '.join(others[:3])}): "
-                "runs sharing the cores take far longer than one after the other (two at once on 2 cores: 2 to 3 "
-                "times as long, mostly in scoring); queue them (`just queue` runs one at a time) or use more cores"
+                f"{seen}{' (' + ', '.join(others[:3]) + ')' if others else ''}, load {load:.1f} on {cores} cores: this "
+                "run shares them and takes longer (on 2 cores beside one 2-thread run: a forward pass at 2 threads "
+                "about twice as long, more beside more runs; scoring 1.5-1.7 times, 2.9 beside two). What helps "
+                "here: --threads 1 (one core a worker: a forward pass 1.3 times its idle time beside one run; its rows "
+                "compare only with rows at 1 thread), or one run after the other (`just queue` where pueue is installed)"
             )
     logger.info(f"config {row['config']} | {cfg}")
     logger.info(

@@ -38,7 +38,7 @@ new slug:
 rm slug *args:
     @exec python -P -m harness rm "$@"
 
-# commit a worktree's changes, push, open a PR once confirmed on fresh seeds: just submit SLUG [--message TEXT]
+# commit a worktree's changes, push, open a PR once confirmed on fresh seeds: just submit SLUG [--message TEXT] [--push]
 submit slug *args:
     @exec python -P -m harness submit "$@"
 

@@ -10,6 +10,7 @@ from harness import Refusal, advice
 from harness.compare import compare_slug
 from harness.records import ideas_table, journal_entries
 from harness.table import (
+    bar_line,
     best_rows,
     group_name,
     ledger,
@@ -51,7 +52,7 @@ def best(json: bool = False) -> None:
     if bar is None:
         print("the bar: none yet (no baseline; score main's seeds first: uv run just baseline)")
         return
-    print(f"the bar: main's baseline {bar['mean']:.6f} ± {bar['std']:.6f} (n={bar['n']}) in {bar['group']}")
+    print(bar_line(bar, 6))
     for slug, result in verdicts.items():
         print(f"  {slug}: {result.outcome} — {result.why}")
 
@@ -76,18 +77,22 @@ def where_things_stand(root: Path) -> dict:
 
 
 def next_step(root: Path) -> dict:
+    """The seed's loop: IDEATE below IDEATE_UNTIL ideas or when every idea has results, else IMPLEMENT the
+    best-rated idea without results. Below the threshold, that idea is named too: an idea written and never
+    scored is work waiting, whatever the count."""
     ideas = ideas_table(root)
-    if len(ideas) < IDEATE_UNTIL:
-        return dict(
-            mode="IDEATE", idea=None, why=f"{len(ideas)} ideas in 1_ideas/, fewer than {IDEATE_UNTIL}: brainstorm more"
-        )
     untried = [i for i in ideas if i["results"] == 0]
-    if not untried:
+    key = lambda i: (i["rating"] if i["rating"] is not None else -1.0, [-ord(c) for c in i["date"]])  # noqa: E731
+    best = max(untried, key=key) if untried else None
+    if best is not None:
+        rating = "unrated" if best["rating"] is None else f"rated {best['rating']:g}/10"
+        named = f"{best['slug']} is the best-rated without results ({rating}, {len(untried)} untried)"
+    if len(ideas) < IDEATE_UNTIL:
+        why = f"{len(ideas)} ideas in 1_ideas/, fewer than {IDEATE_UNTIL}: brainstorm more"
+        return dict(mode="IDEATE", idea=best, why=why + (f"; or score an untried one: {named}" if best else ""))
+    if best is None:
         return dict(mode="IDEATE", idea=None, why=f"all {len(ideas)} ideas have results: brainstorm new ones")
-    best = max(untried, key=lambda i: (i["rating"] if i["rating"] is not None else -1.0, [-ord(c) for c in i["date"]]))
-    rating = "unrated" if best["rating"] is None else f"rated {best['rating']:g}/10"
-    why = f"{len(ideas)} ideas; {best['slug']} is the best-rated without results ({rating}, {len(untried)} untried)"
-    return dict(mode="IMPLEMENT", idea=best, why=why)
+    return dict(mode="IMPLEMENT", idea=best, why=f"{len(ideas)} ideas; {named}")
 
 
 def pending(root: Path) -> tuple[list[dict], str | None]:
@@ -156,7 +161,7 @@ def what_next(json: bool = False) -> None:
     print(f"\nledger: {state['rows']} rows")
     bar, b = state["bar"], state["best"]
     if bar is not None:
-        print(f"the bar: main's baseline {bar['mean']:.4f} ± {bar['std']:.4f} (n={bar['n']}) in {bar['group']}")
+        print(bar_line(bar, 4))
     if b is not None:
         where = "in that group" if bar is not None else f"no baseline yet: run just baseline; in {group_name(b)}"
         print(f"best: {b['val_bpb']:.4f} val_bpb, {b['experiment']} ({b['run_id']}), {where}")

@@ -101,7 +101,13 @@ def the_bar(df: pl.DataFrame) -> dict | None:
         return None
     newest = base.sort("started_at").row(-1, named=True)
     values = baseline_rows(df, newest)["val_bpb"]
-    return dict(group=group_name(newest), mean=values.mean(), std=values.std() or 0.0, n=len(values), row=newest)
+    std = values.std() if len(values) > 1 else None  # one seed says nothing of the noise
+    return dict(group=group_name(newest), mean=values.mean(), std=std, n=len(values), row=newest)
+
+
+def bar_line(bar: dict, digits: int) -> str:
+    spread = f"± {bar['std']:.{digits}f}" if bar["std"] is not None else "± (undefined: one seed)"
+    return f"the bar: main's baseline {bar['mean']:.{digits}f} {spread} (n={bar['n']}) in {bar['group']}"
 
 
 def newest_group(df: pl.DataFrame, bar: dict | None) -> dict | None:
@@ -130,7 +136,7 @@ def markdown(df: pl.DataFrame) -> str:
         return "(none)"
     layout = dict(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True)
     with pl.Config(**layout, tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=200, tbl_width_chars=10_000, fmt_float="full"):
-        return str(df)
+        return str(df.with_columns(pl.all().cast(pl.String).fill_null("")))  # an empty cell, not "null"
 
 
 def print_json(doc) -> None:

@@ -91,10 +91,16 @@ def check() -> None:
     print("check: ok (FROZEN, GLOBAL and APPEND-ONLY rules hold)")
 
 
-def submit(slug: str, /, message: str = "") -> None:
-    """Commit the worktree's pending changes as exp(SLUG): ..., push exp/SLUG if there is a remote, and
-    open a pull request (or print the command) when `just confirm SLUG` confirmed it on fresh seeds and
-    `just audit SLUG` re-derives that from the record; the pull request carries the audit's lines."""
+def is_local_path(url: str) -> bool:
+    """A remote on this machine (a folder, or file://), not a server: git's URL forms, scp-like `host:path` too."""
+    return url.startswith(("/", ".", "~", "file://")) or ("://" not in url and ":" not in url.split("/")[0])
+
+
+def submit(slug: str, /, message: str = "", push: bool = False) -> None:
+    """Commit the worktree's pending changes as exp(SLUG): ..., push exp/SLUG to origin (saying where; a local
+    path, such as the repository this one was cloned from, only with --push), and open a pull request (or print
+    the command) when `just confirm SLUG` confirmed it on fresh seeds and `just audit SLUG` re-derives that from
+    the record; the pull request carries the audit's lines."""
     root = main_root()
     path = worktree_dir(root, slug)
     if not path.is_dir():
@@ -111,11 +117,14 @@ def submit(slug: str, /, message: str = "") -> None:
     else:
         print("nothing to commit")
     remotes = git("remote", cwd=root).split()
-    if "origin" in remotes:
-        git("push", "-u", "origin", f"exp/{slug}", cwd=path)
-        print(f"pushed exp/{slug} to origin")
-    else:
+    url = git("remote", "get-url", "origin", cwd=root) if "origin" in remotes else None
+    if url is None:
         print("no remote 'origin': nothing pushed (add one with git remote add origin URL, then rerun)")
+    elif is_local_path(url) and not push:
+        print(f"origin is a local path ({url}): nothing pushed there unasked (rerun with --push to push exp/{slug})")
+    else:
+        git("push", "-u", "origin", f"exp/{slug}", cwd=path)
+        print(f"pushed exp/{slug} to origin ({url})")
     df = ledger(root)
     if ok_rows(df, slug).is_empty():
         print(f"no ok rows for {slug}: no pull request (score it with just eval first)")

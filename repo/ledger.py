@@ -264,9 +264,26 @@ def markers_here(root: Path) -> list[tuple[Path, dict]]:
     return found
 
 
-def live_runs(root: Path) -> list[str]:
-    """The ids of the runs in progress on this host."""
-    return [marker.parent.name for marker, r in markers_here(root) if is_alive(r["pid"], r["start"])]
+def runs_on_this_machine(root: Path) -> list[str]:
+    """Every scored run in progress on this machine that this user can see, in any checkout and by any user: its
+    run id (from its argv or its marker under `root`), else its checkout (an `eval.py` process other than this one,
+    read from /proc; [] without /proc)."""
+    found, ids = [], {str(r["pid"]): marker.parent.name for marker, r in markers_here(root)}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue  # gone, or not ours to read
+        if int(proc.name) == os.getpid() or not any(Path(a).name == "eval.py" for a in argv[1:3]):
+            continue
+        if "--run-id" in argv[:-1] or proc.name in ids:
+            found.append(argv[argv.index("--run-id") + 1] if "--run-id" in argv[:-1] else ids[proc.name])
+            continue
+        try:
+            found.append(f"pid {proc.name} in {os.readlink(proc / 'cwd')}")
+        except OSError:
+            found.append(f"pid {proc.name}")
+    return found
 
 
 def record_killed_runs(root: Path) -> None:

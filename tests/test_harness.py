@@ -267,7 +267,9 @@ def test_idea_uses_the_template_and_refuses_a_duplicate(project):
 def test_next_ideates_below_30_ideas_then_implements_the_best_rated_untried(project):
     write_ideas(project, 29, rated={"idea-03": 8, "idea-07": 9.5, "idea-11": 6})
     before = json.loads(just(project, "next", "--json").stdout)
-    assert before["mode"] == "IDEATE" and "29 ideas" in before["why"]
+    assert before["mode"] == "IDEATE" and "29 ideas" in before["why"] and before["idea"]["slug"] == "idea-07"
+    assert "or score an untried one: idea-07 is the best-rated" in before["why"]
+    assert "next: uv run just new idea-07" in just(project, "next").stdout
     assert just(project, "idea", "thirtieth", "The thirtieth idea").returncode == 0
     add_rows(project, dict(experiment="idea-07", val_bpb=2.0, commit="abc"))  # the top idea has results
     after = json.loads(just(project, "next", "--json").stdout)
@@ -410,7 +412,11 @@ def test_submit_commits_pushes_and_proposes_a_pr_only_when_it_beats_main(project
         dict(experiment="better", val_bpb=2.0, commit="b1"),
     )
     result = just(project, "submit", "better")
-    assert "nothing to commit" in result.stdout and "pushed exp/better to origin" in result.stdout
+    assert f"origin is a local path ({remote}): nothing pushed there unasked (rerun with --push" in result.stdout
+    assert git("branch", "--list", cwd=remote) == ""
+    result = just(project, "submit", "better", "--push")
+    assert "nothing to commit" in result.stdout and f"pushed exp/better to origin ({remote})" in result.stdout
+    assert git("branch", "--list", cwd=remote) == "exp/better"
     assert "better is not confirmed on fresh seeds" in result.stdout and "gh pr create" not in result.stdout
     add_rows(
         project,

@@ -171,7 +171,9 @@ def test_a_run_beside_another_on_this_machine_says_so(project):
     finally:
         kill_group(proc)
     assert result.returncode == 0, result.stderr
-    assert "1 other run in progress on this machine" in result.stderr and "just queue" in result.stderr
+    others = re.search(r"(\d+) other scored runs? on this machine \(([^)]*)\), load", result.stderr)
+    assert others and int(others[1]) >= 1 and others[2].startswith("20"), result.stderr  # its run id
+    assert "--threads 1" in result.stderr and "just queue" in result.stderr
 
 
 @pytest.mark.parametrize(
