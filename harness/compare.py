@@ -11,7 +11,7 @@ from harness import Refusal, advice
 from harness.stats import SEED_PLANS, Outcome, Verdict, verdict
 from harness.table import COMPARABLE, baseline_rows, group_name, ledger, ok_rows, print_json, same_group
 from repo.git import main_root
-from repo.ledger import CONFIRM_ROLE
+from repo.ledger import CONFIRM_ROLE, rows_in_flight
 
 # `just confirm` draws its seeds in secret from here: too many to screen, and above every seed a person picks
 CONFIRM_SEEDS = range(2**31, 2**32)
@@ -23,10 +23,17 @@ def exploration_rows(df, slug: str):
     return ok_rows(df, slug).sort("started_at").unique("seed", keep="first", maintain_order=True)
 
 
-def first_fresh_seed(df, row: dict) -> int:
-    """The lowest seed above every seed of `row`'s comparable group, below the confirmation seeds."""
-    seeds = df.filter(same_group(row) & (pl.col("seed") < CONFIRM_SEEDS.start))["seed"]
-    return 0 if seeds.is_empty() else seeds.max() + 1
+def first_fresh_seed(df, row: dict, flight: list[dict] = ()) -> int:
+    """The lowest seed above every seed of `row`'s comparable group (runs in flight too), below the
+    confirmation seeds."""
+    seeds = df.filter(same_group(row) & (pl.col("seed") < CONFIRM_SEEDS.start))["seed"].to_list()
+    seeds += [r["seed"] for r in flight if in_group(r, row) and r["seed"] < CONFIRM_SEEDS.start]
+    return max(seeds) + 1 if seeds else 0
+
+
+def in_group(flying: dict, row: dict) -> bool:
+    """Whether a run in flight (its row as it stands: a budget asked for, no measured columns) is of `row`'s group."""
+    return all(flying.get("budget_tokens" if c == "budget" else c) == row[c] for c in COMPARABLE)
 
 
 def draw_confirm_seeds(df, n: int) -> list[int]:
@@ -40,9 +47,9 @@ def draw_confirm_seeds(df, n: int) -> list[int]:
     return seeds
 
 
-def compare_slug(df, slug: str) -> Verdict:
-    """The slug's exploration rows in the group of its newest one, against main's baseline there;
-    the advice names the commands to run next."""
+def compare_slug(df, slug: str, flight: list[dict] = ()) -> Verdict:
+    """The slug's exploration rows in the group of its newest one, against main's baseline there; the advice
+    names the commands to run next, none for what runs in flight (`flight`: their rows as they stand)."""
     mine = exploration_rows(df, slug)
     if mine.is_empty():
         raise Refusal(f"no ok rows for {slug!r}: score it first ({advice.command('eval', where=slug)})")
@@ -51,13 +58,21 @@ def compare_slug(df, slug: str) -> Verdict:
     base = baseline_rows(df, newest)
     result = verdict(runs["val_bpb"].to_list(), base["val_bpb"].to_list())
     plan = SEED_PLANS[newest["device"]]
-    first = first_fresh_seed(df, newest)
-    if base.height < 2:
+    first = first_fresh_seed(df, newest, flight)
+    flying = [r for r in flight if in_group(r, newest)]
+    base_flying = sorted(r["seed"] for r in flying if r["experiment"] == "main" and r["role"] == "baseline")
+    mine_flying = sorted(r["seed"] for r in flying if r["experiment"] == slug)
+    if base.height < 2 and base.height + len(base_flying) >= 2:
+        then = f"main's baseline seed{'s' * (len(base_flying) > 1)} {', '.join(map(str, base_flying))} in flight: wait for it, then compare again"
+    elif base.height < 2:
         seeds = f"{base.height} baseline seed{'' if base.height == 1 else 's'}"
         then = f"{seeds} in this group ({group_name(newest)}): a verdict needs 2; run\n  {advice.baseline(newest, plan.baseline)}"
         then += changed_referee_or_data(df, newest)
-    elif result.outcome in (Outcome.PROMISING, Outcome.INCONCLUSIVE) and runs.height < plan.runs:
-        then = f"{result.advice}; {advice.seed_runs(slug, newest, range(first, first + plan.runs - runs.height))}"
+    elif result.outcome in (Outcome.PROMISING, Outcome.INCONCLUSIVE) and runs.height + len(mine_flying) < plan.runs:
+        missing = range(first, first + plan.runs - runs.height - len(mine_flying))
+        then = f"{result.advice}; {advice.seed_runs(slug, newest, missing)}" + flight_note(mine_flying)
+    elif result.outcome in (Outcome.PROMISING, Outcome.INCONCLUSIVE) and mine_flying:
+        then = f"{result.advice}; seed{'s' * (len(mine_flying) > 1)} {', '.join(map(str, mine_flying))} in flight: wait, then compare again"
     elif result.outcome == Outcome.INCONCLUSIVE:
         more = advice.seed_runs(slug, newest, range(first, first + 2))
         then = f"{result.advice} at {runs.height} seeds: drop it, or resolve a smaller effect with {more}"
@@ -66,6 +81,10 @@ def compare_slug(df, slug: str) -> Verdict:
     else:
         then = result.advice
     return dataclasses.replace(result, advice=then)
+
+
+def flight_note(seeds: list[int]) -> str:
+    return f"\n  (and seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}, in flight)" if seeds else ""
 
 
 ONE_CHANGE = dict(data_fp="data", eval_sha="referee's core", torch="torch", device_name="processor")
@@ -157,8 +176,9 @@ def confirmation(df, slug: str) -> Verdict | None:
 def compare(slug: str, /, json: bool = False) -> None:
     """SLUG against main's baseline of the same group (improved / promising / inconclusive / worse),
     and its confirmation on fresh seeds once `just confirm SLUG` ran."""
-    df = ledger(main_root())
-    result, confirmed = compare_slug(df, slug), confirmation(df, slug)
+    root = main_root()
+    df = ledger(root)
+    result, confirmed = compare_slug(df, slug, rows_in_flight(root)), confirmation(df, slug)
     if json:
         return print_json(dict(dataclasses.asdict(result), confirmation=confirmed and dataclasses.asdict(confirmed)))
     print(f"{slug}: {result.outcome}\n{result.why}\nnext: {result.advice}")

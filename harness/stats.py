@@ -70,7 +70,8 @@ def verdict(runs: list[float], baseline: list[float]) -> Verdict:
     if len(baseline) < 2 or not runs:
         return Verdict(
             Outcome.INCONCLUSIVE,
-            f"{len(runs)} run{'' if len(runs) == 1 else 's'} and {len(baseline)} baseline seed{'' if len(baseline) == 1 else 's'}",
+            f"{len(runs)} run{'' if len(runs) == 1 else 's'} ({', '.join(f'{v:.4f}' for v in runs) or 'none'}) and "
+            f"{len(baseline)} baseline seed{'' if len(baseline) == 1 else 's'} ({', '.join(f'{v:.4f}' for v in baseline) or 'none'})",
             "a verdict needs at least 1 run and 2 baseline seeds: run `just baseline` first", runs, baseline,
         )  # fmt: skip
     if len(set(runs)) == 1 and len(set(baseline)) == 1:

@@ -264,6 +264,11 @@ def markers_here(root: Path) -> list[tuple[Path, dict]]:
     return found
 
 
+def rows_in_flight(root: Path) -> list[dict]:
+    """The rows, as they stand, of the runs of this checkout in progress on this host (their markers)."""
+    return [r["row"] for _, r in markers_here(root) if is_alive(r["pid"], r["start"])]
+
+
 def runs_on_this_machine(root: Path) -> list[str]:
     """Every scored run in progress on this machine that this user can see, in any checkout and by any user: its
     run id (from its argv or its marker under `root`), else its checkout (an `eval.py` process other than this one,

@@ -7,18 +7,20 @@ import functools
 import importlib
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
 import tyro
 
 import train
-from conftest import DRAWN_SEED, add_rows, just
+from conftest import DRAWN_SEED, add_rows, just, ledger
 from harness import advice
 from harness.cli import COMMANDS
 from referee.args import parse_train_args
 from referee.spec import RunSpec
 from repo.git import WORKTREES
+from repo.ledger import mark_running
 
 PASSES_EVAL_ARGS = {"baseline", "aa", "determinism", "queue"}  # their other arguments are eval.py's
 
@@ -83,7 +85,10 @@ def test_every_command_compare_prints_runs_as_printed(project):
         dict(experiment="faster", val_bpb=1.91, seed=7, config="tiny", budget_tokens=1000),
     )
     printed = {slug: just(project, "compare", slug).stdout for slug in ("lonely", "lucky", "unsure", "same", "faster")}
-    assert "1 run and 1 baseline seed" in printed["lonely"] and "a verdict needs 2; run" in printed["lonely"]
+    assert (
+        "1 run (1.9000) and 1 baseline seed (2.0000)" in printed["lonely"]
+        and "a verdict needs 2; run" in printed["lonely"]
+    )
     assert "uv run just baseline --seeds 3 tiny --device cpu --budget-tokens 500" in printed["lonely"]
     assert "promising" in printed["lucky"] and "2 more seeds:" in printed["lucky"]
     assert "tiny --lr 0.001 --compile False --seed" in printed["lucky"] and "--nproc 2" in printed["lucky"]
@@ -94,6 +99,35 @@ def test_every_command_compare_prints_runs_as_printed(project):
     assert len(commands) == 1 + 2 + 1 + 2 + 1
     for command in commands:
         check_runs_as_printed(command)
+
+
+def test_compare_counts_the_runs_in_flight_and_advises_only_what_is_missing(project):
+    add_rows(project, *baseline(2.0, config="tiny", budget_tokens=1000))
+    add_rows(project, dict(experiment="lucky", val_bpb=1.5, seed=1, config="tiny", budget_tokens=1000))
+    main_row, lucky = ledger(project).row(0, named=True), ledger(project).row(1, named=True)
+    alone = just(project, "compare", "lucky").stdout
+    assert "1 baseline seed in this group" in alone and "uv run just baseline --seeds 3" in alone
+
+    def in_flight(row: dict, seed: int, role: str) -> None:  # what a run in progress leaves: its marker
+        mark_running({**row, "seed": seed, "role": role, "status": "crash"}, project / "runs" / f"flying-{seed}")
+
+    (project / "runs").mkdir(exist_ok=True)
+    for folder in ("flying-1", "flying-2", "flying-3"):
+        (project / "runs" / folder).mkdir()
+    in_flight(main_row, 1, "baseline")  # main's second baseline seed is running
+    waiting = just(project, "compare", "lucky").stdout
+    assert (
+        "main's baseline seed 1 in flight: wait for it, then compare again" in waiting
+        and "just baseline" not in waiting
+    )
+    add_rows(project, *baseline(2.0, 2.02, 2.01, config="tiny", budget_tokens=1000)[1:])
+    shutil.rmtree(project / "runs" / "flying-1")
+    in_flight(lucky, 2, "exploration")  # one of the two seeds compare asks for is running
+    printed = just(project, "compare", "lucky").stdout
+    assert "1 more seed:" in printed and "(and seed 2, in flight)" in printed
+    assert [c.split("--seed ")[1].split()[0] for c in commands_in(printed)] == ["3"], printed
+    in_flight(lucky, 3, "exploration")
+    assert "seeds 2, 3 in flight: wait, then compare again" in just(project, "compare", "lucky").stdout
 
 
 def test_the_commands_of_next_and_of_a_confirmed_experiment_run_as_printed(project):
