@@ -55,7 +55,8 @@ class Config:
     compile: bool | None = None
     """torch.compile the model; default: on CUDA only (compiling costs minutes on a 2-core CPU)"""
     log_every: int = 50
-    """steps between log lines (each syncs the device once and checks the loss is finite)"""
+    """steps between log lines, at most (each syncs the device once and checks the loss is finite); a short run
+    logs more often, about 40 times, so that its loss curve has points enough to read"""
 
     def __post_init__(self):  # an impossible value is refused before the run, with no ledger row
         for name in ("n_layer", "d_model", "d_head", "seq_len", "batch_size", "log_every"):
@@ -128,6 +129,7 @@ def train(cfg: Config, data: TrainData, device: torch.device) -> nn.Module:
     # --- loop ---
     model.train()
     t_last, step_last = time.perf_counter(), 0
+    log_every = max(1, min(cfg.log_every, total_steps // 40))
     for step, (x, y) in enumerate(data.batches(cfg.batch_size, cfg.seq_len)):
         lr = lr_at(step / max(total_steps, 1), cfg)
         for group in optimizer.param_groups:
@@ -141,7 +143,7 @@ def train(cfg: Config, data: TrainData, device: torch.device) -> nn.Module:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-        if step % cfg.log_every == 0 or step == total_steps - 1:
+        if step % log_every == 0 or step == total_steps - 1:
             loss_value = loss.item()  # the one host sync per log interval
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"non-finite loss {loss_value} at step {step}")
