@@ -199,7 +199,9 @@ def progress_chart(rows: pl.DataFrame, verdicts: dict, div_id: str) -> str:
             )
     layout = dict(
         # runs are counted: whole-number ticks (one per run while they fit, else plotly's integer steps)
-        xaxis=dict(title=dict(text="run (in order of start)"), tickformat="d", **({"dtick": 1} if len(records) <= 20 else {})),
+        xaxis=dict(
+            title=dict(text="run (in order of start)"), tickformat="d", **({"dtick": 1} if len(records) <= 20 else {})
+        ),
         yaxis=dict(title=dict(text="val_bpb (bits per byte, lower is better)")),
         height=480,
         legend=dict(orientation="h", y=-0.15),
