@@ -25,7 +25,7 @@ from pygments.lexers import DiffLexer
 
 from harness import Refusal
 from harness.compare import compare_slug, confirmation
-from harness.records import idea_file, idea_rating, idea_title, journal_entries
+from harness.records import idea_file, idea_rating, idea_title, ideas_table, journal_entries
 from harness.stats import Outcome, mean_std
 from harness.table import COMPARABLE, baseline_rows, group_name, ledger, newest_group, same_group, the_bar
 from repo import write_atomic
@@ -101,6 +101,7 @@ def build(root: Path, live: bool = False) -> Path:
         **common,
         groups=groups,
         experiments=table,
+        untried=[i for i in ideas_table(root) if i["slug"] not in slugs],  # written, never scored: work waiting
         bar=bar,
         rows=df.height,
     )

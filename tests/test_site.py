@@ -49,6 +49,7 @@ def research_record(project: Path) -> dict:
         run_id = line.split("\t")[0]
         metrics(project, run_id, 5.0 - 0.01 * i)
     (project / "1_ideas" / "2026-01-01_fast.md").write_text("# Faster learning\n\nDouble the lr.\n\nRating: 7/10\n")
+    (project / "1_ideas" / "2026-01-02_later.md").write_text("# An idea for later\n\nNot tried yet.\n")
     (project / "9_reports" / "2026-01-02_fast.md").write_text("# Report: fast\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
     assert just(project, "journal", "fast beat main <script>alert(1)</script>").returncode == 0
     return dict(group_runs=len(rows) - 1, fast_runs=5)
@@ -67,6 +68,9 @@ def test_site_writes_every_page_from_the_record_and_shows_agent_text_as_text(pro
     assert front.count('<option value="') == 2  # two comparable groups: 1,000 and 500 tokens
     assert '<td class="improved">improved</td>' in front and '<td class="confirmed">confirmed</td>' in front
     assert "Faster learning" in front and "7/10" in front and f"{expected['fast_runs']}" in front
+    untried = front.split('<table id="untried">')[1].split("</table>")[0]
+    assert "<td>later</td><td>An idea for later</td>" in untried and "uv run just new later" in untried
+    assert "fast" not in untried  # an idea with runs is an experiment, above
     fast = (site / "experiments" / "fast.html").read_text()
     assert "twice the learning rate" not in fast  # the diff, not the commit message
     assert "2 * " in fast and "Double the lr." in fast and "<table>" in fast  # diff, idea, report's table
