@@ -139,10 +139,11 @@ def verdict_of(df: pl.DataFrame, slug: str) -> dict:
 
 
 def group_rows(df: pl.DataFrame) -> list[tuple[dict, pl.DataFrame]]:
-    """Each comparable group with a scored run, newest first: (its newest row, all its rows in run order)."""
+    """Each comparable group with a run, newest first, a group of crashes only too (its crashes are news): (its
+    newest row, all its rows in run order)."""
     groups = []
-    ok = df.filter(pl.col("status") == "ok").sort("started_at", descending=True)
-    for anchor in ok.unique(subset=list(COMPARABLE), keep="first", maintain_order=True).iter_rows(named=True):
+    newest_first = df.sort("started_at", descending=True)
+    for anchor in newest_first.unique(subset=list(COMPARABLE), keep="first", maintain_order=True).iter_rows(named=True):
         groups.append((anchor, df.filter(same_group(anchor)).sort("started_at")))
     return groups
 
