@@ -63,7 +63,7 @@ def compare_slug(df, slug: str, flight: list[dict] = ()) -> Verdict:
     base_flying = sorted(r["seed"] for r in flying if r["experiment"] == "main" and r["role"] == "baseline")
     mine_flying = sorted(r["seed"] for r in flying if r["experiment"] == slug)
     if base.height < 2 and base.height + len(base_flying) >= 2:
-        then = f"main's baseline seed{'s' * (len(base_flying) > 1)} {', '.join(map(str, base_flying))} in flight: wait for it, then compare again"
+        then = f"main's baseline {seed_list(base_flying)} in flight: wait for it, then compare again"
     elif base.height < 2:
         seeds = f"{base.height} baseline seed{'' if base.height == 1 else 's'}"
         then = f"{seeds} in this group ({group_name(newest)}): a verdict needs 2; run\n  {advice.baseline(newest, plan.baseline)}"
@@ -72,7 +72,7 @@ def compare_slug(df, slug: str, flight: list[dict] = ()) -> Verdict:
         missing = range(first, first + plan.runs - runs.height - len(mine_flying))
         then = f"{result.advice}; {advice.seed_runs(slug, newest, missing)}" + flight_note(mine_flying)
     elif result.outcome in (Outcome.PROMISING, Outcome.INCONCLUSIVE) and mine_flying:
-        then = f"{result.advice}; seed{'s' * (len(mine_flying) > 1)} {', '.join(map(str, mine_flying))} in flight: wait, then compare again"
+        then = f"{result.advice}; {seed_list(mine_flying)} in flight: wait, then compare again"
     elif result.outcome == Outcome.INCONCLUSIVE:
         more = advice.seed_runs(slug, newest, range(first, first + 2))
         then = f"{result.advice} at {runs.height} seeds: drop it, or resolve a smaller effect with {more}"
@@ -83,8 +83,12 @@ def compare_slug(df, slug: str, flight: list[dict] = ()) -> Verdict:
     return dataclasses.replace(result, advice=then)
 
 
+def seed_list(seeds: list[int]) -> str:
+    return f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
+
+
 def flight_note(seeds: list[int]) -> str:
-    return f"\n  (and seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}, in flight)" if seeds else ""
+    return f"\n  (and {seed_list(seeds)}, in flight)" if seeds else ""
 
 
 ONE_CHANGE = dict(data_fp="data", eval_sha="referee's core", torch="torch", device_name="processor")

@@ -59,8 +59,9 @@ class Verdict:
     p_improved: float | None = None  # one-sided p-value of "lower than the baseline"
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """The mean and the sample std; the std of one value is undefined (None): one seed says nothing of the noise."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
 def verdict(runs: list[float], baseline: list[float]) -> Verdict:

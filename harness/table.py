@@ -101,8 +101,8 @@ def the_bar(df: pl.DataFrame) -> dict | None:
         return None
     newest = base.sort("started_at").row(-1, named=True)
     values = baseline_rows(df, newest)["val_bpb"]
-    std = values.std() if len(values) > 1 else None  # one seed says nothing of the noise
-    return dict(group=group_name(newest), mean=values.mean(), std=std, n=len(values), row=newest)
+    # polars' std of one value is None: one seed says nothing of the noise
+    return dict(group=group_name(newest), mean=values.mean(), std=values.std(), n=len(values), row=newest)
 
 
 def bar_line(bar: dict, digits: int) -> str:

@@ -274,7 +274,6 @@ def experiment_summary(root: Path, df: pl.DataFrame, slug: str, verdict: dict) -
     mean = std = delta = None
     if result is not None and result.runs:
         mean, std = mean_std(result.runs)
-        std = std if len(result.runs) > 1 else None  # one seed says nothing of the noise
         delta = mean - mean_std(result.baseline)[0] if result.baseline else None
     return dict(
         slug=slug,

@@ -281,8 +281,9 @@ def runs_on_this_machine(root: Path) -> list[str]:
             continue  # gone, or not ours to read
         if int(proc.name) == os.getpid() or not any(Path(a).name == "eval.py" for a in argv[1:3]):
             continue
-        if "--run-id" in argv[:-1] or proc.name in ids:
-            found.append(argv[argv.index("--run-id") + 1] if "--run-id" in argv[:-1] else ids[proc.name])
+        run_id = argv[argv.index("--run-id") + 1] if "--run-id" in argv[:-1] else ids.get(proc.name)
+        if run_id is not None:
+            found.append(run_id)
             continue
         try:
             found.append(f"pid {proc.name} in {os.readlink(proc / 'cwd')}")
