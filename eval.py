@@ -64,9 +64,10 @@ from repo.ledger import (
     record_killed_runs,
     runs_on_this_machine,
 )
-from repo.runs import CHECKPOINT, LOG, METRICS, RUNS, SUMMARY, TRAIN_CONFIG, read_steps
+from repo.runs import CHECKPOINT, LOG, METRICS, RUNS, SUMMARY, TRAIN_CONFIG, minutes, pace_here, read_steps
 
 ROOT = Path(__file__).resolve().parent
+STARTED = time.perf_counter()  # a run's time, start to row, is what `just plan` and the advice plan with
 SMOKE_STEPS, SMOKE_WINDOWS = 30, 64  # just smoke: training steps, and scoring windows of the split
 
 
@@ -88,6 +89,7 @@ def print_summary(row: dict, summary: dict) -> None:
         text = repr(value) if key == "val_bpb" else f"{value:.6g}" if isinstance(value, float) else value
         print(f"{key}: {'' if text is None else text}")
     print(f"eval_s: {summary.get('eval_s', 0.0):.1f}")
+    print(f"run_s: {summary.get('run_s', 0.0):.1f}")
     print(f"status: {row['status']}")
     print(f"run_id: {row['run_id']}")
     if row.get("error"):
@@ -98,6 +100,7 @@ def record(row: dict, summary: dict, run_dir: Path) -> None:
     """The row into the ledger, the summary beside the run's log, the summary block on stdout."""
     append_result(row, ROOT / LEDGER)
     (run_dir / RUNNING).unlink(missing_ok=True)
+    summary["run_s"] = time.perf_counter() - STARTED
     (run_dir / SUMMARY).write_text(json.dumps({**row, **summary}, indent=2) + "\n")
     print_summary(row, summary)
 
@@ -332,6 +335,12 @@ def log_header(spec: RunSpec, row: dict, cfg: dict, corpus, data_s: float, prese
                 "compare only with rows at 1 thread), or one run after the other (`just queue` where pueue is installed)"
             )
     logger.info(f"config {row['config']} | {cfg}")
+    pace = None if spec.smoke else pace_here(ROOT, row)
+    if pace is not None:  # the load they met is in it; `just plan` measures the machine as it is now
+        logger.info(
+            f"like this run here (the newest {pace.runs}: {pace.tokens_per_s:,.0f} tokens/s, scoring "
+            f"{pace.eval_s:.0f} s): about {minutes(pace.run_s(spec.budget_tokens))} start to row"
+        )
     logger.info(
         f"budget {spec.budget_tokens:,} tokens | wall cap {spec.wall_cap_s or preset.wall_cap_s:.0f} s | eval context {preset.eval_seq_len}"
         + (f" | {spec.nproc} processes (DDP)" if spec.nproc > 1 else "")
@@ -365,7 +374,7 @@ def train_and_score(spec: RunSpec, workers, corpus, run_dir: Path, scratch: str,
         t0 = time.perf_counter()
         try:
             done = serve_training(
-                workers, stream, spec.wall_cap_s or preset.wall_cap_s, run_dir / METRICS, start_scoring
+                workers, stream, spec.wall_cap_s or preset.wall_cap_s, run_dir / METRICS, start_scoring, summary
             )
         finally:
             wall_s = time.perf_counter() - t0

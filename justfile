@@ -112,6 +112,10 @@ best *args:
 baseline *args:
     @exec python -P -m harness baseline "$@"
 
+# how long a run, a baseline, a confirmation and a claim take on this machine, measured now (one small run): just plan [EVAL_ARGS...]
+plan *args:
+    @exec python -P -m harness plan "$@"
+
 # score this checkout twice with one seed; exit 1 unless identical: just determinism [EVAL_ARGS...]
 determinism *args:
     @exec python -P -m harness determinism "$@"

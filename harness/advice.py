@@ -3,10 +3,12 @@ that each one runs as printed (tests/test_advice.py parses every command the har
 real command line)."""
 
 import shlex
+from pathlib import Path
 
 from harness import Refusal
 from referee.api import RunSpec
 from repo.git import WORKTREES
+from repo.runs import minutes, pace_here
 
 
 def command(recipe: str, *args: str, where: str = "main") -> str:
@@ -53,3 +55,14 @@ def submit(slug: str) -> str:
 
 def new(slug: str) -> str:
     return command("new", slug)
+
+
+def time_here(root: Path | None, row: dict, runs: int) -> str:
+    """' (N runs, about T here)': how long `runs` runs like `row` (its config, device, threads, budget) take on
+    this machine at the pace of its newest such runs; ' (N runs; `just plan` ...)' before any; '' without root."""
+    if root is None:
+        return ""
+    pace, what = pace_here(root, row), f"{runs} run{'s' * (runs != 1)}"
+    if pace is None:
+        return f" ({what}; `{command('plan')}` measures how long they take here)"
+    return f" ({what}, about {minutes(runs * pace.run_s(row['budget']))} here)"

@@ -41,6 +41,7 @@ COMMANDS = {
     "export": ("export", "export"),
     "prepare": ("runs", "prepare"),
     "baseline": ("runs", "Baseline"),
+    "plan": ("plan", "Plan"),
     "confirm": ("runs", "confirm"),
     "audit": ("audit", "audit"),
     "aa": ("runs", "Aa"),

@@ -4,6 +4,7 @@ exact commands to run next."""
 
 import dataclasses
 import secrets
+from pathlib import Path
 
 import polars as pl
 
@@ -47,9 +48,10 @@ def draw_confirm_seeds(df, n: int) -> list[int]:
     return seeds
 
 
-def compare_slug(df, slug: str, flight: list[dict] = ()) -> Verdict:
+def compare_slug(df, slug: str, flight: list[dict] = (), here: Path | None = None) -> Verdict:
     """The slug's exploration rows in the group of its newest one, against main's baseline there; the advice
-    names the commands to run next, none for what runs in flight (`flight`: their rows as they stand)."""
+    names the commands to run next, none for what runs in flight (`flight`: their rows as they stand), and with
+    `here` (the main checkout) how long they take on this machine."""
     mine = exploration_rows(df, slug)
     if mine.is_empty():
         raise Refusal(f"no ok rows for {slug!r}: score it first ({advice.command('eval', where=slug)})")
@@ -62,22 +64,25 @@ def compare_slug(df, slug: str, flight: list[dict] = ()) -> Verdict:
     flying = [r for r in flight if in_group(r, newest)]
     base_flying = sorted(r["seed"] for r in flying if r["experiment"] == "main" and r["role"] == "baseline")
     mine_flying = sorted(r["seed"] for r in flying if r["experiment"] == slug)
+    took = lambda runs: advice.time_here(here, newest, runs)  # noqa: E731
     if base.height < 2 and base.height + len(base_flying) >= 2:
         then = f"main's baseline {seed_list(base_flying)} in flight: wait for it, then compare again"
     elif base.height < 2:
         seeds = f"{base.height} baseline seed{'' if base.height == 1 else 's'}"
-        then = f"{seeds} in this group ({group_name(newest)}): a verdict needs 2; run\n  {advice.baseline(newest, plan.baseline)}"
+        then = f"{seeds} in this group ({group_name(newest)}): a verdict needs 2; run{took(plan.baseline)}\n  {advice.baseline(newest, plan.baseline)}"
         then += changed_referee_or_data(df, newest)
     elif result.outcome in (Outcome.PROMISING, Outcome.INCONCLUSIVE) and runs.height + len(mine_flying) < plan.runs:
         missing = range(first, first + plan.runs - runs.height - len(mine_flying))
-        then = f"{result.advice}; {advice.seed_runs(slug, newest, missing)}" + flight_note(mine_flying)
+        then = f"{result.advice}{took(len(missing))}; {advice.seed_runs(slug, newest, missing)}" + flight_note(
+            mine_flying
+        )
     elif result.outcome in (Outcome.PROMISING, Outcome.INCONCLUSIVE) and mine_flying:
         then = f"{result.advice}; {seed_list(mine_flying)} in flight: wait, then compare again"
     elif result.outcome == Outcome.INCONCLUSIVE:
         more = advice.seed_runs(slug, newest, range(first, first + 2))
-        then = f"{result.advice} at {runs.height} seeds: drop it, or resolve a smaller effect with {more}"
+        then = f"{result.advice} at {runs.height} seeds: drop it, or resolve a smaller effect{took(2)} with {more}"
     elif result.outcome == Outcome.IMPROVED:
-        then = f"{result.advice}: {advice.confirm(slug)}"
+        then = f"{result.advice}{took(2 * plan.confirm)}: {advice.confirm(slug)}"
     else:
         then = result.advice
     return dataclasses.replace(result, advice=then)
@@ -182,7 +187,7 @@ def compare(slug: str, /, json: bool = False) -> None:
     and its confirmation on fresh seeds once `just confirm SLUG` ran."""
     root = main_root()
     df = ledger(root)
-    result, confirmed = compare_slug(df, slug, rows_in_flight(root)), confirmation(df, slug)
+    result, confirmed = compare_slug(df, slug, rows_in_flight(root), root), confirmation(df, slug)
     if json:
         return print_json(dict(dataclasses.asdict(result), confirmation=confirmed and dataclasses.asdict(confirmed)))
     print(f"{slug}: {result.outcome}\n{result.why}\nnext: {result.advice}")

@@ -9,6 +9,7 @@ import polars as pl
 from harness import Refusal, advice
 from harness.compare import compare_slug
 from harness.records import ideas_table, journal_entries
+from harness.stats import SEED_PLANS
 from harness.table import (
     bar_line,
     best_rows,
@@ -110,11 +111,13 @@ def pending(root: Path) -> tuple[list[dict], str | None]:
     )
     for slug in experiments:
         if compare_slug(df, slug).outcome == Outcome.IMPROVED and confirmation(df, slug) is None:
+            newest = df.filter((pl.col("experiment") == slug) & (pl.col("status") == "ok")).row(-1, named=True)
+            runs = 2 * SEED_PLANS[newest["device"]].confirm
             todo.append(
                 dict(
                     kind="confirm",
                     slug=slug,
-                    why="called improved, not yet confirmed on fresh seeds",
+                    why="called improved, not yet confirmed on fresh seeds" + advice.time_here(root, newest, runs),
                     command=advice.confirm(slug),
                 )
             )
@@ -158,12 +161,16 @@ def what_next(json: bool = False) -> None:
     print(f"mode: {step['mode']}{' (once the above is done)' if todo else ''}\nwhy: {step['why']}")
     if step["idea"]:
         print(f"next: {advice.new(step['idea']['slug'])}   # {step['idea']['file']}")
+    if state["bar"] is not None:  # what scoring an idea costs: its seeds in the bar's group
+        seeds = SEED_PLANS[state["bar"]["row"]["device"]].runs
+        print(f"an idea's seeds in the bar's group:{advice.time_here(root, state['bar']['row'], seeds)}")
     print(f"\nledger: {state['rows']} rows")
     bar, b = state["bar"], state["best"]
     if bar is not None:
         print(bar_line(bar, 4))
     if b is not None:
-        where = "in that group" if bar is not None else f"no baseline yet: run just baseline; in {group_name(b)}"
+        baseline = f"run just baseline{advice.time_here(root, b, SEED_PLANS[b['device']].baseline)}"
+        where = "in that group" if bar is not None else f"no baseline yet: {baseline}; in {group_name(b)}"
         print(f"best: {b['val_bpb']:.4f} val_bpb, {b['experiment']} ({b['run_id']}), {where}")
     for slug, r in state["worktrees"].items():
         print(

@@ -8,6 +8,7 @@ command that reads the ledger never loads it.
     run(spec, cwd)      one scored run of the checkout at `cwd`, a subprocess of main's eval.py; its ledger row
     rescore(...)        `just verify` and `just audit`: a kept run scored again through the scoring workers of every run
     limits()            the code cap and the memorization margin, as the core holds them
+    presets()           the core's presets by device class: budget, wall cap, eval context
     core_sha()          the hash of referee/core.py, every row's eval_sha
     device_class(name)  the device class a run would use (cuda, else mps, else cpu), read without torch
     torch_version()     the torch a run would use, read without importing it
@@ -43,6 +44,7 @@ __all__ = [
     "run",
     "rescore",
     "limits",
+    "presets",
     "core_sha",
     "device_class",
     "torch_version",
@@ -106,6 +108,18 @@ def limits() -> dict:
     from referee import core
 
     return dict(max_code_bytes=core.MAX_CODE_BYTES, memorization_margin=core.MEMORIZATION_MARGIN)
+
+
+def presets() -> dict[str, dict]:
+    """The core's presets, {device class: {train_tokens, wall_cap_s, eval_seq_len}}: what a run without
+    --budget-tokens trains on; read from core.py's text, without torch (tests/test_eval.py holds it to the core's)."""
+    for node in ast.parse(CORE.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PRESETS" for t in node.targets):
+            return {
+                ast.literal_eval(key): {k.arg: ast.literal_eval(k.value) for k in preset.keywords}
+                for key, preset in zip(node.value.keys, node.value.values, strict=True)
+            }
+    raise ValueError(f"{CORE} defines no PRESETS")
 
 
 def core_sha() -> str:

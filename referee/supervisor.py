@@ -16,6 +16,7 @@ from pathlib import Path
 from loguru import logger
 
 from referee import wire
+from repo.runs import minutes
 
 ROOT = Path(__file__).resolve().parents[1]  # the main checkout
 
@@ -205,9 +206,12 @@ def start_workers(
     ]
 
 
-def serve_training(workers: list[Worker], stream, wall_cap_s: float, metrics_path: Path, on_first_batch) -> dict:
+def serve_training(
+    workers: list[Worker], stream, wall_cap_s: float, metrics_path: Path, on_first_batch, summary: dict
+) -> dict:
     """Batches to every rank until each returns its model, within the wall-clock cap (or until the pace of its
-    step lines says the cap will pass); rank 0's `done`."""
+    step lines says the cap will pass); rank 0's `done`. The pace since the second step line, past the first
+    steps' warm-up, goes into `summary` (steady_tokens_per_s): what `just plan` projects a budget with."""
     by_conn, done, steps = {w.conn: w for w in workers}, {}, []
     start = time.monotonic()
     while len(done) < len(workers):
@@ -231,7 +235,12 @@ def serve_training(workers: list[Worker], stream, wall_cap_s: float, metrics_pat
             elif header["op"] == "log" and worker is workers[0]:
                 log_step(header, stream.tokens_served, metrics_path)
                 steps.append((time.monotonic() - start, stream.tokens_served, header["step"], header["total_steps"]))
-                check_pace(steps, stream.budget_tokens, wall_cap_s)
+                needed = check_pace(steps, stream.budget_tokens, wall_cap_s)
+                if needed is not None:
+                    (t1, tokens1, *_), (t, tokens, *_) = steps[1], steps[-1]
+                    summary["steady_tokens_per_s"] = (tokens - tokens1) / (t - t1)
+                if needed is not None and len(steps) == 3:  # once: the pace the machine gives this run, as it is
+                    logger.info(f"at the pace so far, training ends in about {minutes(needed - steps[-1][0])}")
             elif header["op"] == "done":
                 done[id(worker)] = header
             elif header["op"] != "log":
@@ -239,11 +248,12 @@ def serve_training(workers: list[Worker], stream, wall_cap_s: float, metrics_pat
     return done[id(workers[0])]
 
 
-def check_pace(steps: list[tuple], budget: int, wall_cap_s: float) -> None:
+def check_pace(steps: list[tuple], budget: int, wall_cap_s: float) -> float | None:
     """From the third step line on (the first may hold compilation), if the pace since the second puts the end
-    of the budget 10% past the cap, end the run now, saying where it would stop and what budget would fit."""
+    of the budget 10% past the cap, end the run now, saying where it would stop and what budget would fit; else
+    the seconds from the start that training needs at that pace (None before the third line)."""
     if len(steps) < 3 or steps[-1][1] <= steps[1][1]:
-        return
+        return None
     (t1, tokens1, step1, _), (t, tokens, step, total) = steps[1], steps[-1]
     rate = (tokens - tokens1) / (t - t1)
     needed = t + (budget - tokens) / rate
@@ -254,6 +264,7 @@ def check_pace(steps: list[tuple], budget: int, wall_cap_s: float) -> None:
             f"{budget:,} tokens needs about {needed:,.0f} s, and the cap would stop it near step {stop} of {total}; "
             f"about {int(tokens + rate * (wall_cap_s - t)):,} tokens fit (--budget-tokens), or a faster config does"
         )
+    return needed
 
 
 def log_step(header: dict, tokens: int, metrics_path: Path | None) -> None:

@@ -51,9 +51,9 @@ RESULTS_SCHEMA = {  # the ledger's columns, in order, with their polars dtypes
 RESULTS_COLUMNS = tuple(RESULTS_SCHEMA)
 STATUSES = ("ok", "crash", "timeout")
 BITWISE = ("val_bpb", "holdout_bpb", "unseen_bpb")  # written in full (repr), the other floats to 6 digits
-# A row's role: a plain `just eval` explores; `just baseline`, `aa` and `determinism` write theirs; both
-# sides of `just confirm SLUG` write confirm:SLUG. It reaches eval.py in the run's spec (--role).
-ROLES = ("exploration", "baseline", "aa", "determinism")
+# A row's role: a plain `just eval` explores; `just baseline`, `aa`, `determinism` and `plan` write theirs;
+# both sides of `just confirm SLUG` write confirm:SLUG. It reaches eval.py in the run's spec (--role).
+ROLES = ("exploration", "baseline", "aa", "determinism", "plan")
 CONFIRM_ROLE = "confirm:"
 
 

@@ -1,8 +1,10 @@
 """runs/{run_id}/: what a scored run leaves beside its row, spelled once. The referee writes it; `just verify`,
-the plots, the site and the TensorBoard export read it. Local to the machine that scored the run (ignored by
+the plots, the site, the TensorBoard export and the time estimates (`just plan`, the advice: pace_here) read it. Local to the machine that scored the run (ignored by
 git), or a cluster's shared filesystem."""
 
 import json
+import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 RUNS = "runs"
@@ -19,3 +21,60 @@ def read_steps(folder: Path) -> list[dict]:
     path = folder / METRICS
     lines = path.read_text().splitlines() if path.exists() else []
     return [json.loads(line) for line in lines if line.strip()]
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How long runs like one took on this machine: medians over the summaries of its newest ok runs. A run is
+    its training at a steady pace (past the first steps' warm-up) and a fixed part: start-up, the corpus, the
+    warm-up, scoring, the row."""
+
+    runs: int  # how many runs it is from
+    tokens_per_s: float  # training's steady pace
+    eval_s: float  # scoring the validation split (and the probes)
+    fixed_s: float  # the rest of a run, whatever its budget
+
+    def run_s(self, budget_tokens: int) -> float:
+        """A run of `budget_tokens` like these, start to row."""
+        return self.fixed_s + budget_tokens / self.tokens_per_s
+
+
+def pace_key(row: dict) -> tuple:
+    """What a run's pace depends on, from its row or summary: the device and processor, the config, the threads
+    of each worker, and the processes (a DDP run's)."""
+    try:
+        nproc = json.loads(row.get("spec") or "{}").get("nproc", 1)
+    except ValueError:
+        nproc = 1
+    return tuple(row.get(k) for k in ("device", "device_name", "config", "threads")) + (nproc,)
+
+
+def pace_here(root: Path, like: dict, newest: int = 5) -> Pace | None:
+    """The pace of the newest `newest` ok runs under root/runs/ that ran like `like` (a row; pace_key), from the
+    summaries they left; None when none did. Their summaries hold the load they met: a busy machine's pace."""
+    key, found = pace_key(like), []
+    for path in sorted((root / RUNS).glob(f"*/{SUMMARY}"), reverse=True):  # a run id begins with its start time
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError):  # being written, or cut short by a kill: not a run that ended
+            continue
+        if summary.get("status") == "ok" and summary.get("run_s") and pace_key(summary) == key:
+            found.append(summary)
+            if len(found) == newest:
+                break
+    if not found:
+        return None
+    pace = [s.get("steady_tokens_per_s") or s["tokens_per_s"] for s in found]  # a run of 2 step lines: its mean
+    return Pace(
+        runs=len(found),
+        tokens_per_s=statistics.median(pace),
+        eval_s=statistics.median(s["eval_s"] for s in found),
+        fixed_s=statistics.median(s["run_s"] - s["train_tokens"] / p for s, p in zip(found, pace, strict=True)),
+    )
+
+
+def minutes(seconds: float) -> str:
+    """A duration as a person plans with it: '45 s', '7.5 min', '2.1 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"

@@ -22,7 +22,7 @@ from referee.spec import RunSpec
 from repo.git import WORKTREES
 from repo.ledger import mark_running
 
-PASSES_EVAL_ARGS = {"baseline", "aa", "determinism", "queue"}  # their other arguments are eval.py's
+PASSES_EVAL_ARGS = {"baseline", "aa", "determinism", "queue", "plan"}  # their other arguments are eval.py's
 
 
 def parse(recipe: str, args: list[str]) -> None:
@@ -92,11 +92,13 @@ def test_every_command_compare_prints_runs_as_printed(project):
     assert "uv run just baseline --seeds 3 tiny --device cpu --budget-tokens 500" in printed["lonely"]
     assert "promising" in printed["lucky"] and "2 more seeds:" in printed["lucky"]
     assert "tiny --lr 0.001 --compile False --seed" in printed["lucky"] and "--nproc 2" in printed["lucky"]
-    assert "1 more seed:" in printed["unsure"] and len(commands_in(printed["unsure"])) == 1
-    assert "drop it, or resolve a smaller effect with 2 more seeds:" in printed["same"]
+    assert "1 more seed:" in printed["unsure"] and len(commands_in(printed["unsure"])) == 2  # and `just plan`
+    # no run of this machine to time them by (the rows were written by hand): how to measure it
+    assert "drop it, or resolve a smaller effect (2 runs; `uv run just plan` measures" in printed["same"]
+    assert "(6 runs; `uv run just plan` measures how long they take here): " in printed["faster"]
     assert printed["faster"].rstrip().endswith("uv run just confirm faster")
     commands = [c for text in printed.values() for c in commands_in(text)]
-    assert len(commands) == 1 + 2 + 1 + 2 + 1
+    assert len(commands) == 1 + 2 + 1 + 2 + 1 + 5  # and `just plan` in each
     for command in commands:
         check_runs_as_printed(command)
 
@@ -125,7 +127,8 @@ def test_compare_counts_the_runs_in_flight_and_advises_only_what_is_missing(proj
     in_flight(lucky, 2, "exploration")  # one of the two seeds compare asks for is running
     printed = just(project, "compare", "lucky").stdout
     assert "1 more seed:" in printed and "(and seed 2, in flight)" in printed
-    assert [c.split("--seed ")[1].split()[0] for c in commands_in(printed)] == ["3"], printed
+    seeds = [c.split("--seed ")[1].split()[0] for c in commands_in(printed) if "just eval" in c]
+    assert seeds == ["3"], printed
     in_flight(lucky, 3, "exploration")
     assert "seeds 2, 3 in flight: wait, then compare again" in just(project, "compare", "lucky").stdout
 
@@ -161,9 +164,9 @@ def test_the_commands_of_next_and_of_a_confirmed_experiment_run_as_printed(proje
     printed += just(project, "compare", "fast").stdout
     assert "confirmed on fresh seeds and on the holdout: `uv run just submit fast` opens the pull request" in printed
     commands = commands_in(printed)
-    # record (the ideas are not committed); new; confirm (compare counts every scored row of fast, the
-    # confirmation's too: improved); submit
-    assert len(commands) == 4
+    # record (the ideas are not committed); new; plan (how long confirm takes: no run here to time it by);
+    # confirm (compare counts every scored row of fast, the confirmation's too: improved); submit
+    assert len(commands) == 5 and "uv run just plan" in commands
     for command in commands:
         check_runs_as_printed(command)
 

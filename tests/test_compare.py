@@ -17,6 +17,7 @@ import torch
 from conftest import add_rows, block, git, just, ledger, new, set_data_source
 from harness import stats
 from harness.compare import CONFIRM_SEEDS
+from repo.runs import minutes, pace_here
 
 TINY = ["tiny", "--budget-tokens", "3000"]
 DRAWN = [CONFIRM_SEEDS.start + 7, CONFIRM_SEEDS.start + 1234, CONFIRM_SEEDS.start + 99]  # as `just confirm` draws
@@ -242,6 +243,26 @@ def test_baseline_writes_n_rows_and_prints_the_noise_floor(project):
     assert out["group"].startswith("cpu (") and f"{len(os.sched_getaffinity(0))} thread" in out["group"] and std > 0
 
 
+def test_plan_measures_this_machine_and_later_runs_plan_with_it(project, small_corpus):
+    result = just(project, "plan", *TINY, env=small_corpus)
+    assert result.returncode == 0, result.stderr
+    row = ledger(project).row(0, named=True)
+    assert (row["role"], row["seed"], row["budget_tokens"], row["experiment"]) == ("plan", 0, 3000, "main")
+    summary = json.loads((project / "runs" / row["run_id"] / "summary.json").read_text())
+    assert summary["run_s"] > summary["wall_s"] + summary["eval_s"]  # start to row: more than training and scoring
+    steady = summary["steady_tokens_per_s"]  # past the first step line, as the referee served the batches
+    assert steady > row["tokens_per_s"] * 0.5 and summary["run_s"] - row["train_tokens"] / steady > summary["eval_s"]
+    out = result.stdout.rsplit("---\n", 1)[1]
+    assert f"{steady:,.0f} tokens/s past the first steps; scoring {summary['eval_s']:.0f} s" in out
+    one_run = summary["run_s"] - row["train_tokens"] / steady + 7_000_000 / steady  # the preset, at that pace
+    preset = next(line for line in out.splitlines() if "7,000,000 (preset)" in line)
+    assert minutes(one_run) in preset and minutes(12 * one_run) in preset  # one run; a claim's twelve
+    assert any("3,000 (measured)" in line for line in out.splitlines())
+    # a later run like it says how long it will take here, from that pace
+    later = just(project, "eval", *TINY, env=small_corpus)
+    assert f"like this run here (the newest 1: {steady:,.0f} tokens/s" in later.stderr
+
+
 def test_determinism_passes_on_cpu(project):
     result = just(project, "determinism", *TINY, "--seed", "3")
     assert result.returncode == 0 and "deterministic: yes" in result.stdout
@@ -313,6 +334,10 @@ def test_a_batch_size_experiment_compares_with_the_baseline_end_to_end(project):
     assert df["train_tokens"].to_list() == [2560, 2560, 2304] and set(df["budget_tokens"]) == {3000}
     result = json.loads(just(project, "compare", "bigger-batch", "--json").stdout)
     assert len(result["baseline"]) == 2 and len(result["runs"]) == 1 and result["outcome"] != "improved"
+    summaries = [json.loads(p.read_text()) for p in (project / "runs").glob("*/summary.json")]
+    pace = pace_here(project, df.row(-1, named=True))  # the three runs': same config, device and threads
+    assert pace.runs == 3 and pace.tokens_per_s == sorted(s["steady_tokens_per_s"] for s in summaries)[1]
+    assert f"(2 runs, about {minutes(2 * pace.run_s(3000))} here)" in result["advice"]  # the two seeds it asks for
 
 
 def test_confirm_scores_fresh_seeds_of_the_experiment_and_of_main(project, small_corpus):

@@ -1,5 +1,6 @@
 """The referee: split, fingerprint, batch stream, metric, probes, wire, ledger. Real data and real models on CPU."""
 
+import dataclasses
 import math
 import mmap
 import socket
@@ -431,6 +432,7 @@ def test_the_door_names_torch_and_the_device_class_as_torch_does_without_importi
         "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     )
     assert api.device_class("cpu") == "cpu"
+    assert api.presets() == {name: dataclasses.asdict(preset) for name, preset in core.PRESETS.items()}
 
 
 def test_presets_are_sane():
