@@ -16,6 +16,7 @@ from repo.git import (
     WORKTREES,
     check_slug,
     checkout_dir,
+    code_commits,
     commit,
     current_branch,
     experiment_name,
@@ -135,8 +136,9 @@ def report(slug: str, /) -> None:
     ok = rows.filter(pl.col("status") == "ok")
     newest = (ok if ok.height else rows).sort("started_at").row(-1, named=True)
     rows, base = rows.filter(same_group(newest)), baseline_rows(df, newest)  # one comparable group
-    cols = ["run_id", "commit", "seed", "status", "val_bpb", "budget", "train_tokens", "wall_s", "label", "description"]
-    cols += ["error"]
+    code = pl.col("commit").replace(code_commits(root, [*rows["commit"], *base["commit"]])).alias("code_commit")
+    cols = ["run_id", code, "seed", "status", "val_bpb", "budget", "train_tokens", "wall_s", "label", "description"]
+    cols += ["error"]  # code_commit: the commit that last changed the code (runs of one code name one)
     branch_exists = succeeds("rev-parse", "--verify", "--quiet", f"exp/{slug}", cwd=root)
     diffstat = git("diff", "--stat", f"{MAIN_BRANCH}...exp/{slug}", cwd=root) if branch_exists else ""
     idea_path = idea_file(root, slug)

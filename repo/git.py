@@ -71,6 +71,22 @@ def head_commit(cwd: Path, length: int = 12) -> str:
     return git("rev-parse", f"--short={length}", "HEAD", cwd=cwd)
 
 
+EXPERIMENT_CODE = (":(top,glob)*.py", ":(top,exclude)eval.py")  # what a run keeps beside its row (eval.py's keep_code)
+
+
+def code_commits(root: Path, commits: list[str]) -> dict[str, str]:
+    """Each commit -> the newest commit at or before it that changed the experiment's code, abbreviated alike:
+    runs of one code name one commit, whatever was committed between them (`just record` during a baseline). A
+    commit this repository lacks maps to itself."""
+    found = {}
+    for c in dict.fromkeys(c for c in commits if c):
+        changed = succeeds("cat-file", "-e", f"{c}^{{commit}}", cwd=root) and git(
+            "log", "-1", f"--abbrev={len(c)}", "--format=%h", c, "--", *EXPERIMENT_CODE, cwd=root
+        )
+        found[c] = changed or c
+    return found
+
+
 def uncommitted_files(cwd: Path, *pathspec: str) -> list[str]:
     """Paths with uncommitted changes, untracked files included (porcelain -z: no quoting, no trimming)."""
     out = git("status", "--porcelain", "-z", "--untracked-files=all", "--", *pathspec, cwd=cwd)

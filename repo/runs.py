@@ -1,6 +1,6 @@
 """runs/{run_id}/: what a scored run leaves beside its row, spelled once. The referee writes it; `just verify`,
-the plots, the site, the TensorBoard export and the time estimates (`just plan`, the advice: pace_here) read it. Local to the machine that scored the run (ignored by
-git), or a cluster's shared filesystem."""
+the plots, the site, the TensorBoard export and the time estimates (`just plan`, the advice: pace_here) read
+it. Local to the machine that scored the run (ignored by git), or a cluster's shared filesystem."""
 
 import json
 import statistics

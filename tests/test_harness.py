@@ -15,6 +15,7 @@ from conftest import DRAWN_SEED, add_rows, git, in_processes, just, ledger, new
 from harness import records
 from repo import git as gitlayer
 from repo import guard
+from repo.git import code_commits, head_commit
 
 TINY = ["tiny", "--budget-tokens", "3000"]
 META = {"META_MODE": "1"}
@@ -343,12 +344,19 @@ def test_report_contains_the_slugs_rows_the_bar_and_the_diff(project):
     assert "r1-wider" in text and "Q: wider? H: -0.2" in text
     assert "r0-main" in text and "r2-main" not in text  # main's baseline of the experiment's own group
     assert "r3-wider" not in text and "| budget |" in text and "In one comparable group: cpu, 1,000 tokens" in text
+    assert "| code_commit |" in text and "| w1 " in text  # a commit this repository lacks: as recorded
     assert text.count("## main's baseline in the same group") == 1
     assert "model.py" in text and "1 file changed" in text
     assert "no rows" in just(project, "report", "nothing-here").stderr
 
+    before = head_commit(project)
     recorded = just(wt, "record")  # from inside the worktree: the record is main's
     assert recorded.returncode == 0 and "record: committed 2 files on main" in recorded.stdout
+    # runs of one code name one commit, whatever the record committed between them; a code change its own
+    after, changed = head_commit(project), head_commit(wt)
+    code = code_commits(project, [before, after, changed, "0123456789ab"])
+    assert after != before and code[after] == code[before] and code[changed] == changed
+    assert code["0123456789ab"] == "0123456789ab"  # not in this repository: itself
     assert git("status", "--porcelain", "--", "results.tsv", "9_reports", cwd=project) == ""
     assert git("log", "-1", "--format=%s", "main", cwd=project).startswith("record: 9_reports/")
     assert "nothing new" in just(project, "record").stdout
