@@ -28,8 +28,9 @@ from harness.compare import compare_slug, confirmation
 from harness.records import idea_file, idea_rating, idea_title, ideas_table, journal_entries
 from harness.stats import Outcome, mean_std
 from harness.table import COMPARABLE, baseline_rows, group_name, ledger, newest_group, same_group, the_bar
+from referee import api
 from repo import write_atomic
-from repo.git import MAIN_BRANCH, WORKTREES, git, main_root, succeeds
+from repo.git import MAIN_BRANCH, WORKTREES, code_commits, git, main_root, succeeds
 from repo.guard import JOURNAL
 from repo.ledger import CONFIRM_ROLE, LEDGER
 from repo.runs import RUNS, read_steps
@@ -78,13 +79,16 @@ def build(root: Path, live: bool = False) -> Path:
     (out / "experiments").mkdir(parents=True, exist_ok=True)
     (out / "plotly.min.js").write_text(get_plotlyjs())  # the installed plotly's, whatever an older build left
     df = ledger(root)
+    df = df.with_columns(pl.col("commit").replace(code_commits(root, df["commit"].to_list())))  # runs of one code: one
     slugs = experiments(root, df)
     verdicts = {slug: verdict_of(df, slug) for slug in slugs}
     bar = the_bar(df)
     shown = newest_group(df, bar)
+    preset = {device: p["train_tokens"] for device, p in api.presets().items()}
     groups = [
         dict(
-            name=group_name(anchor),
+            name=group_name(anchor)
+            + ("" if anchor["budget"] == preset.get(anchor["device"]) else " · not the preset's budget"),
             chart=progress_chart(rows, verdicts, f"chart-{i}"),
             runs=rows.height,
             selected=shown is not None and all(anchor[c] == shown[c] for c in COMPARABLE),
@@ -236,7 +240,7 @@ def run_hover(row: dict, kind: str) -> str:
     value = "no score" if row["val_bpb"] is None else f"{row['val_bpb']:.6f}"
     lines = [
         f"<b>{row['experiment']}</b> · {MARKS[kind][2]}",
-        f"val_bpb {value} · seed {row['seed']} · commit {row['commit']}",
+        f"val_bpb {value} · seed {row['seed']} · code of commit {row['commit']}",
         f"run {row['run_id']}",
     ]
     if row["label"]:

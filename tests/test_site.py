@@ -35,7 +35,7 @@ def research_record(project: Path) -> dict:
     add_rows(
         project,
         dict(experiment="slow", status="crash", val_bpb=None, seed=5, error="killed", config="tiny", budget_tokens=300),
-        dict(experiment="main", val_bpb=3.0, seed=0, config="tiny", budget_tokens=500, description="baseline seed 0/1"),
+        dict(experiment="main", val_bpb=3.0, seed=0, config="cpu", budget_tokens=7_000_000, description="baseline seed 0/1"),
         *[dict(experiment="main", val_bpb=v, seed=s, description=f"baseline seed {s}/3", **tiny) for s, v in BASELINE],
         dict(experiment="fast", val_bpb=1.5, seed=3, label="Q: faster? H: -0.5 bpb", **tiny),
         dict(experiment="fast", val_bpb=1.51, seed=4, **tiny),
@@ -53,7 +53,7 @@ def research_record(project: Path) -> dict:
     (project / "1_ideas" / "2026-01-02_later.md").write_text("# An idea for later\n\nNot tried yet.\n")
     (project / "9_reports" / "2026-01-02_fast.md").write_text("# Report: fast\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
     assert just(project, "journal", "fast beat main <script>alert(1)</script>").returncode == 0
-    return dict(group_runs=len(rows) - 2, fast_runs=5)  # not the 500- and 300-token rows
+    return dict(group_runs=len(rows) - 2, fast_runs=5)  # not the 7,000,000- and 300-token rows
 
 
 def test_site_writes_every_page_from_the_record_and_shows_agent_text_as_text(project):
@@ -66,8 +66,10 @@ def test_site_writes_every_page_from_the_record_and_shows_agent_text_as_text(pro
     assert {p.name for p in (site / "experiments").iterdir()} == {"fast.html", "slow.html"}
     assert (site / "plotly.min.js").stat().st_size > 1_000_000  # the chart library beside the pages: no network
     front = index.read_text()
-    assert front.count('<option value="') == 3  # three comparable groups: 1,000, 500 and 300 tokens
+    assert front.count('<option value="') == 3  # three comparable groups: 1,000, 7,000,000 and 300 tokens
     assert "300 tokens" in front  # a group of crashes only is news too
+    marked = [o for o in front.split("<option")[1:] if "not the preset" in o]  # the cpu preset: 7,000,000 tokens
+    assert len(marked) == 2 and not any("7,000,000 tokens" in o for o in marked)
     assert '<td class="improved">improved</td>' in front and '<td class="confirmed">confirmed</td>' in front
     assert "Faster learning" in front and "7/10" in front and f"{expected['fast_runs']}" in front
     untried = front.split('<table id="untried">')[1].split("</table>")[0]
