@@ -167,7 +167,7 @@ def test_a_run_beside_another_on_this_machine_says_so(project):
             if (project / "runs").exists() and list((project / "runs").glob(f"*/{RUNNING}")):
                 break
             time.sleep(0.1)
-        result = just(project, "eval", *TINY)
+        result = just(project, "eval", *TINY, "--threads", "2")
     finally:
         kill_group(proc)
     assert result.returncode == 0, result.stderr
