@@ -68,6 +68,10 @@ follow id *args:
 review:
     @exec python -P -m harness review
 
+# after a string of failed runs (the circuit breaker of notify.toml's crash_streak, 3 by default): queue again
+resume:
+    @exec python -P -m harness resume
+
 # --- the record ---
 
 # prepend a dated entry to RESEARCH_JOURNAL.md: just journal "TEXT" [--observation ..] [--inference ..]

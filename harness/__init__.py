@@ -26,7 +26,9 @@ The modules of the harness:
     plots      progress.png and loss curves                                    table, matplotlib
     website    the record as a static site: `just site`                        compare, records, queue, plotly, jinja2
     export     every run as TensorBoard event files: `just export tensorboard` table, tensorboardX
-    runs       baseline, confirm, A/A, determinism, verify, prepare            referee.api, compare
+    notify     the notification hook and the crash streak's circuit breaker   table, stats, advice
+    runs       baseline, confirm, A/A, determinism, verify, prepare            referee.api, compare, notify
+    plan       `just plan`: this machine's pace, and the protocol's time here  runs, stats
     audit      a claim re-derived from the record: `just audit`, `submit`      compare, runs
     cli        tyro parses each command; one-line errors                       each module, when it runs
 

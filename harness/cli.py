@@ -47,6 +47,8 @@ COMMANDS = {
     "aa": ("runs", "Aa"),
     "determinism": ("runs", "Determinism"),
     "verify": ("runs", "verify"),
+    "notify": ("notify", "notify"),
+    "resume": ("notify", "resume"),
 }
 
 

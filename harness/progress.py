@@ -8,6 +8,7 @@ import polars as pl
 
 from harness import Refusal, advice
 from harness.compare import compare_slug
+from harness.notify import breaker
 from harness.records import ideas_table, journal_entries
 from harness.stats import SEED_PLANS
 from harness.table import (
@@ -151,9 +152,11 @@ def what_next(json: bool = False) -> None:
     root = main_root()
     record_killed_runs(root)
     todo, queue_unchecked = pending(root)
-    step, state = next_step(root), where_things_stand(root)
+    step, state, stopped = next_step(root), where_things_stand(root), breaker(root)
     if json:
-        return print_json({"pending": todo, "queue_unchecked": queue_unchecked, **step, **state})
+        return print_json({"stop": stopped, "pending": todo, "queue_unchecked": queue_unchecked, **step, **state})
+    if stopped:
+        print(f"STOP: {stopped}")
     for item in todo:
         print(f"pending {item['kind']}: {item['slug'] + ' ' if item['slug'] else ''}{item['why']}\n  {item['command']}")
     if queue_unchecked:

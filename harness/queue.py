@@ -17,6 +17,7 @@ from tyro.conf import Positional
 
 from harness import Refusal
 from harness.cluster import CLUSTER_DEFAULTS, cluster_job_paths, cluster_jobs, gpu_names, submit_cluster
+from harness.notify import breaker
 from harness.pueue import LABEL, parse_label, pueue, task_state
 from harness.pueue import state as pueue_state
 from harness.records import prepend_entry
@@ -55,6 +56,9 @@ class Queue:
 
     def __call__(self, eval_args: list[str]) -> None:
         parse_label(self.label)
+        stopped = breaker(main_root())
+        if stopped:  # an overnight loop that queues into a broken checkout loses the night, not one run
+            raise Refusal(f"not queued: {stopped}")
         if self.nproc < 1:
             raise Refusal(f"--nproc {self.nproc}: give a whole number of processes (GPUs), 1 or more")
         resources = {k: getattr(self, k) for k in CLUSTER_DEFAULTS if getattr(self, k) is not None}

@@ -13,7 +13,7 @@ from typing import Annotated
 import polars as pl
 import tyro
 
-from harness import Refusal
+from harness import Refusal, notify
 from harness.advice import rerun_spec
 from harness.compare import CONFIRM_SEEDS, confirmation, draw_confirm_seeds, exploration_rows
 from harness.stats import ALPHA, SEED_PLANS, Outcome, aa_allowed, noise_report, verdict
@@ -116,6 +116,7 @@ def confirm(
             print(f"{description}: val_bpb {out['val_bpb']:.6f} ({out['run_id']})")
     result = confirmation(ledger(root), slug)
     print(f"---\n{slug} on fresh seeds: {result.outcome}\n{result.why}\n{result.advice}")
+    notify.confirmed(root, slug, result)
 
 
 AA_ARGS = ["tiny", "--budget-tokens", "100000"]  # `just aa` with no EVAL_ARGS: main's tiny config, a small budget
