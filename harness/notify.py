@@ -21,6 +21,7 @@ import polars as pl
 from harness import Refusal, advice
 from harness.stats import Outcome, Verdict
 from harness.table import ledger, same_group, the_bar
+from repo import write_atomic
 from repo.git import main_root
 from repo.runs import RUNS
 
@@ -58,8 +59,7 @@ def read_state(root: Path) -> dict:
 
 
 def write_state(root: Path, state: dict) -> None:
-    (root / RUNS).mkdir(exist_ok=True)
-    (root / RUNS / STATE).write_text(json.dumps(state, indent=2) + "\n")
+    write_atomic(root / RUNS / STATE, (json.dumps(state, indent=2) + "\n").encode())  # read by others at any time
 
 
 def failed_streak(df: pl.DataFrame, after: int = 0) -> list[dict]:
