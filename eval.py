@@ -65,7 +65,19 @@ from repo.ledger import (
     record_killed_runs,
     runs_on_this_machine,
 )
-from repo.runs import CHECKPOINT, LOG, METRICS, RUNS, SUMMARY, TRAIN_CONFIG, minutes, pace_here, read_steps
+from repo.runs import (
+    CHECKPOINT,
+    LOG,
+    METRICS,
+    NOTIFY_LOG,
+    RUNS,
+    SUMMARY,
+    TRAIN_CONFIG,
+    minutes,
+    notify_configured,
+    pace_here,
+    read_steps,
+)
 
 ROOT = Path(__file__).resolve().parent
 STARTED = time.perf_counter()  # a run's time, start to row, is what `just plan` and the advice plan with
@@ -252,12 +264,12 @@ def run(
 
 
 def start_notifier(run_id: str) -> None:
-    """Where a notification hook is set (harness/notify.py's notify.toml or RESEARCH_NOTIFY), tell it what this row
+    """Where a notification hook is set (notify.toml or RESEARCH_NOTIFY), tell it what this row
     is news of, in a process of its own: the referee runs the harness's command and imports none of it, and a slow
     hook holds no run. Its errors go to runs/notify.log."""
-    if not (os.environ.get("RESEARCH_NOTIFY") or (ROOT / "notify.toml").exists()):
+    if not notify_configured(ROOT):
         return
-    with open(ROOT / RUNS / "notify.log", "a") as log:
+    with open(ROOT / RUNS / NOTIFY_LOG, "a") as log:
         subprocess.Popen(
             [sys.executable, "-P", "-m", "harness", "notify", run_id],
             cwd=ROOT,

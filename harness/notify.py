@@ -23,12 +23,9 @@ from harness.stats import Outcome, Verdict
 from harness.table import ledger, same_group, the_bar
 from repo import write_atomic
 from repo.git import main_root
-from repo.runs import RUNS
+from repo.runs import NOTIFY_CONFIG, NOTIFY_ENV, NOTIFY_LOG, RUNS
 
-CONFIG = "notify.toml"  # in the main checkout; ignored by git (a webhook's URL is a secret)
-ENV = "RESEARCH_NOTIFY"  # a command; it wins over notify.toml's
 STATE = "notify.json"  # under runs/: the streak already told of, where `just resume` reset the breaker
-LOG = "notify.log"  # under runs/: each call of the hook, its exit code and output
 CRASH_STREAK = 3  # failed runs in a row that trip the breaker, unless notify.toml says `crash_streak = N`
 HOOK_TIMEOUT_S = 60
 
@@ -36,7 +33,7 @@ HOOK_TIMEOUT_S = 60
 def settings(root: Path) -> dict:
     """{command, crash_streak}: notify.toml's, the environment's command over it; a file that is not TOML, or a
     streak below 1, is a Refusal naming the fix."""
-    path, found = root / CONFIG, {}
+    path, found = root / NOTIFY_CONFIG, {}
     if path.exists():
         try:
             found = tomllib.loads(path.read_text())
@@ -45,12 +42,7 @@ def settings(root: Path) -> dict:
     streak = found.get("crash_streak", CRASH_STREAK)
     if not isinstance(streak, int) or streak < 1:
         raise Refusal(f"{path}: crash_streak = {streak!r}; give a whole number of failed runs, 1 or more")
-    return dict(command=os.environ.get(ENV) or found.get("command"), crash_streak=streak)
-
-
-def configured(root: Path) -> bool:
-    """Whether a run should start the notifier: a hook is set, or a breaker is to be kept."""
-    return bool(os.environ.get(ENV)) or (root / CONFIG).exists()
+    return dict(command=os.environ.get(NOTIFY_ENV) or found.get("command"), crash_streak=streak)
 
 
 def read_state(root: Path) -> dict:
@@ -158,7 +150,7 @@ def send(root: Path, event: dict) -> int | None:
     except (OSError, subprocess.TimeoutExpired) as e:
         code, output = None, f"{type(e).__name__}: {e}"
     (root / RUNS).mkdir(exist_ok=True)
-    with open(root / RUNS / LOG, "a") as log:
+    with open(root / RUNS / NOTIFY_LOG, "a") as log:
         log.write(
             f"{document['time']} {event['event']} -> {command!r}: exit {code} in {time.perf_counter() - t0:.1f} s"
             + (f"\n  {output[:2000]}" if output else "")

@@ -3,6 +3,7 @@ the plots, the site, the TensorBoard export and the time estimates (`just plan`,
 it. Local to the machine that scored the run (ignored by git), or a cluster's shared filesystem."""
 
 import json
+import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,15 @@ METRICS = "metrics.jsonl"  # one JSON line per step train.py reported (data.log_
 SUMMARY = "summary.json"  # the row and what the run measured beside it
 TRAIN_CONFIG = "train_config.json"  # the resolved train.Config: `just eval --config PATH` reruns it
 LOG = "train.log"  # the run's log: the referee's and the workers' lines
+# The notification hook (harness/notify.py), which each scored run starts once its row is written:
+NOTIFY_CONFIG = "notify.toml"  # in the main checkout; ignored by git (a webhook's URL is a secret)
+NOTIFY_ENV = "RESEARCH_NOTIFY"  # a command; it wins over notify.toml's
+NOTIFY_LOG = "notify.log"  # under runs/: each call of the hook, its exit code and output, the notifier's errors
+
+
+def notify_configured(root: Path) -> bool:
+    """Whether a run should start the notifier: a hook is set, in the environment or in the main checkout."""
+    return bool(os.environ.get(NOTIFY_ENV)) or (root / NOTIFY_CONFIG).exists()
 
 
 def read_steps(folder: Path) -> list[dict]:
