@@ -235,12 +235,12 @@ def serve_training(
             elif header["op"] == "log" and worker is workers[0]:
                 log_step(header, stream.tokens_served, metrics_path)
                 steps.append((time.monotonic() - start, stream.tokens_served, header["step"], header["total_steps"]))
-                needed = check_pace(steps, stream.budget_tokens, wall_cap_s)
-                if needed is not None:
-                    (t1, tokens1, *_), (t, tokens, *_) = steps[1], steps[-1]
-                    summary["steady_tokens_per_s"] = (tokens - tokens1) / (t - t1)
-                if needed is not None and len(steps) == 3:  # once: the pace the machine gives this run, as it is
-                    logger.info(f"at the pace so far, training ends in about {minutes(needed - steps[-1][0])}")
+                rate = check_pace(steps, stream.budget_tokens, wall_cap_s)
+                if rate is not None:
+                    summary["steady_tokens_per_s"] = rate
+                if rate is not None and len(steps) == 3:  # once: the pace the machine gives this run, as it is
+                    left = (stream.budget_tokens - stream.tokens_served) / rate
+                    logger.info(f"at the pace so far, training ends in about {minutes(left)}")
             elif header["op"] == "done":
                 done[id(worker)] = header
             elif header["op"] != "log":
@@ -251,7 +251,7 @@ def serve_training(
 def check_pace(steps: list[tuple], budget: int, wall_cap_s: float) -> float | None:
     """From the third step line on (the first may hold compilation), if the pace since the second puts the end
     of the budget 10% past the cap, end the run now, saying where it would stop and what budget would fit; else
-    the seconds from the start that training needs at that pace (None before the third line)."""
+    that pace in tokens/s (None before the third line)."""
     if len(steps) < 3 or steps[-1][1] <= steps[1][1]:
         return None
     (t1, tokens1, step1, _), (t, tokens, step, total) = steps[1], steps[-1]
@@ -264,7 +264,7 @@ def check_pace(steps: list[tuple], budget: int, wall_cap_s: float) -> float | No
             f"{budget:,} tokens needs about {needed:,.0f} s, and the cap would stop it near step {stop} of {total}; "
             f"about {int(tokens + rate * (wall_cap_s - t)):,} tokens fit (--budget-tokens), or a faster config does"
         )
-    return needed
+    return rate
 
 
 def log_step(header: dict, tokens: int, metrics_path: Path | None) -> None:
