@@ -69,10 +69,12 @@ def breaker(root: Path, df: pl.DataFrame | None = None) -> str | None:
     """Why to stop and look, when the newest runs failed crash_streak times in a row since the last
     `just resume`; None otherwise."""
     df = ledger(root) if df is None else df
-    n = settings(root)["crash_streak"]
     streak = failed_streak(df, read_state(root).get("resumed_at_row", 0))
-    if len(streak) < n:
-        return None
+    return stop_and_look(streak) if len(streak) >= settings(root)["crash_streak"] else None
+
+
+def stop_and_look(streak: list[dict]) -> str:
+    """What `just next` and `just queue` say of a tripped breaker: the streak's newest runs, their errors, the way on."""
     ids = ", ".join(r["run_id"] for r in streak[-3:])
     why = "; ".join(dict.fromkeys(f"{r['status']}: {(r['error'] or '')[:120]}" for r in streak[-3:]))
     return (
@@ -114,16 +116,16 @@ def events(root: Path, run_id: str) -> list[dict]:
                     bar=dict(group=bar["group"], mean=bar["mean"], std=bar["std"], n=bar["n"]),
                 )
             )
-    n = settings(root)["crash_streak"]
     streak = failed_streak(df, state.get("resumed_at_row", 0))
-    if row["status"] != "ok" and len(streak) >= n and state.get("streak_told") != streak[0]["run_id"]:
+    tripped = len(streak) >= settings(root)["crash_streak"]
+    if row["status"] != "ok" and tripped and state.get("streak_told") != streak[0]["run_id"]:
         write_state(root, {**state, "streak_told": streak[0]["run_id"]})
         found.append(
             dict(
                 event="crash_streak",
                 text=f"{len(streak)} runs in a row failed, the newest {run_id} ({row['status']}: {row['error']})",
                 runs=[r["run_id"] for r in streak],
-                stopped=breaker(root, df),
+                stopped=stop_and_look(streak),
             )
         )
     return [dict(e, run=row) for e in found]
