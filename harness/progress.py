@@ -101,7 +101,7 @@ def pending(root: Path) -> tuple[list[dict], str | None]:
     """What is waiting, in the order to do it: experiments called improved and not confirmed, finished
     labelled runs not reviewed, experiments with runs and no report, and the record not committed; and why
     the queue was not checked, if it was not."""
-    from harness.compare import confirmation
+    from harness.compare import confirmation, exploration_rows
     from harness.queue import unreviewed
     from harness.records import RECORD
     from harness.stats import Outcome
@@ -112,7 +112,7 @@ def pending(root: Path) -> tuple[list[dict], str | None]:
     )
     for slug in experiments:
         if compare_slug(df, slug).outcome == Outcome.IMPROVED and confirmation(df, slug) is None:
-            newest = df.filter((pl.col("experiment") == slug) & (pl.col("status") == "ok")).row(-1, named=True)
+            newest = exploration_rows(df, slug).sort("started_at").row(-1, named=True)  # the row compare judged by
             runs = 2 * SEED_PLANS[newest["device"]].confirm
             todo.append(
                 dict(
