@@ -16,7 +16,7 @@ import polars as pl
 from tyro.conf import Positional
 
 from harness import Refusal
-from harness.cluster import CLUSTER_DEFAULTS, cluster_job_paths, cluster_jobs, gpu_names, submit_cluster
+from harness.cluster import CLUSTER_DEFAULTS, cluster_job_paths, cluster_jobs, follow_job, gpu_names, submit_cluster
 from harness.notify import breaker
 from harness.pueue import LABEL, parse_label, pueue, task_state
 from harness.pueue import state as pueue_state
@@ -44,7 +44,7 @@ class Queue:
     partition: str | None = None
     """slurm/local: the partition (default: cluster.toml's, else the cluster's)"""
     gpus: int | None = None
-    """slurm/local: GPUs of the job (default: --nproc)"""
+    """slurm/local: GPUs of the job (default: one per process of --nproc; none with --device cpu)"""
     time_min: int | None = None
     """slurm/local: time limit in minutes (default: cluster.toml's, else 120)"""
     cpus: int | None = None
@@ -214,8 +214,7 @@ def log(task_id: str, /) -> None:
 def follow(task_id: str, /) -> None:
     """Stream the output of a pueue task (a number) or a cluster job (slurm-N, local-N) as it runs."""
     if not task_id.isdigit():
-        paths = cluster_job_paths(main_root(), task_id)
-        os.execvp("tail", ["tail", "-n", "+1", "-F", str(paths.stdout), str(paths.stderr)])
+        return follow_job(main_root(), task_id)
     pueue_state()
     os.execvp("pueue", ["pueue", "follow", task_id])
 

@@ -1,19 +1,32 @@
-"""Slurm through submitit. No Slurm here: the local backend runs the very same submission through
-submitit's local executor (real subprocesses), and the Slurm job script is what submitit writes."""
+"""Slurm through submitit: real jobs on a real one-node Slurm (tests/slurm_cluster.py; skipped, with its reason,
+where Slurm or root is missing), and the same submission through submitit's local executor (real subprocesses)."""
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import pytest
+from slurm_cluster import SlurmCluster, unavailable
 from submitit.slurm.slurm import _make_sbatch_string
 from test_queue import TINY, Pueue
 
 import harness
 from conftest import just, ledger
 from harness import cluster
+from referee.spec import RunSpec
 
 LABEL = "Q: does the cluster path score? H: one row, label kept"
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
+    yield cluster
+    cluster.stop()
 
 
 def wait_done(project: Path, env: dict, timeout: float = 300) -> list[dict]:
@@ -54,10 +67,71 @@ def test_local_backend_runs_a_labelled_job_into_the_ledger_beside_pueue(project,
     assert f"review of local job {job_id}" in (project / "RESEARCH_JOURNAL.md").read_text()
 
 
+def submit(project: Path, env: dict, label: str, *args: str) -> str:
+    result = just(project, "queue", "--backend", "slurm", label, "main", *args, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split("submitted slurm job ", 1)[1].split(":", 1)[0]
+
+
+def test_real_slurm_jobs_that_pass_fail_and_are_cancelled_each_leave_one_row(project, slurm):
+    """Four jobs at once on a 2-core node (two run together, writing the ledger under its lock); a CPU run asks
+    for no GPU on a partition that has none; the states are Slurm's own (squeue)."""
+    cpu = ["tiny", "--device", "cpu", "--budget-tokens", "3000"]
+    ok = [submit(project, slurm.env, f"Q: seed {seed}? H: a row", *cpu, "--seed", str(seed)) for seed in (1, 2)]
+    failed = submit(project, slurm.env, "Q: past the cap? H: a timeout row", *cpu, "--wall-cap-s", "0.01")
+    long = ["tiny", "--device", "cpu", "--budget-tokens", "30000000"]
+    cancelled = submit(project, slurm.env, "Q: cancelled? H: a crash row", *long)
+    err = project / "runs" / "cluster" / cancelled / f"{cancelled.split('-')[1]}_0_log.err"
+    deadline = time.monotonic() + 180
+    while "| step " not in (err.read_text() if err.exists() else "") and time.monotonic() < deadline:
+        time.sleep(1)
+    assert err.exists() and "| step " in err.read_text(), just(project, "status", env=slurm.env).stdout
+    assert slurm.client("scancel", cancelled.split("-")[1]).returncode == 0
+    followed = just(project, "follow", cancelled, env=slurm.env, timeout=120)  # returns once the job ended
+    runs = {r["id"]: r for r in wait_done(project, slurm.env)}
+    review = just(project, "review", env=slurm.env)
+    log = just(project, "log", failed, env=slurm.env)
+
+    assert followed.returncode == 0 and "crash: Terminated: killed by SIGTERM" in followed.stderr
+    assert f"{cancelled}: Cancelled" in followed.stdout
+    assert {k: (r["kind"], r["state"]) for k, r in runs.items()} == {
+        ok[0]: ("slurm job", "Completed"), ok[1]: ("slurm job", "Completed"),
+        failed: ("slurm job", "Failed"), cancelled: ("slurm job", "Cancelled"),
+    }  # fmt: skip
+    rows = ledger(project).to_dicts()
+    assert sorted(r["run_id"] for r in rows) == sorted(r["row"]["run_id"] for r in runs.values())  # one row each
+    assert [runs[job]["row"]["status"] for job in (*ok, failed, cancelled)] == ["ok", "ok", "timeout", "crash"]
+    assert runs[cancelled]["row"]["label"] == "Q: cancelled? H: a crash row"
+    assert runs[ok[0]]["row"]["val_bpb"] != runs[ok[1]]["row"]["val_bpb"]  # seeds 1 and 2, each its own row
+    assert "status: timeout" in log.stdout
+    assert "review: 4 new journal entries" in review.stdout
+    script = (project / "runs" / "cluster" / ok[0] / f"{ok[0].split('-')[1]}_submission.sh").read_text()
+    assert "--gpus" not in script and "#SBATCH --comment='Q: seed 1? H: a row'" in script
+
+
+@pytest.mark.parametrize(
+    "flags, device, message",
+    [
+        (["--gpus", "1"], "cpu", "change --gpus (a partition without GPUs takes --gpus 0"),  # the node has none
+        ([], None, "change --gpus"),  # a run that may use CUDA asks for a GPU by default
+        (["--partition", "gpu"], "cpu", "invalid partition specified: gpu"),
+        (["--time-min", "600"], "cpu", "change --time-min"),  # the partition's limit is 180 minutes
+        (["--gpus", "0"], "cuda", "a CUDA run needs a GPU; give --gpus N, or --device cpu"),
+    ],
+)
+def test_a_request_the_real_slurm_cannot_meet_is_refused_in_one_line(project, slurm, flags, device, message):
+    device_flag = ["--device", device] if device else []
+    result = just(project, "queue", "--backend", "slurm", *flags, LABEL, "main", *TINY, *device_flag, env=slurm.env)
+    assert result.returncode == 2 and message in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if not line.startswith("error: recipe")]
+    assert line.startswith("error: ") and "Traceback" not in result.stderr
+    assert not list((project / "runs" / "cluster").glob("*/job.json"))
+
+
 def test_slurm_job_script_carries_label_partition_gpus_and_time(project):
     (project / "cluster.toml").write_text('partition = "gpu"\ntime_min = 45\naccount = "lab"\n')
     options = cluster.cluster_options(project, {"time_min": 30})
-    params = cluster.slurm_parameters("rotary", LABEL, options, nproc=2)
+    params = cluster.slurm_parameters("rotary", LABEL, options, RunSpec(nproc=2))
     script = _make_sbatch_string(command="python -m submitit.core._submit /x", folder="/x/%j", **params)
     for line in (
         "#SBATCH --comment='Q: does the cluster path score? H: one row, label kept'",
@@ -71,11 +145,19 @@ def test_slurm_job_script_carries_label_partition_gpus_and_time(project):
         assert line in script
 
 
-def test_slurm_without_sbatch_is_a_clear_refusal(project):
-    result = just(project, "queue", "--backend", "slurm", LABEL, "main", *TINY)
-    assert result.returncode == 2
-    assert "--backend slurm needs Slurm's sbatch on PATH" in result.stderr
+def test_slurm_without_sbatch_is_a_clear_refusal(project, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # a machine without Slurm's commands
+    with pytest.raises(harness.Refusal, match="--backend slurm needs Slurm's sbatch on PATH"):
+        cluster.submit_cluster(project, "slurm", RunSpec(label=LABEL), "main", project, {})
     assert not (project / "runs" / "cluster").exists()
+
+
+@pytest.mark.skipif(shutil.which("sbatch") is None, reason="Slurm's sbatch is not installed")
+def test_sbatch_with_no_cluster_configured_says_where_to_run(project):
+    result = just(project, "queue", "--backend", "slurm", LABEL, "main", *TINY)  # no SLURM_CONF, no slurm.conf
+    assert result.returncode == 2, result.stderr
+    assert "run it on the cluster's login node, or point SLURM_CONF at the cluster's slurm.conf" in result.stderr
+    assert not list((project / "runs" / "cluster").glob("*/job.json"))
 
 
 @pytest.mark.parametrize(
