@@ -22,7 +22,8 @@ from referee.api import RunSpec
 from repo.runs import RUNS
 
 CLUSTER_CONFIG = "cluster.toml"  # optional, in the main checkout: defaults for the flags below
-CLUSTER_DEFAULTS = dict(partition=None, gpus=None, time_min=120, cpus=None, mem_gb=None, account=None)
+CLUSTER_DEFAULTS = dict(partition=None, gpus=None, time_min=120, cpus=None, mem_gb=None, account=None, qos=None)
+SBATCH_TABLE = "sbatch"  # cluster.toml's [sbatch]: any other sbatch option, written as `#SBATCH --KEY=VALUE`
 SLURM_DONE = {
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE",
 }  # fmt: skip
@@ -49,9 +50,11 @@ def cluster_options(root: Path, flags: dict) -> dict:
             config = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as e:
             raise Refusal(f"{path}: not valid TOML ({e})") from e
-        unknown = sorted(set(config) - set(options))
+        unknown = sorted(set(config) - set(options) - {SBATCH_TABLE})
         if unknown:
-            raise Refusal(f"{path}: unknown keys {unknown}; the keys are {sorted(options)}")
+            raise Refusal(f"{path}: unknown keys {unknown}; the keys are {sorted(options)} and the table [sbatch]")
+        if not isinstance(config.get(SBATCH_TABLE, {}), dict):
+            raise Refusal(f'{path}: sbatch must be a table of sbatch options, e.g. [sbatch] then constraint = "a100"')
         options.update(config)
     options.update(flags)
     return options
@@ -84,7 +87,7 @@ def slurm_parameters(slug: str, label: str, options: dict, spec: RunSpec) -> dic
         job_name=f"eval-{slug}", comment=label, time=options["time_min"], nodes=1, ntasks_per_node=1,
         gpus_per_node=job_gpus(options, spec) or None, partition=options["partition"],
         cpus_per_task=options["cpus"], mem=f"{options['mem_gb']}GB" if options["mem_gb"] else None,
-        account=options["account"],
+        account=options["account"], qos=options["qos"], additional_parameters=options.get(SBATCH_TABLE) or None,
     )  # fmt: skip
     return {k: v for k, v in params.items() if v is not None}
 

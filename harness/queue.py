@@ -53,6 +53,8 @@ class Queue:
     """slurm/local: memory of the job in GB"""
     account: str | None = None
     """slurm: the account to charge"""
+    qos: str | None = None
+    """slurm: the quality of service"""
 
     def __call__(self, eval_args: list[str]) -> None:
         parse_label(self.label)

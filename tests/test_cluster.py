@@ -76,6 +76,7 @@ def submit(project: Path, env: dict, label: str, *args: str) -> str:
 def test_real_slurm_jobs_that_pass_fail_and_are_cancelled_each_leave_one_row(project, slurm):
     """Four jobs at once on a 2-core node (two run together, writing the ledger under its lock); a CPU run asks
     for no GPU on a partition that has none; the states are Slurm's own (squeue)."""
+    (project / "cluster.toml").write_text('partition = "debug"\nqos = "normal"\n\n[sbatch]\nnice = 10\n')
     cpu = ["tiny", "--device", "cpu", "--budget-tokens", "3000"]
     ok = [submit(project, slurm.env, f"Q: seed {seed}? H: a row", *cpu, "--seed", str(seed)) for seed in (1, 2)]
     failed = submit(project, slurm.env, "Q: past the cap? H: a timeout row", *cpu, "--wall-cap-s", "0.01")
@@ -107,6 +108,8 @@ def test_real_slurm_jobs_that_pass_fail_and_are_cancelled_each_leave_one_row(pro
     assert "review: 4 new journal entries" in review.stdout
     script = (project / "runs" / "cluster" / ok[0] / f"{ok[0].split('-')[1]}_submission.sh").read_text()
     assert "--gpus" not in script and "#SBATCH --comment='Q: seed 1? H: a row'" in script
+    assert "#SBATCH --partition=debug" in script and "#SBATCH --qos=normal" in script  # from cluster.toml
+    assert "Nice=10" in slurm.client("scontrol", "show", "job", ok[0].split("-")[1]).stdout  # [sbatch] reached Slurm
 
 
 @pytest.mark.parametrize(
