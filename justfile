@@ -152,7 +152,7 @@ plot:
 site *args:
     @exec python -P -m harness site "$@"
 
-# every run's step metrics and row as TensorBoard event files in runs/tensorboard/: just export tensorboard
+# every run's step metrics and row for a tracker: just export tensorboard (runs/tensorboard/), just export wandb (offline runs in runs/wandb/)
 export tool *args:
     @exec python -P -m harness export "$@"
 

@@ -182,6 +182,15 @@ def confirmation(df, slug: str) -> Verdict | None:
     return dataclasses.replace(result, why=why, advice=then)
 
 
+def verdict_of(df: pl.DataFrame, slug: str) -> dict:
+    """The verdicts of `just compare` and of `just confirm`; None for each where there is no ok row or no confirmation."""
+    try:
+        result = compare_slug(df, slug)
+    except Refusal:
+        return dict(compare=None, confirmation=None)
+    return dict(compare=result, confirmation=confirmation(df, slug))
+
+
 def compare(slug: str, /, json: bool = False) -> None:
     """SLUG against main's baseline of the same group (improved / promising / inconclusive / worse),
     and its confirmation on fresh seeds once `just confirm SLUG` ran."""

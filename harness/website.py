@@ -24,7 +24,7 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import DiffLexer
 
 from harness import Refusal
-from harness.compare import compare_slug, confirmation
+from harness.compare import verdict_of
 from harness.records import idea_file, idea_rating, idea_title, ideas_table, journal_entries
 from harness.stats import Outcome, mean_std
 from harness.table import COMPARABLE, baseline_rows, group_name, ledger, newest_group, same_group, the_bar
@@ -130,16 +130,6 @@ def experiments(root: Path, df: pl.DataFrame) -> list[str]:
     ranked = df.filter(pl.col("experiment") != "main")["experiment"].unique(maintain_order=True).to_list()
     worktrees = sorted(p.name for p in (root / WORKTREES).glob("*") if p.is_dir())
     return ranked + [slug for slug in worktrees if slug not in ranked]
-
-
-def verdict_of(df: pl.DataFrame, slug: str) -> dict:
-    """The verdicts of `just compare` and of `just confirm`; None for each where there is no ok row or no confirmation."""
-    try:
-        result = compare_slug(df, slug)
-    except Refusal:
-        return dict(compare=None, confirmation=None)
-    confirmed = confirmation(df, slug)
-    return dict(compare=result, confirmation=confirmed)
 
 
 def group_rows(df: pl.DataFrame) -> list[tuple[dict, pl.DataFrame]]:

@@ -64,3 +64,63 @@ def test_export_writes_each_runs_steps_score_and_row_once(project):
     crashed = scalars(out / "r1-fast")
     assert crashed == {}  # no steps, no score: its row alone, as text and hyperparameters
     assert any(v.tag == "row/text_summary" for e in events(out / "r1-fast") for v in e.summary.value)
+
+
+def wandb_records(run_file: Path) -> dict[str, list]:
+    """The records of one W&B offline run (its .wandb file), read with W&B's own reader, by record type."""
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal import datastore
+
+    store, records = datastore.DataStore(), {}
+    store.open_for_scan(str(run_file))
+    while (data := store.scan_data()) is not None:
+        record = wandb_internal_pb2.Record.FromString(data)
+        kind = record.WhichOneof("record_type")
+        records.setdefault(kind, []).append(getattr(record, kind))
+    return records
+
+
+def items(updates) -> dict:
+    return {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in updates}
+
+
+def test_export_wandb_writes_offline_runs_the_client_reads_back(project):
+    add_rows(
+        project,
+        *[dict(experiment="main", val_bpb=2.0 + s / 100, seed=s, description=f"baseline seed {s}/2") for s in (0, 1)],
+        *[dict(experiment="fast", val_bpb=1.5 + s / 100, seed=s, label="Q: faster? H: -0.4") for s in (2, 3)],
+        dict(experiment="fast", status="crash", val_bpb=None, seed=4, error="RuntimeError: boom"),
+    )
+    steps = [dict(step=s, total_steps=20, loss=5.0 - s / 10, lr=0.001) for s in (0, 10, 19)]
+    (project / "runs" / "r2-fast").mkdir(parents=True)
+    (project / "runs" / "r2-fast" / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in steps))
+    for _ in range(2):  # the second export rewrites, never adds
+        result = just(project, "export", "wandb", "--project", "lab", env={"WANDB_MODE": "online"})
+        assert result.returncode == 0, result.stderr
+    out = project / "runs" / "wandb" / "wandb"
+    assert f"exported 5 runs to {out} as W&B offline runs (project lab)" in result.stdout
+    assert f"uv run wandb sync {out}/offline-run-*" in result.stdout
+    files = {path.stem.removeprefix("run-"): path for path in out.glob("offline-run-*/run-*.wandb")}
+    assert sorted(files) == ["r0-main", "r1-main", "r2-fast", "r3-fast", "r4-fast"]
+
+    fast = wandb_records(files["r2-fast"])
+    [run] = fast["run"]
+    assert (run.run_id, run.display_name, run.project, run.job_type) == ("r2-fast", "r2-fast", "lab", "exploration")
+    assert run.run_group.startswith("cpu, 1,000 tokens, data ffffffffffffffff") and run.notes == "Q: faster? H: -0.4"
+    assert list(run.tags) == ["fast", "ok"]
+    config = items(run.config.update)
+    assert config["seed"] == 2 and config["label"] == "Q: faster? H: -0.4" and config["spec"]["seed"] == 2
+    history = [items(h.item) for h in fast["history"]]
+    assert [(h["_step"], h["train/loss"]) for h in history if "train/loss" in h] == [(0, 5.0), (10, 4.0), (19, 3.1)]
+    assert [(h["_step"], h["val_bpb"]) for h in history if "val_bpb" in h] == [(19, 1.52)]
+    summary = {k: v for s in fast["summary"] for k, v in items(s.update).items()}
+    assert summary["val_bpb"] == 1.52 and summary["status"] == "ok"
+    assert summary["verdict/compare"] in ("improved", "promising") and "verdict/confirmation" not in summary
+    assert [e.exit_code for e in fast["exit"]] == [0]
+
+    crashed = wandb_records(files["r4-fast"])
+    summary = {k: v for s in crashed["summary"] for k, v in items(s.update).items()}
+    assert summary["status"] == "crash" and summary["error"] == "RuntimeError: boom" and "val_bpb" not in summary
+    assert "history" not in crashed and [e.exit_code for e in crashed["exit"]] == [1]
+    baseline = wandb_records(files["r0-main"])
+    assert not any(k.startswith("verdict/") for s in baseline["summary"] for k in items(s.update))
