@@ -139,10 +139,12 @@ def sbatch_refusal(error: str) -> str:
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
     """Slurm's own state of each job: squeue's (it keeps an ended job for MinJobAge, 300 s by default), then, for
     jobs it no longer knows, sacct's where the cluster keeps accounting. A job neither knows is left out."""
+    if shutil.which("squeue") is None:
+        raise Refusal("runs/cluster/ has Slurm jobs and this machine has no squeue: ask on the cluster's login node")
     states = {}
     for command in (["squeue", "--noheader", "--states", "all"], ["sacct", "--noheader", "--parsable2", "-X"]):
         missing = [job_id for job_id in job_ids if job_id not in states]
-        if not missing:
+        if not missing or shutil.which(command[0]) is None:
             break
         fields = ["--format", "%i %T %r"] if command[0] == "squeue" else ["--format", "JobID,State"]
         result = subprocess.run([*command, "--jobs", ",".join(missing), *fields], capture_output=True, text=True)

@@ -1,6 +1,7 @@
 """Slurm through submitit: real jobs on a real one-node Slurm (tests/slurm_cluster.py; skipped, with its reason,
 where Slurm or root is missing), and the same submission through submitit's local executor (real subprocesses)."""
 
+import itertools
 import json
 import shutil
 import time
@@ -80,7 +81,7 @@ def test_real_slurm_jobs_that_pass_fail_and_are_cancelled_each_leave_one_row(pro
     cpu = ["tiny", "--device", "cpu", "--budget-tokens", "3000"]
     ok = [submit(project, slurm.env, f"Q: seed {seed}? H: a row", *cpu, "--seed", str(seed)) for seed in (1, 2)]
     failed = submit(project, slurm.env, "Q: past the cap? H: a timeout row", *cpu, "--wall-cap-s", "0.01")
-    long = ["tiny", "--device", "cpu", "--budget-tokens", "30000000"]
+    long = ["tiny", "--device", "cpu", "--budget-tokens", "3000000", "--wall-cap-s", "3600"]  # ~40 s alone
     cancelled = submit(project, slurm.env, "Q: cancelled? H: a crash row", *long)
     err = project / "runs" / "cluster" / cancelled / f"{cancelled.split('-')[1]}_0_log.err"
     deadline = time.monotonic() + 180
@@ -110,6 +111,18 @@ def test_real_slurm_jobs_that_pass_fail_and_are_cancelled_each_leave_one_row(pro
     assert "--gpus" not in script and "#SBATCH --comment='Q: seed 1? H: a row'" in script
     assert "#SBATCH --partition=debug" in script and "#SBATCH --qos=normal" in script  # from cluster.toml
     assert "Nice=10" in slurm.client("scontrol", "show", "job", ok[0].split("-")[1]).stdout  # [sbatch] reached Slurm
+    spans = sorted(job_span(slurm, job) for job in runs)
+    assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans)), spans  # jobs ran at once
+
+
+def job_span(slurm: SlurmCluster, job: str) -> tuple[str, str]:
+    """(StartTime, EndTime) of a job, as Slurm recorded them."""
+    fields = dict(
+        f.split("=", 1)
+        for f in slurm.client("scontrol", "-o", "show", "job", job.split("-")[1]).stdout.split()
+        if "=" in f
+    )
+    return fields["StartTime"], fields["EndTime"]
 
 
 @pytest.mark.parametrize(
