@@ -22,10 +22,10 @@ The modules of the harness:
     worktrees  one worktree per experiment: new, rm, submit, check             records, compare, audit
     progress   where things stand: results, best, next                         table, compare, records
     queue      labelled runs on pueue: queue, gpus, status, review             pueue, cluster, records, table
-    cluster    Slurm through submitit                                          submitit, referee.api
+    cluster    Slurm jobs through submitit, their states from squeue/sacct     submitit, referee.api
     plots      progress.png and loss curves                                    table, matplotlib
     website    the record as a static site: `just site`                        compare, records, queue, plotly, jinja2
-    export     every run as TensorBoard event files: `just export tensorboard` table, tensorboardX
+    export     every run for TensorBoard or W&B (offline runs): `just export`  table, compare, tensorboardX, wandb
     notify     the notification hook and the crash streak's circuit breaker   table, stats, advice
     runs       baseline, confirm, A/A, determinism, verify, prepare            referee.api, compare, notify
     plan       `just plan`: this machine's pace, and the protocol's time here  runs, stats
