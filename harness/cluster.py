@@ -5,6 +5,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -27,10 +28,11 @@ SBATCH_TABLE = "sbatch"  # cluster.toml's [sbatch]: any other sbatch option, wri
 SLURM_DONE = {
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE",
 }  # fmt: skip
-# sbatch's words for a request the cluster cannot meet, and what changes it
+# sbatch's words for a request the cluster cannot meet (a pattern, in its lower case), and what changes it
 SBATCH_FIXES = {
-    "configuration source": "run it on the cluster's login node, or point SLURM_CONF at the cluster's slurm.conf",
-    "configuration file": "run it on the cluster's login node, or point SLURM_CONF at the cluster's slurm.conf",
+    "configuration (source|file)": (
+        "run it on the cluster's login node, or point SLURM_CONF at the cluster's slurm.conf"
+    ),
     "generic resource": "change --gpus (a partition without GPUs takes --gpus 0, the default with --device cpu)",
     "partition": "change --partition (sinfo lists the partitions)",
     "time limit": "change --time-min",
@@ -130,39 +132,47 @@ def sbatch_refusal(error: str) -> str:
     """One line from sbatch's refusal: its own words, and what changes the request."""
     words = [line.split(": ", 2)[-1].strip() for line in error.splitlines() if line.startswith("sbatch: ")]
     fix = next(
-        (fix for key, fix in SBATCH_FIXES.items() if key in error.lower()),
+        (fix for pattern, fix in SBATCH_FIXES.items() if re.search(pattern, error.lower())),
         "see `man sbatch` and the cluster's documentation",
     )
     return f"sbatch refused the job ({'; '.join(dict.fromkeys(words)) or error.strip()}): {fix}"
 
 
-def slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """Slurm's own state of each job: squeue's (it keeps an ended job for MinJobAge, 300 s by default), then, for
-    jobs it no longer knows, sacct's where the cluster keeps accounting. A job neither knows is left out."""
+def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str | None]]:
+    """Slurm's own state of each job, with the reason a pending one waits: squeue's (it keeps an ended job for
+    MinJobAge, 300 s by default), then, for jobs it no longer knows, sacct's where the cluster keeps accounting.
+    A job neither knows is left out."""
     if shutil.which("squeue") is None:
         raise Refusal("runs/cluster/ has Slurm jobs and this machine has no squeue: ask on the cluster's login node")
+    jobs = ",".join(job_ids)
+    squeue = subprocess.run(
+        ["squeue", "--noheader", "--states", "all", "--jobs", jobs, "--format", "%i %T %r"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if squeue.returncode != 0 and "Invalid job id" not in squeue.stderr:  # every id purged: none it knows
+        raise Refusal(f"squeue could not say how the jobs stand: {squeue.stderr.strip()}")
     states = {}
-    for command in (["squeue", "--noheader", "--states", "all"], ["sacct", "--noheader", "--parsable2", "-X"]):
-        missing = [job_id for job_id in job_ids if job_id not in states]
-        if not missing or shutil.which(command[0]) is None:
-            break
-        fields = ["--format", "%i %T %r"] if command[0] == "squeue" else ["--format", "JobID,State"]
-        result = subprocess.run([*command, "--jobs", ",".join(missing), *fields], capture_output=True, text=True)
-        if command[0] == "squeue" and result.returncode != 0 and "Invalid job id" not in result.stderr:
-            raise Refusal(f"squeue could not say how the jobs stand: {result.stderr.strip()}")
-        for line in result.stdout.splitlines() if result.returncode == 0 else []:
-            job_id, state, *reason = line.replace("|", " ").split()  # sacct says "CANCELLED by 0"
-            why = f" ({reason[0]})" if state == "PENDING" and reason and reason[0] != "None" else ""
-            states.setdefault(job_id, state + why)  # a job that can never start says why: PartitionTimeLimit
+    for line in squeue.stdout.splitlines() if squeue.returncode == 0 else []:
+        job_id, state, reason = line.split(" ", 2)
+        states[job_id] = state, reason if state == "PENDING" and reason != "None" else None  # PartitionTimeLimit
+    missing = ",".join(job_id for job_id in job_ids if job_id not in states)
+    if missing and shutil.which("sacct") is not None:
+        sacct = subprocess.run(
+            ["sacct", "--noheader", "--parsable2", "-X", "--jobs", missing, "--format", "JobID,State"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        for line in sacct.stdout.splitlines() if sacct.returncode == 0 else []:  # "Slurm accounting ... disabled"
+            job_id, state = line.split("|", 1)
+            states[job_id] = state.split()[0], None  # "CANCELLED by 0"
     return states
 
 
-def cluster_job_state(record: dict, job_dir: Path, slurm_state: str | None) -> tuple[str, bool]:
-    """(state, done) of a job: Slurm's own state where Slurm still knows the job; else, once it ended, its
-    result file; else, for a local job, whether its process still lives."""
-    if slurm_state is not None:
-        state, _, why = slurm_state.partition(" ")
-        return state.title() + (f" {why}" if why else ""), state in SLURM_DONE
+def cluster_job_state(record: dict, job_dir: Path, slurm: tuple[str, str | None] | None) -> tuple[str, bool]:
+    """(state, done) of a job: Slurm's own state (and a pending job's reason) where Slurm still knows the job;
+    else, once it ended, its result file; else, for a local job, whether its process still lives."""
+    if slurm is not None:
+        state, reason = slurm
+        return state.title() + (f" ({reason})" if reason else ""), state in SLURM_DONE
     paths = JobPaths(job_dir, record["job_id"])
     if paths.result_pickle.exists():
         outcome = pickle_load(paths.result_pickle)[0]
@@ -184,8 +194,8 @@ def cluster_jobs(root: Path, only: str = "*") -> list[dict]:
     states = slurm_states(on_slurm) if on_slurm else {}
     jobs = []
     for record, job_dir in records:
-        slurm_state = states.get(record["job_id"]) if record["backend"] == "slurm" else None
-        state, done = cluster_job_state(record, job_dir, slurm_state)
+        slurm = states.get(record["job_id"]) if record["backend"] == "slurm" else None
+        state, done = cluster_job_state(record, job_dir, slurm)
         kind = f"{record['backend']} job"
         jobs.append(dict(record, kind=kind, state=state, done=done, since=record["submitted_at"], started=True))
     return jobs
