@@ -128,7 +128,7 @@ determinism *args:
 compare slug *args:
     @exec python -P -m harness compare "$@"
 
-# score N fresh seeds of SLUG and of main, judged alone: what just submit needs: just confirm SLUG [N]
+# fresh seeds of SLUG and of main, pair by pair, judged alone at 3 pairs (2 if not ahead): what just submit needs: just confirm SLUG [N]
 confirm slug *args:
     @exec python -P -m harness confirm "$@"
 

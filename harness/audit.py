@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from harness import Refusal
-from harness.compare import CONFIRM_SEEDS, confirmation, confirmation_rows
+from harness.compare import CONFIRM_SEEDS, Confirming, confirmation, confirmation_rows
 from harness.runs import rescore_row, what_differs
 from harness.stats import Outcome
 from harness.table import group_name, ledger, same_group
@@ -31,10 +31,10 @@ class Check:
         return f"{'ok  ' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
 
 
-def checks(root: Path, slug: str, df: pl.DataFrame, confirming: tuple) -> Iterator[Check]:
+def checks(root: Path, slug: str, df: pl.DataFrame, confirming: Confirming) -> Iterator[Check]:
     """The checks of SLUG's confirmation (`confirming`: its confirmation_rows in the ledger `df`), one at a time
     (each rescoring takes a scoring pass)."""
-    mine, mains, problems = confirming
+    mine, mains, problems = confirming.mine, confirming.mains, confirming.problems
     if mine.is_empty() and not problems:
         yield Check("confirmation", False, f"no confirming rows of {slug}: `just confirm {slug}` runs them")
         return
@@ -161,8 +161,8 @@ def run_audit(root: Path, df: pl.DataFrame, slug: str, emit) -> bool:
     """The checks on the ledger `df`, each passed to `emit` as it ends (a line), then the summary line; whether all
     passed."""
     confirming = confirmation_rows(df, slug)
-    if not confirming[0].is_empty():
-        emit(f"audit {slug}: its confirmation in {group_name(confirming[0].row(-1, named=True))}")
+    if not confirming.mine.is_empty():
+        emit(f"audit {slug}: its confirmation in {group_name(confirming.mine.row(-1, named=True))}")
     failed = total = 0
     for check in checks(root, slug, df, confirming):
         emit(str(check))

@@ -5,6 +5,7 @@ exact commands to run next."""
 import dataclasses
 import secrets
 from pathlib import Path
+from typing import NamedTuple
 
 import polars as pl
 
@@ -117,18 +118,38 @@ def changed_referee_or_data(df, row: dict) -> str:
     return ""
 
 
-def confirmation_rows(df, slug: str):
-    """(the slug's confirming rows, main's rows beside them, why any other confirm:SLUG row does not count), in
-    the group of the newest one. A claim holds by its structure, not by the role a row carries (a shell can
-    set any): a seed counts only as a pair, one ok row of each side, drawn from CONFIRM_SEEDS, and fresh: no
-    row of the ledger, of any experiment, group or status, used it before the pair began."""
+FUTILE_AFTER = 2  # pairs: a confirmation whose experiment is not ahead of main by then stops there
+
+
+class Confirming(NamedTuple):
+    """A confirmation as the record has it: the judged pairs' rows of each side, why any confirm:SLUG row does not
+    count, the pairs it is judged at, whether it stopped early, and the seeds of pairs run after it was complete."""
+
+    mine: pl.DataFrame
+    mains: pl.DataFrame
+    problems: list[str]
+    size: int
+    stopped: bool
+    left_out: list[int]
+
+    @property
+    def complete(self) -> bool:
+        return self.stopped or 0 < self.size <= self.mine.height
+
+
+def confirmation_rows(df, slug: str) -> Confirming:
+    """The slug's confirmation in the group of its newest confirming row. A claim holds by its structure, not by
+    the role a row carries (a shell can set any): a seed counts only as a pair, one ok row of each side, drawn
+    from CONFIRM_SEEDS, and fresh: no row of the ledger, of any experiment, group or status, used it before the
+    pair began. It is judged once, at the plan's pairs in the order they began (a look at fewer or more would be
+    another chance for noise), or at FUTILE_AFTER pairs if the experiment's mean is not below main's there."""
     role = pl.col("role") == CONFIRM_ROLE + slug
     mine = ok_rows(df, slug).filter(role)
     if mine.is_empty():
-        return mine, mine, []
-    group = same_group(mine.sort("started_at").row(-1, named=True))
-    both = df.filter(group & role & pl.col("experiment").is_in([slug, "main"]))
-    kept, problems = [], []
+        return Confirming(mine, mine, [], 0, False, [])
+    newest = mine.sort("started_at").row(-1, named=True)
+    both = df.filter(same_group(newest) & role & pl.col("experiment").is_in([slug, "main"]))
+    pairs, problems = [], []
     for seed, rows in both.sort("started_at").group_by("seed", maintain_order=True):
         seed, began = seed[0], rows["started_at"].min()
         earlier = df.filter((pl.col("seed") == seed) & (pl.col("started_at") < began))
@@ -148,9 +169,16 @@ def confirmation_rows(df, slug: str):
                 f"seed {seed}: not fresh, {', '.join(earlier['run_id'])} used it before the confirmation began"
             )
         else:
-            kept.extend(rows["run_id"])
-    kept = pl.col("run_id").is_in(kept)
-    return mine.filter(kept), both.filter(kept & (pl.col("experiment") == "main")), problems
+            pairs.append(rows)
+    size = SEED_PLANS[newest["device"]].confirm
+    first = pairs[:FUTILE_AFTER]
+    side = lambda rows, who: rows.filter(pl.col("experiment") == who)["val_bpb"].item()  # noqa: E731
+    stopped = len(first) == FUTILE_AFTER and sum(side(r, slug) - side(r, "main") for r in first) >= 0
+    judged = first if stopped else pairs[:size]
+    kept = pl.col("run_id").is_in([run for rows in judged for run in rows["run_id"]])
+    left_out = [rows["seed"][0] for rows in pairs[len(judged) :]]
+    mains = both.filter(kept & (pl.col("experiment") == "main"))
+    return Confirming(mine.filter(kept), mains, problems, size, stopped, left_out)
 
 
 def holdout_reads(df, experiment: str) -> int:
@@ -162,9 +190,10 @@ def confirmation(df, slug: str) -> Verdict | None:
     """The rule on the rows `just confirm SLUG` ran: fresh seeds of the experiment against fresh seeds
     of main, none of which took part in choosing the experiment, on the validation split and on the sealed
     holdout; a claim needs both. None before any."""
-    mine, mains, problems = confirmation_rows(df, slug)
-    if problems:
-        why = "not a confirmation: " + "; ".join(problems)
+    confirming = confirmation_rows(df, slug)
+    mine, mains = confirming.mine, confirming.mains
+    if confirming.problems:
+        why = "not a confirmation: " + "; ".join(confirming.problems)
         then = f"no pull request: run `{advice.confirm(slug)}`, which draws fresh seeds in secret and runs each on both sides"
         return Verdict(Outcome.INCONCLUSIVE, why, then, mine["val_bpb"].to_list(), mains["val_bpb"].to_list())
     if mine.is_empty():
@@ -172,6 +201,19 @@ def confirmation(df, slug: str) -> Verdict | None:
     result = verdict(mine["val_bpb"].to_list(), mains["val_bpb"].to_list())
     held = verdict(mine["holdout_bpb"].drop_nulls().to_list(), mains["holdout_bpb"].drop_nulls().to_list())
     why = f"{result.why}\non the holdout: {held.why} (its holdout read {holdout_reads(df, slug)} times)"
+    if confirming.left_out:
+        why += (
+            f"\n(pairs run after it was complete, seeds {', '.join(map(str, confirming.left_out))}, are not judged: "
+            "a confirmation is judged once)"
+        )
+    if confirming.stopped:
+        why = f"stopped after {FUTILE_AFTER} pairs, the experiment's mean not below main's: {why}"
+        then = "not confirmed on fresh seeds: no pull request; report it as it is"
+        return dataclasses.replace(result, why=why, advice=then)  # inconclusive or worse: not below main
+    if not confirming.complete:
+        why = f"{mine.height} of {confirming.size} pairs: judged at {confirming.size}, not before; {why}"
+        then = f"`{advice.confirm(slug)}` runs the other {confirming.size - mine.height}"
+        return dataclasses.replace(result, outcome=Outcome.INCONCLUSIVE, why=why, advice=then)
     if result.outcome == Outcome.IMPROVED and held.outcome == Outcome.IMPROVED:
         then = f"confirmed on fresh seeds and on the holdout: `{advice.submit(slug)}` opens the pull request"
         return dataclasses.replace(result, why=why, advice=then)

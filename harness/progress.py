@@ -101,7 +101,7 @@ def pending(root: Path) -> tuple[list[dict], str | None]:
     """What is waiting, in the order to do it: experiments called improved and not confirmed, finished
     labelled runs not reviewed, experiments with runs and no report, and the record not committed; and why
     the queue was not checked, if it was not."""
-    from harness.compare import confirmation, exploration_rows
+    from harness.compare import confirmation_rows, exploration_rows
     from harness.queue import unreviewed
     from harness.records import RECORD
     from harness.stats import Outcome
@@ -111,14 +111,16 @@ def pending(root: Path) -> tuple[list[dict], str | None]:
         maintain_order=True
     )
     for slug in experiments:
-        if compare_slug(df, slug).outcome == Outcome.IMPROVED and confirmation(df, slug) is None:
+        confirming = confirmation_rows(df, slug)
+        if compare_slug(df, slug).outcome == Outcome.IMPROVED and not (confirming.complete or confirming.problems):
             newest = exploration_rows(df, slug).sort("started_at").row(-1, named=True)  # the row compare judged by
-            runs = 2 * SEED_PLANS[newest["device"]].confirm
+            pairs, size = confirming.mine.height, SEED_PLANS[newest["device"]].confirm
+            why = f"its confirmation has {pairs} of {size} pairs" if pairs else "not yet confirmed on fresh seeds"
             todo.append(
                 dict(
                     kind="confirm",
                     slug=slug,
-                    why="called improved, not yet confirmed on fresh seeds" + advice.time_here(root, newest, runs),
+                    why=f"called improved, {why}" + advice.time_here(root, newest, 2 * (size - pairs)),
                     command=advice.confirm(slug),
                 )
             )

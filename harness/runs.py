@@ -15,7 +15,7 @@ import tyro
 
 from harness import Refusal, notify
 from harness.advice import rerun_spec
-from harness.compare import CONFIRM_SEEDS, confirmation, draw_confirm_seeds, exploration_rows
+from harness.compare import CONFIRM_SEEDS, confirmation, confirmation_rows, draw_confirm_seeds, exploration_rows
 from harness.stats import ALPHA, SEED_PLANS, Outcome, aa_allowed, noise_report, verdict
 from harness.table import baseline_rows, group_name, ledger
 from referee import api
@@ -84,12 +84,13 @@ def confirm(
     n: Annotated[int | None, tyro.conf.arg(metavar="N")] = None,
     /,
 ) -> None:
-    """Score N fresh seeds of the experiment SLUG and N of main, interleaved, at the config, device and budget
-    of its newest rows; judge those rows alone.
+    """Score fresh seeds of the experiment SLUG and of main, pair by pair, at the config, device and budget of its
+    newest rows, until the confirmation is complete (the device's seed plan, 3 pairs; it stops after 2 when the
+    experiment's mean is not below main's); judge those pairs alone.
 
     Args:
         slug: the experiment (its worktree, 5_worktrees/SLUG)
-        n: fresh seeds of each side (default: the device's seed plan)
+        n: pairs to run now (default: the rest of the confirmation)
     """
     root = main_root()
     path = worktree_dir(root, slug)
@@ -105,9 +106,18 @@ def confirm(
     base = baseline_rows(df, newest)
     if base.is_empty():
         raise Refusal(f"no baseline in {slug}'s group ({group_name(newest)}): run just baseline first")
-    plan = SEED_PLANS[newest["device"]]
-    n = n if n is not None else plan.confirm
-    for seed in draw_confirm_seeds(df, n):  # fresh: no row used it, and no one could screen it
+    done = confirmation_rows(df, slug)
+    if done.complete and not done.problems:
+        raise Refusal(
+            f"{slug}'s confirmation is complete ({done.mine.height} pairs): it is judged once, and another would be "
+            f"a second chance for noise (`just compare {slug}` shows its verdict)"
+        )
+    todo = n if n is not None else SEED_PLANS[newest["device"]].confirm - done.mine.height
+    for _ in range(todo):
+        df = ledger(root)
+        if confirmation_rows(df, slug).complete:
+            break  # stopped early: the experiment was not ahead after FUTILE_AFTER pairs
+        (seed,) = draw_confirm_seeds(df, 1)  # fresh: no row used it, and no one could screen it
         for where, row, description in (
             (path, newest, f"confirm seed {seed}"),
             (root, base.row(-1, named=True), f"confirm {slug} seed {seed}"),

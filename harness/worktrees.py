@@ -148,7 +148,8 @@ def submit(slug: str, /, message: str = "", push: bool = False) -> None:
     if not run_audit(root, df, slug, emit):
         print(f"no pull request: the audit failed (`just audit {slug}` repeats it)")
         raise SystemExit(1)
-    mine, mains, _ = confirmation_rows(df, slug)
+    confirming = confirmation_rows(df, slug)
+    mine, mains = confirming.mine, confirming.mains
     title = f"exp({slug}): {summary}"
     body = (
         f"Confirmed on fresh seeds: {result.why}. Confirming rows: {', '.join(mine['run_id'])} against the main rows "

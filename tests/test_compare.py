@@ -165,6 +165,50 @@ def test_submit_opens_a_pull_request_only_for_a_result_confirmed_on_fresh_seeds(
     assert "(its holdout read 3 times)" in compared
 
 
+def confirming_pairs(slug: str, *pairs: tuple[float, float], first: int = 0) -> list[dict]:
+    """Hand-made confirmation pairs (the experiment's val_bpb, main's), at drawn seeds, in the order they began."""
+    return [
+        dict(
+            experiment=e, val_bpb=v, seed=CONFIRM_SEEDS.start + 100 + i, role=f"confirm:{slug}", run_id=f"c{i}-{e}",
+            description="confirm", started_at=f"2026-01-02T00:{i:02d}:0{side}",
+        )
+        for i, (a, b) in enumerate(pairs, start=first)
+        for side, (e, v) in enumerate(((slug, a), ("main", b)))
+    ]  # fmt: skip
+
+
+def test_a_confirmation_is_judged_once_at_the_plans_pairs(project):
+    """Read after every pair, or run twice, a confirmation would give noise more chances: it is judged once, at
+    the plan's 3 pairs (pairs after those are not judged), and stops after 2 if the experiment is not ahead."""
+    new(project, "late")
+    explored = [dict(experiment="late", val_bpb=v, seed=s) for s, v in enumerate((1.9, 1.91, 1.92))]
+    add_rows(project, *baseline_rows(2.0, 2.02, 2.01), *explored, *confirming_pairs("late", (1.90, 2.01), (1.91, 2.0)))
+    confirmation = lambda: json.loads(just(project, "compare", "late", "--json").stdout)["confirmation"]  # noqa: E731
+    pending = confirmation()  # improved at 2 pairs by the t-test's numbers, and still no verdict
+    assert pending["outcome"] == "inconclusive" and pending["why"].startswith("2 of 3 pairs: judged at 3, not before")
+    assert pending["advice"] == "`uv run just confirm late` runs the other 1"
+    waiting = json.loads(just(project, "next", "--json").stdout)["pending"][0]
+    assert waiting["kind"] == "confirm" and waiting["why"].startswith(
+        "called improved, its confirmation has 2 of 3 pairs"
+    )
+    add_rows(project, *confirming_pairs("late", (1.92, 2.02), first=2))
+    assert confirmation()["outcome"] == "improved"
+    add_rows(project, *confirming_pairs("late", (2.3, 2.0), (2.3, 2.0), (2.3, 2.0), first=3))  # a second `just confirm`
+    judged = confirmation()
+    assert judged["outcome"] == "improved" and judged["runs"] == [1.90, 1.91, 1.92]
+    left_out = ", ".join(str(CONFIRM_SEEDS.start + 100 + i) for i in (3, 4, 5))
+    assert f"pairs run after it was complete, seeds {left_out}, are not judged" in judged["why"]
+    again = just(project, "confirm", "late")
+    assert again.returncode == 2 and "late's confirmation is complete (3 pairs): it is judged once" in again.stderr
+
+    new(project, "flat")  # main's own numbers: after 2 pairs its mean is not below main's, and it stops there
+    add_rows(project, dict(experiment="flat", val_bpb=2.0, seed=3, run_id="f3"), *confirming_pairs("flat", (2.0, 2.01), (2.02, 2.0), (1.5, 2.0), first=10))  # fmt: skip
+    flat = json.loads(just(project, "compare", "flat", "--json").stdout)["confirmation"]
+    assert flat["outcome"] == "inconclusive" and flat["runs"] == [2.0, 2.02]
+    assert flat["why"].startswith("stopped after 2 pairs, the experiment's mean not below main's: mean of 2 runs")
+    assert flat["advice"].startswith("not confirmed on fresh seeds") and "are not judged" in flat["why"]
+
+
 def test_a_claim_needs_the_holdout_too(project):
     """Improved on fresh seeds of the validation split, not on the sealed holdout: no pull request."""
     new(project, "overfit")
@@ -348,26 +392,37 @@ def test_confirm_scores_fresh_seeds_of_the_experiment_and_of_main(project, small
         *baseline_rows(5.0, 5.1, 5.2, **hand),
         dict(experiment="same", val_bpb=4.9, commit="s", seed=7, **hand),
     )
-    result = just(project, "confirm", "same", "1", env=small_corpus)
+    result = just(project, "confirm", "same", env=small_corpus)  # the plan's 3 pairs, unless it stops after 2
     assert result.returncode == 0, result.stderr
     rows = ledger(project).filter(ledger(project)["description"].str.starts_with("confirm"))
-    seed = rows["seed"][0]  # drawn in secret, far above any seed a person picks
-    assert seed in CONFIRM_SEEDS and rows.select("experiment", "seed", "description", "role").rows() == [
-        ("same", seed, f"confirm seed {seed}", "confirm:same"),
-        ("main", seed, f"confirm same seed {seed}", "confirm:same"),
+    first, second = rows["seed"][0], rows["seed"][2]  # drawn in secret, far above any seed a person picks
+    assert {first, second} <= set(CONFIRM_SEEDS) and rows.select(
+        "experiment", "seed", "description", "role"
+    ).rows() == [
+        ("same", first, f"confirm seed {first}", "confirm:same"),
+        ("main", first, f"confirm same seed {first}", "confirm:same"),
+        ("same", second, f"confirm seed {second}", "confirm:same"),
+        ("main", second, f"confirm same seed {second}", "confirm:same"),
     ]
-    assert rows["val_bpb"][0] == rows["val_bpb"][1] and set(rows["config"]) == {"tiny"}
-    assert "same on fresh seeds: inconclusive" in result.stdout  # one seed a side is no claim
+    assert rows["val_bpb"][0] == rows["val_bpb"][1] and rows["val_bpb"][2] == rows["val_bpb"][3]
+    assert set(rows["config"]) == {"tiny"}
+    assert (
+        "same on fresh seeds: inconclusive\nstopped after 2 pairs, the experiment's mean not below main's"
+        in result.stdout
+    )
     assert "no pull request" in just(project, "submit", "same", env=small_corpus).stdout
 
     # The audit re-derives it: each row scored again bit for bit, the holdout too; only the verdict fails.
     audited = just(project, "audit", "same", env=small_corpus)
     lines = audited.stdout.splitlines()
-    assert audited.returncode == 1 and lines[-1] == "audit: FAIL (1 of 7 checks)", audited.stdout + audited.stderr
-    assert [line.split(":")[0] for line in lines[1:-1]] == [
-        "ok    seeds", "FAIL  verdict", f"ok    rescore {rows['run_id'][1]}", f"ok    rescore {rows['run_id'][0]}",
-        "ok    memorization", "ok    holdout", "ok    code",
-    ]  # fmt: skip
+    assert audited.returncode == 1 and lines[-1] == "audit: FAIL (1 of 9 checks)", audited.stdout + audited.stderr
+    names = [line.split(":")[0] for line in lines[1:-1]]
+    assert names[:2] == ["ok    seeds", "FAIL  verdict"] and names[-3:] == [
+        "ok    memorization",
+        "ok    holdout",
+        "ok    code",
+    ]
+    assert sorted(names[2:-3]) == sorted(f"ok    rescore {run_id}" for run_id in rows["run_id"])
     assert f"holdout_bpb {rows['holdout_bpb'][0]!r} again, bit for bit" in audited.stdout
     results, kept = project / "results.tsv", project / "runs" / rows["run_id"][0] / "train.py"
     recorded = repr(rows["val_bpb"][0])

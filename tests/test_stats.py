@@ -8,6 +8,7 @@ import pytest
 from scipy import stats
 
 from harness import stats as rule
+from harness.compare import FUTILE_AFTER
 from harness.stats import ALPHA, Outcome
 
 RUNS = range(1, 7)  # an experiment's seeds
@@ -100,6 +101,45 @@ def test_aa_allowance_covers_the_shared_baseline():
     counts = improved(rng.standard_normal((5000, k, plan.runs)), np.broadcast_to(base, (5000, k, plan.baseline)))
     exceeded = (counts.sum(axis=1) > allowed).mean()
     assert 0.002 < exceeded <= 0.015 and allowed >= 1
+
+
+def confirmed(exp: np.ndarray, main: np.ndarray, size: int) -> np.ndarray:
+    """The confirmation's verdict (`harness.compare.confirmation`, vectorized) on the pairs run so far, in the
+    order they began: improved only at `size` pairs, judged on the first `size`, and never after it stopped at
+    FUTILE_AFTER pairs with the experiment's mean not below main's."""
+    first = FUTILE_AFTER
+    stopped = (exp[:, :first] - main[:, :first]).sum(axis=-1) >= 0
+    if exp.shape[-1] < size:
+        return np.zeros(len(exp), bool)
+    return improved(exp[:, :size], main[:, :size]) & ~stopped
+
+
+@pytest.mark.parametrize("noise", NOISE)
+def test_a_confirmation_looked_at_after_every_pair_is_no_second_chance(noise):
+    """An agent may run `just confirm SLUG 1` again and again and read the verdict after each pair, or confirm
+    twice. Judged at whatever count it has, the rule would crown noise ~4.6% of the time (looks at 2-6 pairs);
+    judged once, at the plan's pairs, it stays at ALPHA, and the stop after 2 pairs only lowers it."""
+    size, looks = rule.SEED_PLANS["cpu"].confirm, range(2, 7)  # a pair alone is never improved
+    rng = np.random.default_rng(5)
+    exp, main = NOISE[noise](rng, (CASES * 5, 6)), NOISE[noise](rng, (CASES * 5, 6))
+    at_any_count = np.any([improved(exp[:, :k], main[:, :k]) for k in looks], axis=0).mean()
+    judged_once = np.any([confirmed(exp[:, :k], main[:, :k], size) for k in looks], axis=0).mean()
+    stopped = ((exp[:, :FUTILE_AFTER] - main[:, :FUTILE_AFTER]).sum(axis=-1) >= 0).mean()
+    print(f"\nA/A, {noise}: any count {at_any_count:.4f}, judged once {judged_once:.4f}, stopped at 2 {stopped:.3f}")
+    at_the_plan = improved(exp[:, :size], main[:, :size]).mean()  # the rule at 3 pairs: ALPHA (test above)
+    assert at_any_count > 0.035 and judged_once <= at_the_plan <= 0.025
+    assert stopped == pytest.approx(0.5, abs=0.01)  # half of all A/A confirmations cost 2 pairs, not 3
+
+
+def test_stopping_after_two_pairs_costs_no_power():
+    """At the effect `just baseline` says the protocol takes to a pull request, the stop after 2 pairs (the
+    experiment's mean not below main's) drops almost no real improvement."""
+    plan = rule.SEED_PLANS["cpu"]
+    effect = rule.resolvable_effect(plan, to_pull_request=True)
+    rng = np.random.default_rng(6)
+    exp, main = rng.standard_normal((CASES * 5, plan.confirm)) - effect, rng.standard_normal((CASES * 5, plan.confirm))
+    assert confirmed(exp, main, plan.confirm).mean() == pytest.approx(improved(exp, main).mean(), abs=0.002)
+    assert confirmed(exp, main, plan.confirm).mean() == pytest.approx(rule.power(effect, 3, 3), abs=0.01)
 
 
 # --- the verdict on hand-made numbers ---
