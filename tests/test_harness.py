@@ -430,7 +430,7 @@ def test_submit_commits_pushes_and_proposes_a_pr_only_when_it_beats_main(project
         project,
         *[
             dict(experiment="better", val_bpb=v, seed=DRAWN_SEED + s, description=f"confirm seed {s}", run_id=f"c{s}")
-            for s, v in ((2, 2.0), (3, 2.01))
+            for s, v in ((2, 2.0), (3, 2.01), (4, 2.02))
         ],
         *[
             dict(
@@ -440,7 +440,7 @@ def test_submit_commits_pushes_and_proposes_a_pr_only_when_it_beats_main(project
                 description=f"confirm better seed {s}",
                 run_id=f"m{s}",
             )
-            for s, v in ((2, 2.5), (3, 2.51))
+            for s, v in ((2, 2.5), (3, 2.51), (4, 2.52))
         ],
     )
     result = just(project, "submit", "better")  # confirmed; the audit finds no runs/ behind hand-made rows
@@ -461,6 +461,8 @@ def test_submit_does_not_propose_a_pr_that_noise_explains(project):
         dict(experiment="noise", val_bpb=2.05, commit="w1", seed=DRAWN_SEED + 3, description="confirm seed 3"),
         dict(experiment="main", val_bpb=2.0, commit="m1", seed=DRAWN_SEED + 2, description="confirm noise seed 2"),
         dict(experiment="main", val_bpb=2.01, commit="m1", seed=DRAWN_SEED + 3, description="confirm noise seed 3"),
+        dict(experiment="noise", val_bpb=2.0, commit="w1", seed=DRAWN_SEED + 4, description="confirm seed 4"),
+        dict(experiment="main", val_bpb=2.02, commit="m1", seed=DRAWN_SEED + 4, description="confirm noise seed 4"),
     )
     out = just(project, "submit", "noise").stdout
     assert "noise on fresh seeds: inconclusive" in out and "no pull request: not confirmed" in out
