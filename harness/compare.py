@@ -172,13 +172,18 @@ def confirmation_rows(df, slug: str) -> Confirming:
             pairs.append(rows)
     size = SEED_PLANS[newest["device"]].confirm
     first = pairs[:FUTILE_AFTER]
-    side = lambda rows, who: rows.filter(pl.col("experiment") == who)["val_bpb"].item()  # noqa: E731
-    stopped = len(first) == FUTILE_AFTER and sum(side(r, slug) - side(r, "main") for r in first) >= 0
+    stopped = len(first) == FUTILE_AFTER and sum(difference(rows, slug) for rows in first) >= 0
     judged = first if stopped else pairs[:size]
     kept = pl.col("run_id").is_in([run for rows in judged for run in rows["run_id"]])
     left_out = [rows["seed"][0] for rows in pairs[len(judged) :]]
     mains = both.filter(kept & (pl.col("experiment") == "main"))
     return Confirming(mine.filter(kept), mains, problems, size, stopped, left_out)
+
+
+def difference(pair: pl.DataFrame, slug: str) -> float:
+    """The experiment's val_bpb minus main's at one confirming seed (below zero: the experiment is ahead)."""
+    value = dict(zip(pair["experiment"], pair["val_bpb"], strict=True))
+    return value[slug] - value["main"]
 
 
 def holdout_reads(df, experiment: str) -> int:
