@@ -37,17 +37,14 @@ def confirmation(exp: np.ndarray, main: np.ndarray, levels: dict[int, float], fu
     done = np.zeros(len(exp), bool)
     improved = np.zeros(len(exp), bool)
     pairs = np.full(len(exp), max(levels))
-    for k in sorted(levels):
-        hit = ~done & (p_lower(exp[:, :k], main[:, :k]) < levels[k])
-        improved |= hit
-        pairs[hit], done = k, done | hit
+    for k in sorted(set(levels) | ({FUTILE_AFTER} if futile else set())):
+        if k in levels:
+            hit = ~done & (p_lower(exp[:, :k], main[:, :k]) < levels[k])
+            improved |= hit
+            pairs[hit], done = k, done | hit
         if futile and k == FUTILE_AFTER:
             stop = ~done & ((exp[:, :k] - main[:, :k]).sum(axis=-1) >= 0)
             pairs[stop], done = k, done | stop
-    if futile and FUTILE_AFTER not in levels:
-        stop = (exp[:, :FUTILE_AFTER] - main[:, :FUTILE_AFTER]).sum(axis=-1) >= 0
-        improved &= ~stop
-        pairs[stop & ~improved] = FUTILE_AFTER
     return improved, pairs
 
 

@@ -114,9 +114,6 @@ def confirm(
         )
     todo = n if n is not None else SEED_PLANS[newest["device"]].confirm - done.mine.height
     for _ in range(todo):
-        df = ledger(root)
-        if confirmation_rows(df, slug).complete:
-            break  # stopped early: the experiment was not ahead after FUTILE_AFTER pairs
         (seed,) = draw_confirm_seeds(df, 1)  # fresh: no row used it, and no one could screen it
         for where, row, description in (
             (path, newest, f"confirm seed {seed}"),
@@ -124,6 +121,9 @@ def confirm(
         ):
             out = run_eval(where, rerun_spec(row).rerun(seed, description, f"{CONFIRM_ROLE}{slug}"))
             print(f"{description}: val_bpb {out['val_bpb']:.6f} ({out['run_id']})")
+        df = ledger(root)
+        if confirmation_rows(df, slug).complete:
+            break  # judged at the plan's pairs, or stopped: the experiment was not ahead after FUTILE_AFTER pairs
     result = confirmation(ledger(root), slug)
     print(f"---\n{slug} on fresh seeds: {result.outcome}\n{result.why}\n{result.advice}")
     notify.confirmed(root, slug, result)

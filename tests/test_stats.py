@@ -117,7 +117,7 @@ def confirmed(exp: np.ndarray, main: np.ndarray, size: int) -> np.ndarray:
 @pytest.mark.parametrize("noise", NOISE)
 def test_a_confirmation_looked_at_after_every_pair_is_no_second_chance(noise):
     """An agent may run `just confirm SLUG 1` again and again and read the verdict after each pair, or confirm
-    twice. Judged at whatever count it has, the rule would crown noise ~4.6% of the time (looks at 2-6 pairs);
+    twice. Judged at whatever count it has, the rule would crown noise ~4.7% of the time (looks at 2-6 pairs);
     judged once, at the plan's pairs, it stays at ALPHA, and the stop after 2 pairs only lowers it."""
     size, looks = rule.SEED_PLANS["cpu"].confirm, range(2, 7)  # a pair alone is never improved
     rng = np.random.default_rng(5)
