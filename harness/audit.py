@@ -1,5 +1,5 @@
 """`just audit SLUG`: a claim re-derived from the record, one line per check, exit 1 on any failure. The seeds'
-structure (drawn by `just confirm`, one row a side, fresh), the verdict on them, every confirming row scored again
+structure (drawn by `just confirm`, one ok row a side, fresh), the verdict on them, every confirming row scored again
 from its kept code and checkpoint (bit for bit, the holdout too), the memorization probe, the holdout's reads and
 the code (under the cap, the commit's, the branch's). `just submit` runs it and the pull request carries its lines,
 so a reviewer reads the evidence, not the agent's summary of it."""
@@ -44,7 +44,7 @@ def checks(root: Path, slug: str, df: pl.DataFrame, confirming: Confirming) -> I
         yield Check("seeds", False, "; ".join(problems))
     else:
         seeds = ", ".join(map(str, pairs))
-        yield Check("seeds", True, f"{len(pairs)} pairs (seeds {seeds}), {drawn}, one row a side, none used before")
+        yield Check("seeds", True, f"{len(pairs)} pairs (seeds {seeds}), {drawn}, one ok row a side, none used before")
     result = confirmation(df, slug)
     why = result.why.replace("\n", "; ")
     yield Check("verdict", result.outcome == Outcome.IMPROVED, f"{result.outcome} on fresh seeds: {why}")

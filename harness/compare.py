@@ -14,6 +14,7 @@ from harness.stats import SEED_PLANS, Outcome, Verdict, verdict
 from harness.table import COMPARABLE, baseline_rows, group_name, ledger, ok_rows, print_json, same_group
 from repo.git import main_root
 from repo.ledger import CONFIRM_ROLE, rows_in_flight
+from repo.runs import RUNS, read_steps
 
 # `just confirm` draws its seeds in secret from here: too many to screen, and above every seed a person picks
 CONFIRM_SEEDS = range(2**31, 2**32)
@@ -123,7 +124,8 @@ FUTILE_AFTER = 2  # pairs: a confirmation whose experiment is not ahead of main 
 
 class Confirming(NamedTuple):
     """A confirmation as the record has it: the judged pairs' rows of each side, why any confirm:SLUG row does not
-    count, the pairs it is judged at, whether it stopped early, and the seeds of pairs run after it was complete."""
+    count, the pairs it is judged at, whether it stopped early, the seeds of pairs run after it was complete, and
+    the judged pairs begun and not finished (their seed and the sides with no ok row yet)."""
 
     mine: pl.DataFrame
     mains: pl.DataFrame
@@ -131,6 +133,7 @@ class Confirming(NamedTuple):
     size: int
     stopped: bool
     left_out: list[int]
+    waiting: list[tuple[int, list[str]]]
 
     @property
     def complete(self) -> bool:
@@ -139,28 +142,25 @@ class Confirming(NamedTuple):
 
 def confirmation_rows(df, slug: str) -> Confirming:
     """The slug's confirmation in the group of its newest confirming row. A claim holds by its structure, not by
-    the role a row carries (a shell can set any): a seed counts only as a pair, one ok row of each side, drawn
-    from CONFIRM_SEEDS, and fresh: no row of the ledger, of any experiment, group or status, used it before the
-    pair began. It is judged once, at the plan's pairs in the order they began (a look at fewer or more would be
-    another chance for noise), or at FUTILE_AFTER pairs if the experiment's mean is not below main's there."""
+    the role a row carries (a shell can set any): a seed counts only as a pair, drawn from CONFIRM_SEEDS, fresh
+    (no row of the ledger, of any experiment, group or status, used it before the pair began), with one ok row a
+    side. It is judged once, at the plan's pairs in the order they began (a look at fewer or more would be another
+    chance for noise), or at FUTILE_AFTER pairs if the experiment's mean is not below main's there. A pair begun is
+    never dropped: a side that failed (crashed, timed out, was killed) waits to be run again at its seed, and that
+    run must retrace the failed one. Were it dropped for a fresh seed, a side could be killed, or made to time out
+    by the other side's code, whenever the other side's number came out badly."""
     role = pl.col("role") == CONFIRM_ROLE + slug
-    mine = ok_rows(df, slug).filter(role)
-    if mine.is_empty():
-        return Confirming(mine, mine, [], 0, False, [])
-    newest = mine.sort("started_at").row(-1, named=True)
+    tried = df.filter(role & (pl.col("experiment") == slug)).sort(pl.col("status") == "ok", "started_at")
+    if tried.is_empty():
+        return Confirming(tried, tried, [], 0, False, [], [])
+    newest = tried.row(-1, named=True)  # the newest ok row; the newest try while none is ok
     both = df.filter(same_group(newest) & role & pl.col("experiment").is_in([slug, "main"]))
     pairs, problems = [], []
     for seed, rows in both.sort("started_at").group_by("seed", maintain_order=True):
         seed, began = seed[0], rows["started_at"].min()
         earlier = df.filter((pl.col("seed") == seed) & (pl.col("started_at") < began))
-        paired = sorted(rows["experiment"]) == sorted(["main", slug])
-        if paired and set(rows["status"]) != {"ok"}:
-            continue  # a side crashed or timed out: the seed has no pair to judge, and nothing was chosen by it
-        if not paired:
-            problems.append(
-                f"seed {seed}: rows of {', '.join(rows['experiment'])}: a confirmation runs each seed once on both sides"
-            )
-        elif seed not in CONFIRM_SEEDS:
+        ok = rows.filter(pl.col("status") == "ok")
+        if seed not in CONFIRM_SEEDS:
             problems.append(
                 f"seed {seed}: not drawn by `just confirm` (it draws from {CONFIRM_SEEDS.start:,} up, in secret)"
             )
@@ -168,21 +168,59 @@ def confirmation_rows(df, slug: str) -> Confirming:
             problems.append(
                 f"seed {seed}: not fresh, {', '.join(earlier['run_id'])} used it before the confirmation began"
             )
+        elif ok["experiment"].is_duplicated().any():
+            problems.append(
+                f"seed {seed}: ok rows {', '.join(ok['run_id'])}: a confirmation runs each seed once on each side"
+            )
+        elif why := not_retraced(rows):
+            problems.append(f"seed {seed}: {why}")
         else:
             pairs.append(rows)
     size = SEED_PLANS[newest["device"]].confirm
     first = pairs[:FUTILE_AFTER]
-    stopped = len(first) == FUTILE_AFTER and sum(difference(rows, slug) for rows in first) >= 0
+    finished = len(first) == FUTILE_AFTER and not any(missing_sides(rows, slug) for rows in first)
+    stopped = finished and sum(difference(rows, slug) for rows in first) >= 0
     judged = first if stopped else pairs[:size]
-    kept = pl.col("run_id").is_in([run for rows in judged for run in rows["run_id"]])
+    waiting = [(rows["seed"][0], missing_sides(rows, slug)) for rows in judged if missing_sides(rows, slug)]
+    done = [rows["run_id"] for rows in judged if not missing_sides(rows, slug)]
+    kept = pl.col("run_id").is_in([run for runs in done for run in runs]) & (pl.col("status") == "ok")
     left_out = [rows["seed"][0] for rows in pairs[len(judged) :]]
-    mains = both.filter(kept & (pl.col("experiment") == "main"))
-    return Confirming(mine.filter(kept), mains, problems, size, stopped, left_out)
+    mine, mains = (both.filter(kept & (pl.col("experiment") == side)) for side in (slug, "main"))
+    return Confirming(mine, mains, problems, size, stopped, left_out, waiting)
+
+
+def missing_sides(pair: pl.DataFrame, slug: str) -> list[str]:
+    """The sides of a confirming pair with no ok row yet: it waits for them, at its seed."""
+    ok = set(pair.filter(pl.col("status") == "ok")["experiment"])
+    return [side for side in (slug, "main") if side not in ok]
+
+
+def not_retraced(pair: pl.DataFrame) -> str | None:
+    """Why a side's ok row at a confirming seed is not the run that failed there before, if it is not. The same
+    seed gives the same run, so it must log the same loss at every step the failed one logged; otherwise code that
+    is not deterministic could be killed (or end itself) when its loss looked bad, and be run again for another
+    draw of luck."""
+    for (side,), tries in pair.group_by("experiment"):
+        ok, failed = tries.filter(pl.col("status") == "ok"), tries.filter(pl.col("status") != "ok")
+        if ok.is_empty() or failed.is_empty():
+            continue
+        runs = main_root() / RUNS
+        rerun = {step["step"]: step["loss"] for step in read_steps(runs / ok["run_id"][0])}
+        for run_id in failed["run_id"]:
+            for step in read_steps(runs / run_id):
+                if rerun.get(step["step"]) != step["loss"]:
+                    return (
+                        f"{ok['run_id'][0]} does not retrace {run_id}, {side}'s run that failed at this seed (loss "
+                        f"{rerun.get(step['step'])} against {step['loss']} at step {step['step']}): the same seed "
+                        "must give the same run"
+                    )
+    return None
 
 
 def difference(pair: pl.DataFrame, slug: str) -> float:
     """The experiment's val_bpb minus main's at one confirming seed (below zero: the experiment is ahead)."""
-    value = dict(zip(pair["experiment"], pair["val_bpb"], strict=True))
+    ok = pair.filter(pl.col("status") == "ok")
+    value = dict(zip(ok["experiment"], ok["val_bpb"], strict=True))
     return value[slug] - value["main"]
 
 
@@ -201,6 +239,8 @@ def confirmation(df, slug: str) -> Verdict | None:
         why = "not a confirmation: " + "; ".join(confirming.problems)
         then = f"no pull request: run `{advice.confirm(slug)}`, which draws fresh seeds in secret and runs each on both sides"
         return Verdict(Outcome.INCONCLUSIVE, why, then, mine["val_bpb"].to_list(), mains["val_bpb"].to_list())
+    if confirming.waiting:  # a judged pair waits for a side: no verdict before it is run again
+        return unfinished(confirming, slug)
     if mine.is_empty():
         return None
     result = verdict(mine["val_bpb"].to_list(), mains["val_bpb"].to_list())
@@ -227,6 +267,20 @@ def confirmation(df, slug: str) -> Verdict | None:
         return dataclasses.replace(result, outcome=held.outcome, why=why, advice=then)
     then = "not confirmed on fresh seeds: no pull request; report it as it is"
     return dataclasses.replace(result, why=why, advice=then)
+
+
+def unfinished(confirming: Confirming, slug: str) -> Verdict:
+    """The verdict while a judged pair waits for a side that failed: none yet, and the command that finishes it."""
+    mine, mains, size = confirming.mine, confirming.mains, confirming.size
+    waits = "; ".join(f"seed {seed} waits for {' and '.join(sides)}'s run" for seed, sides in confirming.waiting)
+    why = (
+        f"{mine.height} of {size} pairs: judged at {size}, not before; {waits} (a pair begun is never dropped for a "
+        "fresh seed: the same seed gives the same run)"
+    )
+    rest = size - mine.height - len(confirming.waiting)
+    again = "them again at their seeds" if len(confirming.waiting) > 1 else "it again at its seed"
+    then = f"`{advice.confirm(slug)}` runs {again}" + (f", then the other {rest}" if rest > 0 else "")
+    return Verdict(Outcome.INCONCLUSIVE, why, then, mine["val_bpb"].to_list(), mains["val_bpb"].to_list())
 
 
 def verdict_of(df: pl.DataFrame, slug: str) -> dict:

@@ -112,17 +112,33 @@ def confirm(
             f"{slug}'s confirmation is complete ({done.mine.height} pairs): it is judged once, and another would be "
             f"a second chance for noise (`just compare {slug}` shows its verdict)"
         )
-    todo = n if n is not None else SEED_PLANS[newest["device"]].confirm - done.mine.height
-    for _ in range(todo):
-        (seed,) = draw_confirm_seeds(df, 1)  # fresh: no row used it, and no one could screen it
-        for where, row, description in (
-            (path, newest, f"confirm seed {seed}"),
-            (root, base.row(-1, named=True), f"confirm {slug} seed {seed}"),
-        ):
+    sides = {
+        slug: (path, newest, "confirm seed {seed}"),
+        "main": (root, base.row(-1, named=True), f"confirm {slug} seed {{seed}}"),
+    }
+
+    def run(seed: int, side: str) -> None:
+        where, row, description = sides[side]
+        description = description.format(seed=seed)
+        try:
             out = run_eval(where, rerun_spec(row).rerun(seed, description, f"{CONFIRM_ROLE}{slug}"))
-            print(f"{description}: val_bpb {out['val_bpb']:.6f} ({out['run_id']})")
-        df = ledger(root)
-        if confirmation_rows(df, slug).complete:
+        except Refusal as e:
+            raise Refusal(
+                f"{e}\n`just confirm {slug}` runs it again at seed {seed}: a pair begun is never dropped"
+            ) from e
+        print(f"{description}: val_bpb {out['val_bpb']:.6f} ({out['run_id']})")
+
+    for seed, missing in done.waiting:  # a pair begun is finished at its own seed, never dropped for a fresh one
+        print(f"seed {seed}: its pair waits for {' and '.join(missing)}; run again at that seed")
+        for side in missing:
+            run(seed, side)
+    done = confirmation_rows(ledger(root), slug)
+    todo = n if n is not None else SEED_PLANS[newest["device"]].confirm - done.mine.height
+    for _ in range(todo if not done.complete else 0):
+        (seed,) = draw_confirm_seeds(ledger(root), 1)  # fresh: no row used it, and no one could screen it
+        for side in sides:
+            run(seed, side)
+        if confirmation_rows(ledger(root), slug).complete:
             break  # judged at the plan's pairs, or stopped: the experiment was not ahead after FUTILE_AFTER pairs
     result = confirmation(ledger(root), slug)
     print(f"---\n{slug} on fresh seeds: {result.outcome}\n{result.why}\n{result.advice}")

@@ -6,15 +6,18 @@ import json
 import math
 import os
 import shlex
+import signal
 import struct
+import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import polars as pl
 import pytest
 import torch
 
-from conftest import add_rows, block, git, just, ledger, new, set_data_source
+from conftest import JUST, add_rows, block, git, just, ledger, new, set_data_source
 from harness import stats
 from harness.compare import CONFIRM_SEEDS
 from repo.runs import minutes, pace_here
@@ -248,15 +251,19 @@ def test_a_confirmation_assembled_by_hand_is_no_confirmation(project):
     )
     result = json.loads(just(project, "compare", "forged", "--json").stdout)["confirmation"]
     assert result["outcome"] == "inconclusive" and result["why"].startswith(
-        "not a confirmation: seed 3: rows of forged"
+        f"not a confirmation: seed 3: not drawn by `just confirm` (it draws from {CONFIRM_SEEDS.start:,} up"
     )
-    assert "seed 5: rows of main: a confirmation runs each seed once on both sides" in result["why"]
+    assert all(f"seed {s}: not drawn" in result["why"] for s in screened)
     submitted = just(project, "submit", "forged").stdout
     assert "gh pr create" not in submitted and "no pull request" in submitted
     # both sides at each screened seed, still by hand: not drawn, and not fresh
     add_rows(project, *[dict(experiment="main", val_bpb=2.0, seed=s, role="confirm:forged") for s in (8, 3, 4)])
     why = json.loads(just(project, "compare", "forged", "--json").stdout)["confirmation"]["why"]
     assert "seed 8: not drawn by `just confirm`" in why
+    twice = dict(role="confirm:forged", seed=DRAWN[1], started_at="2026-01-03T00:00:00")  # one side scored twice
+    add_rows(project, *[dict(experiment=e, val_bpb=v, run_id=f"t-{e}-{v}", **twice) for e, v in (("forged", 1.9), ("forged", 1.8), ("main", 2.0))])  # fmt: skip
+    why = json.loads(just(project, "compare", "forged", "--json").stdout)["confirmation"]["why"]
+    assert f"seed {DRAWN[1]}: ok rows t-forged-1.9, t-forged-1.8, t-main-2.0: a confirmation runs each seed once" in why
     fresh = dict(role="confirm:forged", started_at="2026-01-03T00:00:00")
     add_rows(
         project,
@@ -268,6 +275,44 @@ def test_a_confirmation_assembled_by_hand_is_no_confirmation(project):
     assert f"seed {DRAWN[0] - 1}: not fresh" in why
     refused = just(project, "eval", "tiny", "--role", "confirm:forged", "--budget-tokens", "3000")
     assert refused.returncode == 2 and "a role given by hand makes no confirmation" in refused.stderr
+
+
+def test_a_pair_begun_is_never_dropped(project):
+    """Issue 25's second forgery: the experiment's number at a confirming seed comes out badly, and main's run of
+    that seed is killed (by a shell, or timed out by the experiment's code hogging the machine). Dropping the
+    pair for a fresh seed made that a way to choose seeds: the confirmation said improved. The pair waits for
+    main's run at its seed, and that run must retrace the one that failed."""
+    new(project, "picky")
+    explored = [dict(experiment="picky", val_bpb=v, seed=s) for s, v in enumerate((1.9, 1.91, 1.92))]
+    unlucky, killed = confirming_pairs("picky", (2.3, 2.0))
+    killed |= dict(status="crash", val_bpb=None, error="killed by SIGTERM")
+    good = confirming_pairs("picky", (1.90, 2.01), (1.91, 2.0), (1.92, 2.02), first=1)
+    add_rows(project, *baseline_rows(2.0, 2.02, 2.01), *explored, unlucky, killed, *good)
+    seed = unlucky["seed"]
+    confirmation = lambda: json.loads(just(project, "compare", "picky", "--json").stdout)["confirmation"]  # noqa: E731
+    waiting = confirmation()  # before: improved, on the three pairs after the dropped one
+    assert waiting["outcome"] == "inconclusive" and waiting["runs"] == [1.90, 1.91]
+    assert waiting["why"].startswith(f"2 of 3 pairs: judged at 3, not before; seed {seed} waits for main's run")
+    assert waiting["advice"] == "`uv run just confirm picky` runs it again at its seed"
+
+    def steps(run_id: str, *losses: float) -> None:
+        folder = project / "runs" / run_id
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "metrics.jsonl").write_text(
+            "".join(json.dumps(dict(step=10 * i, loss=x)) + "\n" for i, x in enumerate(losses))
+        )
+
+    steps(killed["run_id"], 5.5, 3.1)  # what main's killed run logged before it died
+    add_rows(project, dict(experiment="main", val_bpb=2.0, seed=seed, role="confirm:picky", run_id="again-main", description="confirm", started_at="2026-01-03T00:00:00"))  # fmt: skip
+    steps("again-main", 5.5, 3.0, 2.5)  # not the run that was killed: another draw of luck
+    why = confirmation()["why"]
+    assert why.startswith(
+        f"not a confirmation: seed {seed}: again-main does not retrace {killed['run_id']}, main's run"
+    )
+    assert "(loss 3.0 against 3.1 at step 10): the same seed must give the same run" in why
+    steps("again-main", 5.5, 3.1, 2.5)  # the same run: the pair is judged, and the unlucky seed counts
+    judged = confirmation()
+    assert judged["runs"] == [2.3, 1.90] and judged["why"].startswith("stopped after 2 pairs")
 
 
 # --- real runs: baseline, determinism, verify, plot ---
@@ -439,6 +484,35 @@ def test_confirm_scores_fresh_seeds_of_the_experiment_and_of_main(project, small
     assert f"FAIL  rescore {rows['run_id'][0]}: val_bpb {rows['val_bpb'][0] - 1e-9!r}" in tampered
     assert "nothing else differs: the checkpoint or the row changed" in tampered
     assert f"FAIL  code: train.py is not commit {rows['commit'][0]}'s; train.py differs on exp/same" in tampered
+
+
+def test_confirm_runs_a_killed_side_again_at_its_seed(project, small_corpus):
+    """Real runs: `just confirm` killed while main's side of its first pair runs; the next `just confirm` runs main
+    at that same seed before any fresh one, and gets the experiment's number (main's own code) to the bit."""
+    assert just(project, "baseline", "--seeds", "3", *TINY, env=small_corpus).returncode == 0
+    assert just(new(project, "same"), "eval", *TINY, "--seed", "7", env=small_corpus).returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "META_MODE"} | small_corpus
+    confirming = subprocess.Popen(
+        [JUST, "confirm", "same", "1"], cwd=project, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (project / "results.tsv").read_text().count("confirm:same") and time.monotonic() < deadline:
+        time.sleep(0.05)  # the experiment's side has its row: main's side starts now
+    os.killpg(confirming.pid, signal.SIGTERM)
+    assert confirming.wait(timeout=120) != 0
+    (mine,) = (
+        ledger(project).filter(pl.col("role") == "confirm:same").filter(pl.col("experiment") == "same").rows(named=True)
+    )
+    waiting = json.loads(just(project, "compare", "same", "--json").stdout)["confirmation"]
+    assert f"seed {mine['seed']} waits for main's run" in waiting["why"]
+
+    again = just(project, "confirm", "same", "1", env=small_corpus)
+    assert again.returncode == 0, again.stderr
+    assert f"seed {mine['seed']}: its pair waits for main; run again at that seed" in again.stdout
+    rows = ledger(project).filter((pl.col("role") == "confirm:same") & (pl.col("status") == "ok"))
+    assert rows.filter(pl.col("seed") == mine["seed"])["val_bpb"].to_list() == [mine["val_bpb"]] * 2
+    assert rows.height == 4 and "stopped after 2 pairs" in again.stdout  # then one fresh pair, as asked
 
 
 def test_a_claim_from_baseline_to_pull_request_carries_its_audit(project, small_corpus):
