@@ -86,7 +86,8 @@ def confirm(
 ) -> None:
     """Score fresh seeds of the experiment SLUG and of main, pair by pair, at the config, device and budget of its
     newest rows, until the confirmation is complete (the device's seed plan, 3 pairs; it stops after 2 when the
-    experiment's mean is not below main's); judge those pairs alone.
+    experiment's mean is not below main's); judge those pairs alone. A pair begun whose side failed or was killed
+    is finished first, at its own seed.
 
     Args:
         slug: the experiment (its worktree, 5_worktrees/SLUG)
@@ -112,14 +113,12 @@ def confirm(
             f"{slug}'s confirmation is complete ({done.mine.height} pairs): it is judged once, and another would be "
             f"a second chance for noise (`just compare {slug}` shows its verdict)"
         )
-    sides = {
-        slug: (path, newest, "confirm seed {seed}"),
-        "main": (root, base.row(-1, named=True), f"confirm {slug} seed {{seed}}"),
-    }
+    sides = {slug: (path, newest), "main": (root, base.row(-1, named=True))}
 
     def run(seed: int, side: str) -> None:
-        where, row, description = sides[side]
-        description = description.format(seed=seed)
+        """One side of a confirming pair; a failure says how the pair is finished."""
+        where, row = sides[side]
+        description = f"confirm seed {seed}" if side == slug else f"confirm {slug} seed {seed}"
         try:
             out = run_eval(where, rerun_spec(row).rerun(seed, description, f"{CONFIRM_ROLE}{slug}"))
         except Refusal as e:
