@@ -177,12 +177,14 @@ def confirmation_rows(df, slug: str) -> Confirming:
         else:
             pairs.append(rows)
     size = SEED_PLANS[newest["device"]].confirm
+    missing = [missing_sides(rows, slug) for rows in pairs]
     first = pairs[:FUTILE_AFTER]
-    finished = len(first) == FUTILE_AFTER and not any(missing_sides(rows, slug) for rows in first)
+    finished = len(first) == FUTILE_AFTER and not any(missing[:FUTILE_AFTER])
     stopped = finished and sum(difference(rows, slug) for rows in first) >= 0
     judged = first if stopped else pairs[:size]
-    waiting = [(rows["seed"][0], missing_sides(rows, slug)) for rows in judged if missing_sides(rows, slug)]
-    done = [rows["run_id"] for rows in judged if not missing_sides(rows, slug)]
+    judged_missing = list(zip(judged, missing[: len(judged)], strict=True))
+    waiting = [(rows["seed"][0], sides) for rows, sides in judged_missing if sides]
+    done = [rows["run_id"] for rows, sides in judged_missing if not sides]
     kept = pl.col("run_id").is_in([run for runs in done for run in runs]) & (pl.col("status") == "ok")
     left_out = [rows["seed"][0] for rows in pairs[len(judged) :]]
     mine, mains = (both.filter(kept & (pl.col("experiment") == side)) for side in (slug, "main"))
