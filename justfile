@@ -24,7 +24,7 @@ eval *args:
 prepare:
     @exec python -P -m harness prepare
 
-# fast sanity check through the scored run's workers: ~30 steps, shape checks, the probes, no row: just smoke [CONFIG] [...]
+# fast sanity check through the scored run's workers: ~30 steps, shape checks, causality and state probes, no row: just smoke [CONFIG] [...]
 smoke *args:
     @exec python -P -m harness.launch "$@" --smoke
 
