@@ -3,7 +3,10 @@ the confirmation on fresh seeds that `just confirm` runs and `just submit` needs
 exact commands to run next."""
 
 import dataclasses
+import json
+import os
 import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,6 +21,7 @@ from repo.runs import RUNS, read_steps
 
 # `just confirm` draws its seeds in secret from here: too many to screen, and above every seed a person picks
 CONFIRM_SEEDS = range(2**31, 2**32)
+DRAWS = "confirm-draws.jsonl"  # under runs/: every seed `just confirm` drew, recorded before either side ran
 
 
 def exploration_rows(df, slug: str):
@@ -40,14 +44,44 @@ def in_group(flying: dict, row: dict) -> bool:
 
 
 def draw_confirm_seeds(df, n: int) -> list[int]:
-    """n seeds drawn with secret randomness from CONFIRM_SEEDS, none that any row of the ledger used."""
-    used, seeds = set(df["seed"].to_list()), []
+    """n seeds drawn with secret randomness from CONFIRM_SEEDS, none that any row of the ledger used or any
+    confirmation drew."""
+    used, seeds = set(df["seed"].to_list()) | {draw["seed"] for draw in drawn_seeds(main_root())}, []
     while len(seeds) < n:
         seed = CONFIRM_SEEDS.start + secrets.randbelow(len(CONFIRM_SEEDS))
         if seed not in used:
             used.add(seed)
             seeds.append(seed)
     return seeds
+
+
+def record_draw(root: Path, slug: str, seed: int) -> None:
+    """Record that `just confirm` drew `seed` for `slug`, durably, before either side runs: from then on its pair
+    has begun. A side that then ends without a row (refused before training, or killed with its process group and
+    its marker removed, after its log had shown its loss) leaves the pair waiting at that seed, never dropped for a
+    fresh one."""
+    drawn_at = datetime.now(UTC).isoformat(timespec="seconds")  # as a row's started_at
+    (root / RUNS).mkdir(exist_ok=True)
+    fd = os.open(root / RUNS / DRAWS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:  # one write of an O_APPEND file: a reader never sees half a line
+        os.write(fd, (json.dumps(dict(experiment=slug, seed=seed, drawn_at=drawn_at)) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def drawn_seeds(root: Path) -> list[dict]:
+    """Every draw `just confirm` recorded under `root`'s runs/: {experiment, seed, drawn_at}, oldest first."""
+    path, draws = root / RUNS / DRAWS, []
+    for number, line in enumerate(path.read_text().splitlines() if path.exists() else [], 1):
+        try:
+            draws.append({key: json.loads(line)[key] for key in ("experiment", "seed", "drawn_at")})
+        except (ValueError, TypeError, KeyError):
+            raise Refusal(
+                f"{path}, line {number}: {line!r} is not a draw of `just confirm`; restore it from a backup, or delete "
+                "the line if it was never one"
+            ) from None
+    return draws
 
 
 def compare_slug(df, slug: str, flight: list[dict] = (), here: Path | None = None) -> Verdict:
@@ -145,20 +179,27 @@ def confirmation_rows(df, slug: str) -> Confirming:
     the role a row carries (a shell can set any): a seed counts only as a pair, drawn from CONFIRM_SEEDS, fresh
     (no row of the ledger, of any experiment, group or status, used it before the pair began), with one ok row a
     side. It is judged once, at the plan's pairs in the order they began (a look at fewer or more would be another
-    chance for noise), or at FUTILE_AFTER pairs if the experiment's mean is not below main's there. A pair begun is
-    never dropped: a side that failed (crashed, timed out, was killed) waits to be run again at its seed, and that
-    run must retrace the failed one. Were it dropped for a fresh seed, a side could be killed, or made to time out
-    by the other side's code, whenever the other side's number came out badly."""
+    chance for noise), or at FUTILE_AFTER pairs if the experiment's mean is not below main's there. A pair begins
+    when `just confirm` draws its seed (`record_draw`), and is never dropped: a side that failed (crashed, timed out,
+    was killed) or left no row waits to be run again at its seed, and that run must retrace the failed one. Were it
+    dropped for a fresh seed, a side could be killed, or made to time out by the other side's code, whenever the
+    other side's number came out badly."""
     role = pl.col("role") == CONFIRM_ROLE + slug
     tried = df.filter(role & (pl.col("experiment") == slug)).sort(pl.col("status") == "ok", "started_at")
-    if tried.is_empty():
+    drawn = {draw["seed"]: draw["drawn_at"] for draw in drawn_seeds(main_root()) if draw["experiment"] == slug}
+    unrun = set(drawn) - set(df["seed"].to_list())  # drawn, and no side left a row: the pair waits for both
+    explored = exploration_rows(df, slug)
+    if tried.is_empty() and (not unrun or explored.is_empty()):
         return Confirming(tried, tried, [], 0, False, [], [])
-    newest = tried.row(-1, named=True)  # the newest ok row; the newest try while none is ok
+    # the newest ok confirming row; the newest try while none is ok; the exploration's while there is none
+    newest = (tried if not tried.is_empty() else explored.sort("started_at")).row(-1, named=True)
     both = df.filter(same_group(newest) & role & pl.col("experiment").is_in([slug, "main"]))
+    rows_of = {seed: rows for (seed,), rows in both.group_by("seed")} | {seed: both.clear() for seed in unrun}
+    began = {seed: min(filter(None, [*rows["started_at"], drawn.get(seed)])) for seed, rows in rows_of.items()}
     pairs, problems = [], []
-    for seed, rows in both.sort("started_at").group_by("seed", maintain_order=True):
-        seed, began = seed[0], rows["started_at"].min()
-        earlier = df.filter((pl.col("seed") == seed) & (pl.col("started_at") < began))
+    for seed in sorted(rows_of, key=lambda seed: began[seed]):
+        rows = rows_of[seed]
+        earlier = df.filter((pl.col("seed") == seed) & (pl.col("started_at") < began[seed]))
         ok = rows.filter(pl.col("status") == "ok")
         if seed not in CONFIRM_SEEDS:
             problems.append(
@@ -175,18 +216,18 @@ def confirmation_rows(df, slug: str) -> Confirming:
         elif why := not_retraced(rows):
             problems.append(f"seed {seed}: {why}")
         else:
-            pairs.append(rows)
+            pairs.append((seed, rows))
     size = SEED_PLANS[newest["device"]].confirm
-    missing = [missing_sides(rows, slug) for rows in pairs]
+    missing = [missing_sides(rows, slug) for _, rows in pairs]
     first = pairs[:FUTILE_AFTER]
     finished = len(first) == FUTILE_AFTER and not any(missing[:FUTILE_AFTER])
-    stopped = finished and sum(difference(rows, slug) for rows in first) >= 0
+    stopped = finished and sum(difference(rows, slug) for _, rows in first) >= 0
     judged = first if stopped else pairs[:size]
     judged_missing = list(zip(judged, missing[: len(judged)], strict=True))
-    waiting = [(rows["seed"][0], sides) for rows, sides in judged_missing if sides]
-    done = [rows["run_id"] for rows, sides in judged_missing if not sides]
+    waiting = [(seed, sides) for (seed, _), sides in judged_missing if sides]
+    done = [rows["run_id"] for (_, rows), sides in judged_missing if not sides]
     kept = pl.col("run_id").is_in([run for runs in done for run in runs]) & (pl.col("status") == "ok")
-    left_out = [rows["seed"][0] for rows in pairs[len(judged) :]]
+    left_out = [seed for seed, _ in pairs[len(judged) :]]
     mine, mains = (both.filter(kept & (pl.col("experiment") == side)) for side in (slug, "main"))
     return Confirming(mine, mains, problems, size, stopped, left_out, waiting)
 

@@ -15,13 +15,20 @@ import tyro
 
 from harness import Refusal, notify
 from harness.advice import rerun_spec
-from harness.compare import CONFIRM_SEEDS, confirmation, confirmation_rows, draw_confirm_seeds, exploration_rows
+from harness.compare import (
+    CONFIRM_SEEDS,
+    confirmation,
+    confirmation_rows,
+    draw_confirm_seeds,
+    exploration_rows,
+    record_draw,
+)
 from harness.stats import ALPHA, SEED_PLANS, Outcome, aa_allowed, noise_report, verdict
 from harness.table import baseline_rows, group_name, ledger
 from referee import api
 from referee.api import Device, RunSpec
 from repo.git import checkout_dir, main_root, show, worktree_dir
-from repo.ledger import CONFIRM_ROLE, LEDGER
+from repo.ledger import CONFIRM_ROLE, LEDGER, record_killed_runs
 from repo.runs import CHECKPOINT, RUNS
 
 
@@ -99,6 +106,7 @@ def confirm(
         raise Refusal(
             f"no worktree {path}: the code to confirm must be checked out (just new {slug} re-opens exp/{slug})"
         )
+    record_killed_runs(root)  # a side killed before it wrote its row gets its crash row now: its pair waits
     df = ledger(root)
     explored = exploration_rows(df, slug)
     if explored.is_empty():
@@ -135,6 +143,7 @@ def confirm(
     todo = n if n is not None else SEED_PLANS[newest["device"]].confirm - done.mine.height
     for _ in range(todo if not done.complete else 0):
         (seed,) = draw_confirm_seeds(ledger(root), 1)  # fresh: no row used it, and no one could screen it
+        record_draw(root, slug, seed)  # the pair has begun: whatever ends a side, it waits at this seed
         for side in sides:
             run(seed, side)
         if confirmation_rows(ledger(root), slug).complete:

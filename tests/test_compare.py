@@ -234,6 +234,22 @@ def test_a_claim_needs_the_holdout_too(project):
     assert "gh pr create" not in submitted.stdout and "no pull request" in submitted.stdout
 
 
+def test_a_drawn_seed_waits_for_both_sides_and_a_line_that_is_no_draw_is_refused(project):
+    """`just confirm` records each draw in runs/confirm-draws.jsonl before either side runs: a drawn seed that no
+    row used yet is a pair begun, waiting for both sides; a line there that is not a draw is named, with the repair."""
+    add_rows(project, *baseline_rows(2.0, 2.02, 2.01), dict(experiment="x", val_bpb=1.9, seed=3))
+    draws = project / "runs" / "confirm-draws.jsonl"
+    draws.parent.mkdir(exist_ok=True)
+    draws.write_text(f'{{"experiment": "x", "seed": {DRAWN[0]}, "drawn_at": "2026-01-02T00:00:00"}}\n')
+    waiting = json.loads(just(project, "compare", "x", "--json").stdout)["confirmation"]
+    assert f"0 of 3 pairs: judged at 3, not before; seed {DRAWN[0]} waits for x and main's run" in waiting["why"]
+    with draws.open("a") as f:
+        f.write('{"experiment": "x", "se\n')
+    refused = just(project, "compare", "x")
+    assert refused.returncode == 2 and f"{draws}, line 2: " in refused.stderr
+    assert "is not a draw of `just confirm`; restore it from a backup" in refused.stderr
+
+
 def test_a_confirmation_assembled_by_hand_is_no_confirmation(project):
     """The forgery of issue 25: seeds screened with plain runs, the best three run on the experiment's side and
     the worst three on main's, each with the role typed by hand. Each seed is refused by name."""
@@ -513,6 +529,37 @@ def test_confirm_runs_a_killed_side_again_at_its_seed(project, small_corpus):
     rows = ledger(project).filter((pl.col("role") == "confirm:same") & (pl.col("status") == "ok"))
     assert rows.filter(pl.col("seed") == mine["seed"])["val_bpb"].to_list() == [mine["val_bpb"]] * 2
     assert rows.height == 4 and "stopped after 2 pairs" in again.stdout  # then one fresh pair, as asked
+
+
+def test_a_confirming_side_killed_without_a_trace_keeps_its_seed(project, small_corpus):
+    """Real runs: the experiment's side of a first pair is killed with its process group once it trains (SIGKILL: no
+    crash row is written) and its marker removed, as an agent's shell could when the loss looked bad; with no row
+    at that seed, `just confirm` drew a fresh one. The draw was recorded before either side ran: the pair waits for
+    both sides at its seed, and the next `just confirm` runs it there before any fresh seed."""
+    assert just(project, "baseline", "--seeds", "3", *TINY, env=small_corpus).returncode == 0
+    assert just(new(project, "same"), "eval", *TINY, "--seed", "7", env=small_corpus).returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "META_MODE"} | small_corpus
+    confirming = subprocess.Popen(
+        [JUST, "confirm", "same", "1"], cwd=project, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline, marker = time.monotonic() + 300, None
+    while marker is None and time.monotonic() < deadline:  # the experiment's side has begun: its row is marked
+        marker = next((project / "runs").glob("*-same-*/running.json"), None)
+        time.sleep(0.02)
+    os.killpg(confirming.pid, signal.SIGKILL)
+    confirming.wait(timeout=60)
+    seed = json.loads(marker.read_text())["row"]["seed"]
+    marker.unlink()
+    assert ledger(project).filter(pl.col("role") == "confirm:same").is_empty()  # no row at that seed, anywhere
+    waiting = json.loads(just(project, "compare", "same", "--json").stdout)["confirmation"]
+    assert f"seed {seed} waits for same and main's run" in waiting["why"]
+
+    again = just(project, "confirm", "same", "1", env=small_corpus)
+    assert again.returncode == 0, again.stderr
+    assert f"seed {seed}: its pair waits for same and main; run again at that seed" in again.stdout
+    rows = ledger(project).filter((pl.col("role") == "confirm:same") & (pl.col("status") == "ok"))
+    assert rows["seed"][:2].to_list() == [seed, seed] and rows["val_bpb"][0] == rows["val_bpb"][1]
 
 
 def test_a_claim_from_baseline_to_pull_request_carries_its_audit(project, small_corpus):
