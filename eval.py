@@ -73,6 +73,7 @@ from repo.runs import (
     RUNS,
     SUMMARY,
     TRAIN_CONFIG,
+    best_peak_flops,
     minutes,
     notify_configured,
     pace_here,
@@ -239,7 +240,7 @@ def run(
     try:
         if refused:
             raise refused
-        row.update(train_and_score(spec, workers, corpus, run_dir, scratch, preset, summary))
+        row.update(train_and_score(spec, row["device_name"], workers, corpus, run_dir, scratch, preset, summary))
         row["status"], exit_code = "ok", 0
     except WallClockExceeded as e:
         row.update(status="timeout", error=str(e))
@@ -389,7 +390,9 @@ def log_header(spec: RunSpec, row: dict, cfg: dict, corpus, data_s: float, prese
     )
 
 
-def train_and_score(spec: RunSpec, workers, corpus, run_dir: Path, scratch: str, preset, summary: dict) -> dict:
+def train_and_score(
+    spec: RunSpec, processor: str, workers, corpus, run_dir: Path, scratch: str, preset, summary: dict
+) -> dict:
     """Training in the training workers, then scoring in two fresh ones (started at the first batch, so that
     their start-up overlaps training); the row's measured columns. What training measured is kept in
     summary["measured"] even when scoring fails, so that a crash row still says how far it got."""
@@ -406,8 +409,9 @@ def train_and_score(spec: RunSpec, workers, corpus, run_dir: Path, scratch: str,
         scorers.extend(start_scorers(scoring, scratch, run_dir / LOG, preset.eval_seq_len))
 
     try:
+        peak_flops = cpu_peak_flops(processor, spec.threads) if spec.device == "cpu" else None  # else the worker's
         for worker in workers:
-            worker.send({"op": "go", "budget_tokens": spec.budget_tokens})
+            worker.send({"op": "go", "budget_tokens": spec.budget_tokens, "peak_flops": peak_flops})
         t0 = time.perf_counter()
         try:
             done = serve_training(
@@ -427,9 +431,10 @@ def train_and_score(spec: RunSpec, workers, corpus, run_dir: Path, scratch: str,
                 else "train() returned without drawing a batch from data.batches(): a model is trained on the referee's batches"
             )
         measured.update(params_m=done["params"] / 1e6, peak_mem_gb=done["peak_mem_gb"])
+        summary["peak_flops"] = peak_flops or done["peak_flops"]
         if done["flops_per_token"] is not None:
             measured["mfu"] = (
-                done["flops_per_token"] * stream.tokens_served / wall_s / (done["peak_flops"] * spec.nproc)
+                done["flops_per_token"] * stream.tokens_served / wall_s / (summary["peak_flops"] * spec.nproc)
             )
         val = smoke_validation(corpus.val, preset.eval_seq_len) if spec.smoke else corpus.val
         holdout = corpus.holdout if spec.role.startswith(CONFIRM_ROLE) and not spec.smoke else None  # sealed otherwise
@@ -451,6 +456,23 @@ def train_and_score(spec: RunSpec, workers, corpus, run_dir: Path, scratch: str,
     finally:
         for worker in scorers:
             worker.stop()
+
+
+def cpu_peak_flops(processor: str, threads: int) -> float:
+    """MFU's denominator on a CPU: the best float32 matmul rate measured on this processor at `threads` threads, in
+    this run or any before (runs/peak-flops.json), since a busy neighbour only ever lowers it. Measured here, in the
+    referee's process while the workers wait for their go: never a figure the experiment's process reports."""
+    import torch
+
+    from referee.worker import device_peak_flops
+
+    torch.set_num_threads(threads)
+    try:
+        with torch.random.fork_rng(devices=[]):  # its random matrices leave this process's generator as it was
+            measured = device_peak_flops(torch.device("cpu"))
+    finally:
+        torch.set_num_threads(1)  # this process serves batches with one thread (run)
+    return best_peak_flops(ROOT, processor, threads, measured)
 
 
 def smoke_validation(val, seq_len: int):

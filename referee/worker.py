@@ -106,7 +106,8 @@ def local_score(model, val: Tensor, seq_len: int, device: torch.device, fresh_mo
 @cache
 def device_peak_flops(device: torch.device) -> float:
     """Peak FLOP/s that MFU is measured against: the bf16 dense datasheet figure for known GPUs;
-    elsewhere the float32 matmul rate measured here (so CPU MFU is relative to this machine)."""
+    elsewhere the float32 matmul rate measured here (so CPU MFU is relative to this machine; a CPU's is measured in
+    the referee's process, which keeps the best measured on the processor: eval.py's cpu_peak_flops)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, flops in GPU_PEAK_FLOPS.items():
@@ -222,7 +223,7 @@ def train_worker(link: Link, job: dict, device: torch.device) -> None:
     link.send({"op": "config", "config": dataclasses.asdict(cfg), "description": description})
     go, _ = link.recv("go")
     link.started = True
-    peak_flops = device_peak_flops(device)
+    peak_flops = go.get("peak_flops") or device_peak_flops(device)  # a CPU's: the referee's, the best measured there
     core.seed_weights(job["seed"])
     rank, world_size = job["rank"], job["world_size"]
     if world_size > 1:

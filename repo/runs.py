@@ -8,6 +8,10 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
+
+from repo import write_atomic
+
 RUNS = "runs"
 CHECKPOINT = "model.pt"  # the weights and the resolved Config: what `just verify` rebuilds the model from
 METRICS = "metrics.jsonl"  # one JSON line per step train.py reported (data.log_step)
@@ -81,6 +85,27 @@ def pace_here(root: Path, like: dict, newest: int = 5) -> Pace | None:
         eval_s=statistics.median(s["eval_s"] for s in found),
         fixed_s=statistics.median(s["run_s"] - s["train_tokens"] / p for s, p in zip(found, pace, strict=True)),
     )
+
+
+PEAK_FLOPS = "peak-flops.json"  # under runs/: the best peak FLOP/s measured per processor and threads
+
+
+def best_peak_flops(root: Path, processor: str, threads: int, measured: float | None = None) -> float:
+    """The best peak FLOP/s measured so far on `processor` with `threads` threads a worker (0.0 before any), and
+    with `measured`, recorded first if it is better. A CPU's peak is measured in each run, and a busy neighbour only
+    ever lowers it, so the best measured is the closest to the truth: each run's MFU is then against one denominator
+    per processor, not against its own measurement's luck."""
+    path, key = root / RUNS / PEAK_FLOPS, f"{processor}, {threads} threads"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):
+        try:
+            known = json.loads(path.read_text())
+        except (OSError, ValueError):  # none yet, or not this file's JSON: measured again from here
+            known = {}
+        best = max(known.get(key, 0.0), measured or 0.0)
+        if measured is not None and best > known.get(key, 0.0):
+            write_atomic(path, json.dumps(known | {key: best}, indent=2).encode())
+    return best
 
 
 def minutes(seconds: float) -> str:

@@ -18,6 +18,7 @@ from conftest import JUST, block, git, just, ledger, run
 from referee import data
 from referee.spec import RunSpec
 from repo.ledger import RESULTS_COLUMNS, RUNNING
+from repo.runs import read_steps
 
 TINY = ["tiny", "--budget-tokens", "6000"]
 
@@ -206,6 +207,23 @@ def test_uncommitted_code_is_refused_before_anything_runs(project):
     result = just(project, "eval", *TINY)
     assert result.returncode == 2 and "uncommitted Python code" in result.stderr and "train.py" in result.stderr
     assert ledger(project).is_empty()
+
+
+def test_mfu_divides_by_the_best_peak_measured_on_this_processor(project):
+    """A CPU's peak FLOP/s is measured in each run, and a busy neighbour only ever lowers it: MFU divides by the best
+    measured so far on the processor at those threads (runs/peak-flops.json), in the row and the step lines alike."""
+    assert just(project, "eval", "tiny", "--budget-tokens", "3000").returncode == 0
+    peaks = project / "runs" / "peak-flops.json"
+    ((key, measured),) = json.loads(peaks.read_text()).items()
+    first = ledger(project).row(-1, named=True)
+    assert measured > 0 and first["device_name"] in key and key.endswith(f", {first['threads']} threads")
+    peaks.write_text(json.dumps({key: measured * 1000}))  # as if measured once on an idle machine
+    assert just(project, "eval", "tiny", "--budget-tokens", "3000", "--seed", "1").returncode == 0
+    second = ledger(project).row(-1, named=True)
+    run_dir = project / "runs" / second["run_id"]
+    assert json.loads((run_dir / "summary.json").read_text())["peak_flops"] == measured * 1000
+    assert json.loads(peaks.read_text()) == {key: measured * 1000}  # a lower measurement never replaces it
+    assert second["mfu"] < first["mfu"] / 100 and all(step["mfu"] < first["mfu"] / 100 for step in read_steps(run_dir))
 
 
 def test_smoke_checks_shapes_and_the_loss_and_writes_no_row(project):
