@@ -502,16 +502,21 @@ def test_confirm_scores_fresh_seeds_of_the_experiment_and_of_main(project, small
     assert f"FAIL  code: train.py is not commit {rows['commit'][0]}'s; train.py differs on exp/same" in tampered
 
 
-def test_confirm_runs_a_killed_side_again_at_its_seed(project, small_corpus):
-    """Real runs: `just confirm` killed while main's side of its first pair runs; the next `just confirm` runs main
-    at that same seed before any fresh one, and gets the experiment's number (main's own code) to the bit."""
+def start_confirming(project, small_corpus) -> subprocess.Popen:
+    """Main's baseline, an experiment with main's code, and `just confirm same 1` started in a session of its own."""
     assert just(project, "baseline", "--seeds", "3", *TINY, env=small_corpus).returncode == 0
     assert just(new(project, "same"), "eval", *TINY, "--seed", "7", env=small_corpus).returncode == 0
     env = {k: v for k, v in os.environ.items() if k != "META_MODE"} | small_corpus
-    confirming = subprocess.Popen(
+    return subprocess.Popen(
         [JUST, "confirm", "same", "1"], cwd=project, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+def test_confirm_runs_a_killed_side_again_at_its_seed(project, small_corpus):
+    """Real runs: `just confirm` killed while main's side of its first pair runs; the next `just confirm` runs main
+    at that same seed before any fresh one, and gets the experiment's number (main's own code) to the bit."""
+    confirming = start_confirming(project, small_corpus)
     deadline = time.monotonic() + 300
     while not (project / "results.tsv").read_text().count("confirm:same") and time.monotonic() < deadline:
         time.sleep(0.05)  # the experiment's side has its row: main's side starts now
@@ -520,29 +525,29 @@ def test_confirm_runs_a_killed_side_again_at_its_seed(project, small_corpus):
     (mine,) = (
         ledger(project).filter(pl.col("role") == "confirm:same").filter(pl.col("experiment") == "same").rows(named=True)
     )
-    waiting = json.loads(just(project, "compare", "same", "--json").stdout)["confirmation"]
-    assert f"seed {mine['seed']} waits for main's run" in waiting["why"]
+    out, rows = confirm_again(project, small_corpus, mine["seed"], "main")
+    assert rows.filter(pl.col("seed") == mine["seed"])["val_bpb"].to_list() == [mine["val_bpb"]] * 2
+    assert rows.height == 4 and "stopped after 2 pairs" in out  # then one fresh pair, as asked
 
+
+def confirm_again(project, small_corpus, seed: int, sides: str) -> tuple[str, pl.DataFrame]:
+    """`just compare` says the pair at `seed` waits for `sides`, and `just confirm same 1` runs them there before a
+    fresh pair: what it printed, and the ok confirming rows after it."""
+    waiting = json.loads(just(project, "compare", "same", "--json").stdout)["confirmation"]
+    assert f"seed {seed} waits for {sides}'s run" in waiting["why"]
     again = just(project, "confirm", "same", "1", env=small_corpus)
     assert again.returncode == 0, again.stderr
-    assert f"seed {mine['seed']}: its pair waits for main; run again at that seed" in again.stdout
-    rows = ledger(project).filter((pl.col("role") == "confirm:same") & (pl.col("status") == "ok"))
-    assert rows.filter(pl.col("seed") == mine["seed"])["val_bpb"].to_list() == [mine["val_bpb"]] * 2
-    assert rows.height == 4 and "stopped after 2 pairs" in again.stdout  # then one fresh pair, as asked
+    assert f"seed {seed}: its pair waits for {sides}; run again at that seed" in again.stdout
+    return again.stdout, ledger(project).filter((pl.col("role") == "confirm:same") & (pl.col("status") == "ok"))
 
 
 def test_a_confirming_side_killed_without_a_trace_keeps_its_seed(project, small_corpus):
-    """Real runs: the experiment's side of a first pair is killed with its process group once it trains (SIGKILL: no
-    crash row is written) and its marker removed, as an agent's shell could when the loss looked bad; with no row
-    at that seed, `just confirm` drew a fresh one. The draw was recorded before either side ran: the pair waits for
-    both sides at its seed, and the next `just confirm` runs it there before any fresh seed."""
-    assert just(project, "baseline", "--seeds", "3", *TINY, env=small_corpus).returncode == 0
-    assert just(new(project, "same"), "eval", *TINY, "--seed", "7", env=small_corpus).returncode == 0
-    env = {k: v for k, v in os.environ.items() if k != "META_MODE"} | small_corpus
-    confirming = subprocess.Popen(
-        [JUST, "confirm", "same", "1"], cwd=project, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    """Real runs: the experiment's side of a first pair is killed with its process group once its row is marked, from
+    where it trains (SIGKILL: no crash row is written), and its marker removed, as an agent's shell could when the
+    loss looked bad; with no row at that seed, `just confirm` drew a fresh one. The draw was recorded before either
+    side ran: the pair waits for both sides at its seed, and the next `just confirm` runs it there before any fresh
+    seed."""
+    confirming = start_confirming(project, small_corpus)
     deadline, marker = time.monotonic() + 300, None
     while marker is None and time.monotonic() < deadline:  # the experiment's side has begun: its row is marked
         marker = next((project / "runs").glob("*-same-*/running.json"), None)
@@ -552,13 +557,7 @@ def test_a_confirming_side_killed_without_a_trace_keeps_its_seed(project, small_
     seed = json.loads(marker.read_text())["row"]["seed"]
     marker.unlink()
     assert ledger(project).filter(pl.col("role") == "confirm:same").is_empty()  # no row at that seed, anywhere
-    waiting = json.loads(just(project, "compare", "same", "--json").stdout)["confirmation"]
-    assert f"seed {seed} waits for same and main's run" in waiting["why"]
-
-    again = just(project, "confirm", "same", "1", env=small_corpus)
-    assert again.returncode == 0, again.stderr
-    assert f"seed {seed}: its pair waits for same and main; run again at that seed" in again.stdout
-    rows = ledger(project).filter((pl.col("role") == "confirm:same") & (pl.col("status") == "ok"))
+    _, rows = confirm_again(project, small_corpus, seed, "same and main")
     assert rows["seed"][:2].to_list() == [seed, seed] and rows["val_bpb"][0] == rows["val_bpb"][1]
 
 
