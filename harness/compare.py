@@ -4,7 +4,6 @@ exact commands to run next."""
 
 import dataclasses
 import json
-import os
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +14,7 @@ import polars as pl
 from harness import Refusal, advice
 from harness.stats import SEED_PLANS, Outcome, Verdict, verdict
 from harness.table import COMPARABLE, baseline_rows, group_name, ledger, ok_rows, print_json, same_group
+from repo import append_durably
 from repo.git import main_root
 from repo.ledger import CONFIRM_ROLE, rows_in_flight
 from repo.runs import RUNS, read_steps
@@ -62,12 +62,9 @@ def record_draw(root: Path, slug: str, seed: int) -> None:
     fresh one."""
     drawn_at = datetime.now(UTC).isoformat(timespec="seconds")  # as a row's started_at
     (root / RUNS).mkdir(exist_ok=True)
-    fd = os.open(root / RUNS / DRAWS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:  # one write of an O_APPEND file: a reader never sees half a line
-        os.write(fd, (json.dumps(dict(experiment=slug, seed=seed, drawn_at=drawn_at)) + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    append_durably(
+        root / RUNS / DRAWS, (json.dumps(dict(experiment=slug, seed=seed, drawn_at=drawn_at)) + "\n").encode()
+    )
 
 
 def drawn_seeds(root: Path) -> list[dict]:
@@ -188,11 +185,13 @@ def confirmation_rows(df, slug: str) -> Confirming:
     tried = df.filter(role & (pl.col("experiment") == slug)).sort(pl.col("status") == "ok", "started_at")
     drawn = {draw["seed"]: draw["drawn_at"] for draw in drawn_seeds(main_root()) if draw["experiment"] == slug}
     unrun = set(drawn) - set(df["seed"].to_list())  # drawn, and no side left a row: the pair waits for both
-    explored = exploration_rows(df, slug)
-    if tried.is_empty() and (not unrun or explored.is_empty()):
-        return Confirming(tried, tried, [], 0, False, [], [])
-    # the newest ok confirming row; the newest try while none is ok; the exploration's while there is none
-    newest = (tried if not tried.is_empty() else explored.sort("started_at")).row(-1, named=True)
+    if not tried.is_empty():
+        newest = tried.row(-1, named=True)  # the newest ok row; the newest try while none is ok
+    else:  # no row yet: a drawn seed waits in the group `just confirm` runs it in, the exploration's
+        explored = exploration_rows(df, slug)
+        if not unrun or explored.is_empty():
+            return Confirming(tried, tried, [], 0, False, [], [])
+        newest = explored.sort("started_at").row(-1, named=True)
     both = df.filter(same_group(newest) & role & pl.col("experiment").is_in([slug, "main"]))
     rows_of = {seed: rows for (seed,), rows in both.group_by("seed")} | {seed: both.clear() for seed in unrun}
     began = {seed: min(filter(None, [*rows["started_at"], drawn.get(seed)])) for seed, rows in rows_of.items()}

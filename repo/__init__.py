@@ -54,6 +54,17 @@ def entry_point(main: Callable[[list[str]], int], argv: list[str]) -> int:
         return 2
 
 
+def append_durably(path: Path, data: bytes) -> None:
+    """`data` appended to `path` (created if missing) in one write of an O_APPEND file, so that a reader never sees
+    half of it, and fsynced before this returns."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: Path, data: bytes | Iterable[bytes]) -> None:
     """`path` with `data` (bytes, or chunks of them), or as it was: a kill mid-write, or another process
     writing the same file at once, never leaves half a file behind (each writer has its own temporary)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from repo import write_atomic
+from repo import append_durably, write_atomic
 from repo.runs import RUNS
 
 LEDGER = "results.tsv"
@@ -208,14 +208,9 @@ def append_locked(row: dict, path: Path) -> None:
     line = format_row(row).encode()
     if path.exists() and path.stat().st_size and len(ledger_header(path)) < len(RESULTS_COLUMNS):
         write_atomic(path, migrated(path.read_text()).encode())
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        if os.fstat(fd).st_size == 0:
-            line = ("\t".join(RESULTS_COLUMNS) + "\n").encode() + line
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    if not path.exists() or path.stat().st_size == 0:
+        line = ("\t".join(RESULTS_COLUMNS) + "\n").encode() + line
+    append_durably(path, line)
 
 
 # A run that has not recorded its row keeps runs/{run_id}/running.json: its process and the row it

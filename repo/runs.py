@@ -90,9 +90,9 @@ def pace_here(root: Path, like: dict, newest: int = 5) -> Pace | None:
 PEAK_FLOPS = "peak-flops.json"  # under runs/: the best peak FLOP/s measured per processor and threads
 
 
-def best_peak_flops(root: Path, processor: str, threads: int, measured: float | None = None) -> float:
-    """The best peak FLOP/s measured so far on `processor` with `threads` threads a worker (0.0 before any), and
-    with `measured`, recorded first if it is better. A CPU's peak is measured in each run, and a busy neighbour only
+def best_peak_flops(root: Path, processor: str, threads: int, measured: float) -> float:
+    """The best peak FLOP/s measured on `processor` with `threads` threads a worker, `measured` (this run's) among
+    them, recorded if it is the best. A CPU's peak is measured in each run, and a busy neighbour only
     ever lowers it, so the best measured is the closest to the truth: each run's MFU is then against one denominator
     per processor, not against its own measurement's luck."""
     path, key = root / RUNS / PEAK_FLOPS, f"{processor}, {threads} threads"
@@ -102,8 +102,8 @@ def best_peak_flops(root: Path, processor: str, threads: int, measured: float | 
             known = json.loads(path.read_text())
         except (OSError, ValueError):  # none yet, or not this file's JSON: measured again from here
             known = {}
-        best = max(known.get(key, 0.0), measured or 0.0)
-        if measured is not None and best > known.get(key, 0.0):
+        best = max(known.get(key, 0.0), measured)
+        if best > known.get(key, 0.0):
             write_atomic(path, json.dumps(known | {key: best}, indent=2).encode())
     return best
 
