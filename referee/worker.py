@@ -322,4 +322,9 @@ def main(fd: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(int(sys.argv[1])))
+    code = main(int(sys.argv[1]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Without the interpreter's teardown, which takes 0.7-1.2 s with torch loaded, and a training worker's end is
+    # on every run's path (the referee scores once it has exited). Everything it had to write is written by now.
+    os._exit(code)
