@@ -1,7 +1,5 @@
 """Trustworthy comparisons: the noise floor, the determinism check, verdicts, re-verification, plots."""
 
-import argparse
-import inspect
 import json
 import math
 import os
@@ -9,34 +7,19 @@ import shlex
 import signal
 import struct
 import subprocess
-import textwrap
 import time
-from pathlib import Path
 
 import polars as pl
 import pytest
 import torch
 
-from conftest import JUST, add_rows, block, git, just, ledger, new, set_data_source
+from conftest import JUST, add_rows, block, git, just, ledger, new
 from harness import stats
 from harness.compare import CONFIRM_SEEDS
 from repo.runs import minutes, pace_here
 
 TINY = ["tiny", "--budget-tokens", "3000"]
 DRAWN = [CONFIRM_SEEDS.start + 7, CONFIRM_SEEDS.start + 1234, CONFIRM_SEEDS.start + 99]  # as `just confirm` draws
-
-
-@pytest.fixture
-def small_corpus(project, tmp_path, monkeypatch) -> dict:
-    """The project's DATA_SOURCE set to 330 KB of real text (a few modules of the standard library in one file), so
-    that a scoring pass takes a second or two; the environment its runs need (the corpus's cache)."""
-    text = tmp_path / "corpus.py.txt"
-    text.write_text("".join(Path(m.__file__).read_text() for m in (argparse, textwrap, inspect)))
-    monkeypatch.setenv("META_MODE", "1")  # the commit of referee/data.py (conftest.run drops it for runs)
-    set_data_source(project, f"text:{text}")
-    env = {"RESEARCH_CACHE_DIR": str(tmp_path / "cache")}
-    assert just(project, "prepare", env=env).returncode == 0
-    return env
 
 
 # --- the ledger's verdicts (the rule itself: test_stats.py) ---
@@ -334,8 +317,8 @@ def test_a_pair_begun_is_never_dropped(project):
 # --- real runs: baseline, determinism, verify, plot ---
 
 
-def test_baseline_writes_n_rows_and_prints_the_noise_floor(project):
-    result = just(project, "baseline", "--seeds", "2", *TINY)
+def test_baseline_writes_n_rows_and_prints_the_noise_floor(project, small_corpus):
+    result = just(project, "baseline", "--seeds", "2", *TINY, env=small_corpus)
     assert result.returncode == 0, result.stderr
     df = ledger(project)
     assert df["description"].to_list() == ["baseline seed 0/2", "baseline seed 1/2"] and df["seed"].to_list() == [0, 1]
@@ -368,8 +351,8 @@ def test_plan_measures_this_machine_and_later_runs_plan_with_it(project, small_c
     assert f"like this run here (the newest 1: {steady:,.0f} tokens/s" in later.stderr
 
 
-def test_determinism_passes_on_cpu(project):
-    result = just(project, "determinism", *TINY, "--seed", "3")
+def test_determinism_passes_on_cpu(project, small_corpus):
+    result = just(project, "determinism", *TINY, "--seed", "3", env=small_corpus)
     assert result.returncode == 0 and "deterministic: yes" in result.stdout
     assert ledger(project)["seed"].to_list() == [3, 3]
 
@@ -380,16 +363,16 @@ def png_size(path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def test_verify_reproduces_a_run_after_its_branch_is_gone_and_flags_tampering(project):
+def test_verify_reproduces_a_run_after_its_branch_is_gone_and_flags_tampering(project, small_corpus):
     wt = new(project, "verified")
     (wt / "model.py").write_text((wt / "model.py").read_text().replace("std=0.02)", "std=0.03)"))
     git("commit", "-qam", "another init", cwd=wt)
-    assert just(wt, "eval", *TINY).returncode == 0
+    assert just(wt, "eval", *TINY, env=small_corpus).returncode == 0
     run_id = ledger(project)["run_id"][0]
     assert just(project, "rm", "verified").returncode == 0  # scored, so removable; the branch stays
     git("branch", "-D", "exp/verified", cwd=project)  # ... until someone deletes it: the run kept its code
 
-    result = just(project, "verify", run_id)
+    result = just(project, "verify", run_id, env=small_corpus)
     assert result.returncode == 0 and "verify: ok" in result.stdout, result.stdout + result.stderr
 
     assert just(project, "plot").returncode == 0
@@ -404,7 +387,7 @@ def test_verify_reproduces_a_run_after_its_branch_is_gone_and_flags_tampering(pr
     torch_cell = f"\t{torch.__version__}\t"
     assert original.count(torch_cell) == 1
     results.write_text(original.replace(repr(recorded), repr(recorded - 0.01)).replace(torch_cell, "\t2.0.0\t"))
-    tampered_row = just(project, "verify", run_id)
+    tampered_row = just(project, "verify", run_id, env=small_corpus)
     assert tampered_row.returncode == 1 and "MISMATCH" in tampered_row.stdout
     assert f"torch: 2.0.0 then, {torch.__version__} now" in tampered_row.stdout  # what differs, named
     assert tampered_row.stdout.rstrip().endswith(": torch differs")
@@ -414,7 +397,7 @@ def test_verify_reproduces_a_run_after_its_branch_is_gone_and_flags_tampering(pr
     state = torch.load(checkpoint, weights_only=True)
     state["model"]["head.weight"][0, 0] += 1.0
     torch.save(state, checkpoint)
-    tampered = just(project, "verify", run_id)
+    tampered = just(project, "verify", run_id, env=small_corpus)
     assert tampered.returncode == 1 and "MISMATCH" in tampered.stdout
     assert math.isfinite(recorded)
 
@@ -428,13 +411,13 @@ def test_verify_refuses_what_it_cannot_check(project):
 # --- real runs through the protocol: a batch-size experiment, confirm, aa ---
 
 
-def test_a_batch_size_experiment_compares_with_the_baseline_end_to_end(project):
-    assert just(project, "baseline", "--seeds", "2", *TINY).returncode == 0
+def test_a_batch_size_experiment_compares_with_the_baseline_end_to_end(project, small_corpus):
+    assert just(project, "baseline", "--seeds", "2", *TINY, env=small_corpus).returncode == 0
     wt = new(project, "bigger-batch")
     train_py = wt / "train.py"
     train_py.write_text(train_py.read_text().replace("seq_len=64, batch_size=8,", "seq_len=64, batch_size=12,"))
     git("commit", "-qam", "batch 12", cwd=wt)
-    assert just(wt, "eval", *TINY).returncode == 0
+    assert just(wt, "eval", *TINY, env=small_corpus).returncode == 0
     df = ledger(project)
     assert df["train_tokens"].to_list() == [2560, 2560, 2304] and set(df["budget_tokens"]) == {3000}
     result = json.loads(just(project, "compare", "bigger-batch", "--json").stdout)
@@ -596,8 +579,8 @@ def test_a_claim_from_baseline_to_pull_request_carries_its_audit(project, small_
     assert all(line in body for line in audit.splitlines() if line.startswith("ok  "))
 
 
-def test_aa_passes_on_mains_own_code_and_fails_when_runs_drift(project):
-    result = just(project, "aa", "--experiments", "1", *TINY)
+def test_aa_passes_on_mains_own_code_and_fails_when_runs_drift(project, small_corpus):
+    result = just(project, "aa", "--experiments", "1", *TINY, env=small_corpus)
     assert result.returncode == 0, result.stdout + result.stderr
     out = block(result.stdout)
     assert out["aa_experiments"] == "1" and int(out["improved"]) <= int(out["allowed"]) == 1
@@ -619,7 +602,7 @@ def test_aa_passes_on_mains_own_code_and_fails_when_runs_drift(project):
         )
     )
     git("commit", "-qam", "drift", cwd=project)
-    drifted = just(project, "aa", "--experiments", "2", *TINY)
+    drifted = just(project, "aa", "--experiments", "2", *TINY, env=small_corpus)
     assert drifted.returncode == 1 and "aa: FAIL" in drifted.stdout
     out = block(drifted.stdout)
     assert (

@@ -8,8 +8,8 @@ from conftest import block, git, just, ledger, new
 RUN = ("eval", "tiny", "--budget-tokens", "20000")
 
 
-def test_two_processes_write_one_row_and_repeat_the_metric(project):
-    first, second = (just(project, *RUN, "--nproc", "2") for _ in range(2))
+def test_two_processes_write_one_row_and_repeat_the_metric(project, small_corpus):
+    first, second = (just(project, *RUN, "--nproc", "2", env=small_corpus) for _ in range(2))
     assert first.returncode == 0, first.stderr
     assert second.returncode == 0, second.stderr
     rows = ledger(project).to_dicts()
@@ -18,7 +18,7 @@ def test_two_processes_write_one_row_and_repeat_the_metric(project):
     assert rows[0]["val_bpb"] == rows[1]["val_bpb"] == float(block(first.stdout)["val_bpb"])
     assert rows[0]["train_tokens"] == 19968  # the global budget, counted once for all ranks
     # Each rank trains on its half of the same global batches: one process sees the same data.
-    single = just(project, *RUN)
+    single = just(project, *RUN, env=small_corpus)
     assert single.returncode == 0, single.stderr
     assert abs(float(block(single.stdout)["val_bpb"]) - rows[0]["val_bpb"]) < 1e-5
 

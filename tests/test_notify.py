@@ -18,6 +18,9 @@ with open(pathlib.Path(sys.argv[1]), "a") as f:
 """
 
 
+TIMED_OUT = ("eval", "tiny", "--budget-tokens", "4000", "--wall-cap-s", "0.01", "--seed")  # the cap passes at once
+
+
 def received(path: Path, n: int, timeout: float = 120) -> list[dict]:
     """The first n documents the hook wrote (the notifier runs in a process of its own, after the run's row)."""
     deadline = time.monotonic() + timeout
@@ -29,11 +32,13 @@ def received(path: Path, n: int, timeout: float = 120) -> list[dict]:
     raise AssertionError(f"the hook received {len(lines)} documents in {timeout:.0f} s, not {n}")
 
 
-def test_a_new_best_and_a_streak_of_failed_runs_reach_the_hook_and_the_breaker_holds_the_queue(project, tmp_path):
+def test_a_new_best_and_a_streak_of_failed_runs_reach_the_hook_and_the_breaker_holds_the_queue(
+    project, tmp_path, small_corpus
+):
     hook, inbox = tmp_path / "hook.py", tmp_path / "received.jsonl"
     hook.write_text(HOOK)
     (project / "notify.toml").write_text(f'command = "{sys.executable} {hook} {inbox}"\ncrash_streak = 2\n')
-    assert just(project, "eval", "tiny", "--budget-tokens", "3000").returncode == 0  # no bar yet: no news
+    assert just(project, "eval", "tiny", "--budget-tokens", "3000", env=small_corpus).returncode == 0  # no bar: no news
     first = ledger(project).row(0, named=True)
     group = {k: first[k] for k in ("eval_sha", "data_fp", "device", "device_name", "threads", "torch", "config")}
     add_rows(  # main's baseline at 4,000 tokens, in that run's group but far worse than any tiny run
@@ -41,7 +46,7 @@ def test_a_new_best_and_a_streak_of_failed_runs_reach_the_hook_and_the_breaker_h
         *[dict(group, experiment="main", val_bpb=9.0 + s / 10, seed=s, budget_tokens=4000, train_tokens=3584,
                role="baseline", description=f"baseline seed {s}/2") for s in (0, 1)],
     )  # fmt: skip
-    assert just(project, "eval", "tiny", "--budget-tokens", "4000", "--seed", "5").returncode == 0
+    assert just(project, "eval", "tiny", "--budget-tokens", "4000", "--seed", "5", env=small_corpus).returncode == 0
     best = ledger(project).row(-1, named=True)
     [news] = received(inbox, 1)
     assert news["event"] == "new_best" and news["run"]["run_id"] == best["run_id"] and news["project"] == str(project)
@@ -49,7 +54,7 @@ def test_a_new_best_and_a_streak_of_failed_runs_reach_the_hook_and_the_breaker_h
     assert news["bar"]["n"] == 2 and "new best in the bar's group: main" in news["text"]
 
     for seed in (6, 7):  # two runs that cannot finish: the wall cap passes at once
-        failed = just(project, "eval", "tiny", "--budget-tokens", "4000", "--seed", str(seed), "--wall-cap-s", "0.01")
+        failed = just(project, *TIMED_OUT, str(seed), env=small_corpus)
         assert failed.returncode == 1
     rows = ledger(project).tail(2)
     assert rows["status"].to_list() == ["timeout", "timeout"]

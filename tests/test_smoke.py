@@ -57,14 +57,15 @@ def test_eval_prints_the_block_writes_one_row_and_a_run_folder(project):
     assert "step 0/11 | loss" in (run_dir / "train.log").read_text()
 
 
-def test_same_seed_same_metric_a_saved_config_reproduces_and_overrides_are_recorded(project):
+def test_same_seed_same_metric_a_saved_config_reproduces_and_overrides_are_recorded(project, small_corpus):
     label = "Q: wider? H: -0.01 bpb"
-    assert just(project, "eval", *TINY, "--label", label).returncode == 0
+    assert just(project, "eval", *TINY, "--label", label, env=small_corpus).returncode == 0
     first = ledger(project).row(0, named=True)
     assert first["label"] == label and first["seed"] == 0
     saved = project / "runs" / first["run_id"] / "train_config.json"
-    assert just(project, "eval", f"--config={saved}", "--budget-tokens", "6000").returncode == 0
-    assert just(project, "eval", *TINY, "--seed", "1", "--d-model", "96", "--threads", "1").returncode == 0
+    assert just(project, "eval", f"--config={saved}", "--budget-tokens", "6000", env=small_corpus).returncode == 0
+    wider = ("--seed", "1", "--d-model", "96", "--threads", "1")
+    assert just(project, "eval", *TINY, *wider, env=small_corpus).returncode == 0
     _, again, other = ledger(project).iter_rows(named=True)
     assert again["config"] == str(saved) and again["val_bpb"] == first["val_bpb"]  # same seed: bitwise equal
     assert other["config"] == "tiny:d_model=96" and other["val_bpb"] != first["val_bpb"] and other["label"] is None
