@@ -52,7 +52,7 @@ from referee.supervisor import (
     start_workers,
     worker_job,
 )
-from repo import Terminated, entry_point
+from repo import Terminated, entry_point, exit_without_teardown
 from repo.git import checkout_dir, experiment_name, head_commit, tracked_dirty
 from repo.guard import install_hooks, require_scoring_allowed
 from repo.ledger import (
@@ -510,4 +510,4 @@ def smoke_report(row: dict, run_dir: Path, exit_code: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(entry_point(main, sys.argv[1:]))  # bad input before the run: one line, exit 2, no row
+    exit_without_teardown(lambda: entry_point(main, sys.argv[1:]))  # bad input before the run: one line, exit 2, no row

@@ -35,6 +35,7 @@ from torch import Tensor
 from referee import core, sandbox, wire
 from referee.args import RESERVED, parse_train_args
 from referee.contract import check_experiment, check_model
+from repo import exit_without_teardown
 
 # bf16 dense peak FLOP/s by GPU name, for MFU; the first matching key wins, so PCIe before SXM.
 # fmt: off
@@ -322,9 +323,4 @@ def main(fd: int) -> int:
 
 
 if __name__ == "__main__":
-    code = main(int(sys.argv[1]))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Without the interpreter's teardown, which takes 0.7-1.2 s with torch loaded, and a training worker's end is
-    # on every run's path (the referee scores once it has exited). Everything it had to write is written by now.
-    os._exit(code)
+    exit_without_teardown(lambda: main(int(sys.argv[1])))
