@@ -56,7 +56,7 @@ def stdlib_dir() -> Path:
 def stdlib_files(folder: Path) -> list[str]:
     """Relative paths of the standard library's `.py` files, sorted; installed packages are not corpus, and the
     walk does not enter them (a Python's own site-packages can hold several times the standard library's files:
-    walking them cost a second a run)."""
+    walking them took half a second, twice a run)."""
     found = []
     for top, dirs, names in os.walk(folder):
         dirs[:] = [d for d in dirs if d not in ("site-packages", "dist-packages")]

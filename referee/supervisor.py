@@ -121,6 +121,8 @@ class Worker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.proc.wait()
+        for thread in self.echoes:  # its last lines, in the log before this process ends (without a teardown)
+            thread.join(timeout=2)  # (a child of the worker that keeps its pipe open holds it no longer)
         self.conn.close()
         while self.cleanup:
             self.cleanup.pop()()

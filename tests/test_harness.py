@@ -4,6 +4,7 @@ guard, journal, ideas, reports, ledger queries, submit and clean-up."""
 import json
 import os
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import DRAWN_SEED, add_rows, git, in_processes, just, ledger, new
+from conftest import DRAWN_SEED, ROOT, add_rows, git, in_processes, just, ledger, new
 from harness import records
 from repo import git as gitlayer
 from repo import guard
@@ -559,3 +560,28 @@ def test_every_recipe_refuses_a_bad_argument_without_a_traceback(project, recipe
 def test_debug_shows_the_traceback(project):
     result = just(project, "verify", "nosuch", "--debug")
     assert result.returncode != 0 and "Traceback" in result.stderr and "no run 'nosuch'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "ends, code",
+    [("return 3", 3), ("return None", 0), ("sys.exit(2)", 2), ("sys.exit('no such run')", 1)],
+)
+def test_an_end_without_teardown_keeps_the_exit_code_and_the_buffered_output(ends, code):
+    """eval.py and its workers end through repo.exit_without_teardown: what they printed into a pipe (block-buffered,
+    not yet written) still arrives, and the code is the one Python would have ended with."""
+    program = (
+        "import sys\nfrom repo import exit_without_teardown\n"
+        "def main():\n    print('the last line')\n    print('and its error', file=sys.stderr)\n"
+        f"    {ends}\n"
+        "exit_without_teardown(main)\n"
+    )
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout to a pipe: block-buffered
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=buffered | {"PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == code and result.stdout == "the last line\n"
+    assert result.stderr.startswith("and its error\n") and ("no such run" in result.stderr) == (code == 1)
