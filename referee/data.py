@@ -6,7 +6,12 @@ Files are sorted by relative path and split by core.split_of (validation, the se
 single text file splits at its last 5% (validation) and the 5% before (holdout); a Hugging Face dataset keeps
 its own validation split, or, without one, sends a document to validation when sha256(document) mod 20 == 0,
 and carves the holdout from its training documents by the holdout's rule (its test split is unused).
+
+torch, and the core that imports it, are imported where a tensor is made or a split decided: what a worker may
+not open is known without them, so that a run starts its training worker first and loads torch beside it.
 """
+
+from __future__ import annotations  # the Corpus's annotations name torch's Tensor, imported only to check types
 
 import hashlib
 import json
@@ -17,13 +22,13 @@ import sysconfig
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from jaxtyping import UInt8
-from torch import Tensor
-
-from referee.core import VAL_MODULUS, fingerprint, split_of, split_one_file
 from repo import write_atomic
+
+if TYPE_CHECKING:
+    from jaxtyping import UInt8
+    from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]  # the main checkout, which relative text:PATH sources start from
 
@@ -108,6 +113,10 @@ def load_corpus(source: str = DATA_SOURCE, cache_dir: Path | None = None) -> Cor
     """The prepared corpus. Local sources are prepared here, once per distinct file listing, and
     cached as three byte files; a Hugging Face source must have been prepared by `just prepare`.
     The fingerprint is recomputed from the bytes on every load, so it always names what was used."""
+    import torch
+
+    from referee.core import VAL_MODULUS, fingerprint, split_of, split_one_file
+
     kind, arg = parse_source(source)
     cache_dir = cache_dir or default_cache_dir()
     if kind == "hf":
@@ -249,6 +258,8 @@ def prepare_hf(spec: str, cache_dir: Path) -> Path:
 def hf_doc_split(doc: bytes, file_split: str, has_val: bool) -> str:
     """A document's split: its file's validation split if the dataset has one, else core.split_of's rule;
     the holdout is carved from the training documents by the holdout's own rule either way."""
+    from referee.core import split_of
+
     if not has_val:
         return split_of(doc)
     if file_split == "val":

@@ -302,6 +302,9 @@ def main(fd: int) -> int:
     logger.remove()
     logger.add(sys.stderr, format="{time:HH:mm:ss} | {message}", level="INFO" if job["rank"] == 0 else "ERROR")
     try:
+        # Before `confine`: torch imports its compiler to set this, and with it dynamo, whose polyfills load a
+        # fresh `operator` from its bytecode, a validation module of the default corpus (every optimizer imports
+        # dynamo: after `confine`, that read would end every run; tried, bench/README.md)
         core.strict_determinism()
         device = resolve_device(job["device"], job["world_size"])
         name, policy = device_name(device), sandbox.Policy(**job["policy"])

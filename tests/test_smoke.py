@@ -212,6 +212,22 @@ def test_uncommitted_code_is_refused_before_anything_runs(project):
     assert ledger(project).is_empty()
 
 
+def test_the_training_worker_starts_before_the_referee_loads_torch(project):
+    """A worker's start-up (torch, its compiler) is the longest wait of a short run: the referee starts the training
+    worker before it imports torch itself, so that the two imports share the cores instead of taking turns."""
+    script = (
+        "import sys, eval\n"
+        "def start_workers(*args):\n"
+        "    print('torch imported at the start:', 'torch' in sys.modules)\n"
+        "    raise SystemExit(0)\n"
+        "eval.start_workers = start_workers\n"
+        "eval.main(['tiny'])\n"
+    )
+    result = run([sys.executable, "-c", script], cwd=project)
+    assert result.returncode == 0 and result.stdout == "torch imported at the start: False\n", result.stderr
+    assert not (project / "runs").exists() or not any((project / "runs").glob("*-main-*"))  # no row, no run folder
+
+
 def test_mfu_divides_by_the_best_peak_measured_on_this_processor(project):
     """A CPU's peak FLOP/s is measured in each run, and a busy neighbour only ever lowers it: MFU divides by the best
     measured so far on the processor at those threads (runs/peak-flops.json), in the row and the step lines alike."""
