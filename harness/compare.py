@@ -173,7 +173,8 @@ class Confirming(NamedTuple):
 
 def confirmation_rows(df, slug: str) -> Confirming:
     """The slug's confirmation in the group of its newest confirming row. A claim holds by its structure, not by
-    the role a row carries (a shell can set any): a seed counts only as a pair, drawn from CONFIRM_SEEDS, fresh
+    the role a row carries (a shell can set any): a seed counts only as a pair, drawn from CONFIRM_SEEDS by
+    `just confirm` for this slug (its draw in runs/confirm-draws.jsonl: a seed screened out of sight is none), fresh
     (no row of the ledger, of any experiment, group or status, used it before the pair began), with one ok row a
     side. It is judged once, at the plan's pairs in the order they began (a look at fewer or more would be another
     chance for noise), or at FUTILE_AFTER pairs if the experiment's mean is not below main's there. A pair begins
@@ -204,6 +205,8 @@ def confirmation_rows(df, slug: str) -> Confirming:
             problems.append(
                 f"seed {seed}: not drawn by `just confirm` (it draws from {CONFIRM_SEEDS.start:,} up, in secret)"
             )
+        elif seed not in drawn:
+            problems.append(f"seed {seed}: not drawn by `just confirm {slug}` (runs/{DRAWS} has no draw of it)")
         elif not earlier.is_empty():
             problems.append(
                 f"seed {seed}: not fresh, {', '.join(earlier['run_id'])} used it before the confirmation began"

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # import eval, harness, model, train from the checkout under test
 from harness import table  # noqa: E402
-from harness.compare import CONFIRM_SEEDS  # noqa: E402
+from harness.compare import CONFIRM_SEEDS, record_draw  # noqa: E402
 from referee.spec import RunSpec  # noqa: E402
 from repo import guard  # noqa: E402
 from repo.ledger import RESULTS_COLUMNS, append_result  # noqa: E402
@@ -106,6 +106,13 @@ def add_rows(project: Path, *rows: dict) -> None:
             **extra,
         )
         append_result(row | dict(spec=row.get("spec", spec.to_json())), project / "results.tsv")
+
+
+def draw(project: Path, slug: str, *seeds: int) -> None:
+    """What `just confirm SLUG` records before it runs each pair (runs/confirm-draws.jsonl), for confirming rows
+    written by hand: a confirmation counts only the seeds drawn for it."""
+    for seed in seeds:
+        record_draw(project, slug, seed)
 
 
 def set_data_source(project: Path, source: str) -> None:

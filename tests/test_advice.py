@@ -14,7 +14,7 @@ import pytest
 import tyro
 
 import train
-from conftest import DRAWN_SEED, add_rows, just, ledger
+from conftest import DRAWN_SEED, add_rows, draw, just, ledger
 from harness import advice
 from harness.cli import COMMANDS
 from referee.args import parse_train_args
@@ -160,6 +160,7 @@ def test_the_commands_of_next_and_of_a_confirmed_experiment_run_as_printed(proje
         for s, v in ((10, 2.0), (11, 2.01), (12, 1.99))
     ]
     add_rows(project, *baseline(2.0, 2.02, 2.01, config="tiny", budget_tokens=1000), *confirming)
+    draw(project, "fast", *(DRAWN_SEED + s for s in (10, 11, 12)))
     add_rows(project, dict(experiment="fast", val_bpb=1.5, seed=3, config="tiny", budget_tokens=1000))
     printed += just(project, "compare", "fast").stdout
     assert "confirmed on fresh seeds and on the holdout: `uv run just submit fast` opens the pull request" in printed

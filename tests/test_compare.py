@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 import torch
 
-from conftest import JUST, add_rows, block, git, just, ledger, new
+from conftest import JUST, add_rows, block, draw, git, just, ledger, new
 from harness import stats
 from harness.compare import CONFIRM_SEEDS
 from repo.runs import minutes, pace_here
@@ -140,6 +140,7 @@ def test_submit_opens_a_pull_request_only_for_a_result_confirmed_on_fresh_seeds(
         dict(experiment="main", status="crash", **crashed),
     ]
     add_rows(project, *confirming, *crashed_pair)  # a pair one side of which crashed is no pair, and no forgery
+    draw(project, "faster", *DRAWN, crashed["seed"])
     submitted = just(project, "submit", "faster")  # confirmed, but rows written by hand re-derive nothing
     assert "faster on fresh seeds: improved" in submitted.stdout and "gh pr create" not in submitted.stdout
     assert submitted.returncode == 1 and "ok    seeds: 3 pairs" in submitted.stdout
@@ -163,12 +164,21 @@ def confirming_pairs(slug: str, *pairs: tuple[float, float], first: int = 0) -> 
     ]  # fmt: skip
 
 
+def drawn_pairs(project, slug: str, *pairs: tuple[float, float], first: int = 0) -> list[dict]:
+    """confirming_pairs, their seeds drawn for `slug` as `just confirm` draws them before it runs a pair."""
+    rows = confirming_pairs(slug, *pairs, first=first)
+    draw(project, slug, *dict.fromkeys(row["seed"] for row in rows))
+    return rows
+
+
 def test_a_confirmation_is_judged_once_at_the_plans_pairs(project):
     """Read after every pair, or run twice, a confirmation would give noise more chances: it is judged once, at
     the plan's 3 pairs (pairs after those are not judged), and stops after 2 if the experiment is not ahead."""
     new(project, "late")
     explored = [dict(experiment="late", val_bpb=v, seed=s) for s, v in enumerate((1.9, 1.91, 1.92))]
-    add_rows(project, *baseline_rows(2.0, 2.02, 2.01), *explored, *confirming_pairs("late", (1.90, 2.01), (1.91, 2.0)))
+    add_rows(
+        project, *baseline_rows(2.0, 2.02, 2.01), *explored, *drawn_pairs(project, "late", (1.90, 2.01), (1.91, 2.0))
+    )
     confirmation = lambda: json.loads(just(project, "compare", "late", "--json").stdout)["confirmation"]  # noqa: E731
     pending = confirmation()  # improved at 2 pairs by the t-test's numbers, and still no verdict
     assert pending["outcome"] == "inconclusive" and pending["why"].startswith("2 of 3 pairs: judged at 3, not before")
@@ -177,9 +187,10 @@ def test_a_confirmation_is_judged_once_at_the_plans_pairs(project):
     assert waiting["kind"] == "confirm" and waiting["why"].startswith(
         "called improved, its confirmation has 2 of 3 pairs"
     )
-    add_rows(project, *confirming_pairs("late", (1.92, 2.02), first=2))
+    add_rows(project, *drawn_pairs(project, "late", (1.92, 2.02), first=2))
     assert confirmation()["outcome"] == "improved"
-    add_rows(project, *confirming_pairs("late", (2.3, 2.0), (2.3, 2.0), (2.3, 2.0), first=3))  # a second `just confirm`
+    second = drawn_pairs(project, "late", (2.3, 2.0), (2.3, 2.0), (2.3, 2.0), first=3)  # a second `just confirm`
+    add_rows(project, *second)
     judged = confirmation()
     assert judged["outcome"] == "improved" and judged["runs"] == [1.90, 1.91, 1.92]
     left_out = ", ".join(str(CONFIRM_SEEDS.start + 100 + i) for i in (3, 4, 5))
@@ -188,7 +199,7 @@ def test_a_confirmation_is_judged_once_at_the_plans_pairs(project):
     assert again.returncode == 2 and "late's confirmation is complete (3 pairs): it is judged once" in again.stderr
 
     new(project, "flat")  # main's own numbers: after 2 pairs its mean is not below main's, and it stops there
-    add_rows(project, dict(experiment="flat", val_bpb=2.0, seed=3, run_id="f3"), *confirming_pairs("flat", (2.0, 2.01), (2.02, 2.0), (1.5, 2.0), first=10))  # fmt: skip
+    add_rows(project, dict(experiment="flat", val_bpb=2.0, seed=3, run_id="f3"), *drawn_pairs(project, "flat", (2.0, 2.01), (2.02, 2.0), (1.5, 2.0), first=10))  # fmt: skip
     flat = json.loads(just(project, "compare", "flat", "--json").stdout)["confirmation"]
     assert flat["outcome"] == "inconclusive" and flat["runs"] == [2.0, 2.02]
     assert flat["why"].startswith("stopped after 2 pairs, the experiment's mean not below main's: mean of 2 runs")
@@ -211,6 +222,7 @@ def test_a_claim_needs_the_holdout_too(project):
             )
         ],
     )
+    draw(project, "overfit", *DRAWN)
     compared = just(project, "compare", "overfit").stdout
     assert "on fresh seeds: worse" in compared and "improved on fresh seeds but not on the holdout" in compared
     submitted = just(project, "submit", "overfit")
@@ -259,6 +271,13 @@ def test_a_confirmation_assembled_by_hand_is_no_confirmation(project):
     add_rows(project, *[dict(experiment="main", val_bpb=2.0, seed=s, role="confirm:forged") for s in (8, 3, 4)])
     why = json.loads(just(project, "compare", "forged", "--json").stdout)["confirmation"]["why"]
     assert "seed 8: not drawn by `just confirm`" in why
+    # a fresh seed of the drawn range, both sides run with the role typed: a seed screened out of sight (another
+    # clone) would look the same, so a seed counts only if `just confirm` drew it
+    unrecorded = dict(role="confirm:forged", seed=DRAWN[2], started_at="2026-01-03T00:00:00")
+    add_rows(project, *[dict(experiment=e, val_bpb=v, run_id=f"h-{e}", **unrecorded) for e, v in (("forged", 1.9), ("main", 2.0))])  # fmt: skip
+    why = json.loads(just(project, "compare", "forged", "--json").stdout)["confirmation"]["why"]
+    assert f"seed {DRAWN[2]}: not drawn by `just confirm forged` (runs/confirm-draws.jsonl has no draw of it)" in why
+    draw(project, "forged", DRAWN[1], DRAWN[0] - 1)  # drawn, and still no pair: each seed's own reason
     twice = dict(role="confirm:forged", seed=DRAWN[1], started_at="2026-01-03T00:00:00")  # one side scored twice
     add_rows(project, *[dict(experiment=e, val_bpb=v, run_id=f"t-{e}-{v}", **twice) for e, v in (("forged", 1.9), ("forged", 1.8), ("main", 2.0))])  # fmt: skip
     why = json.loads(just(project, "compare", "forged", "--json").stdout)["confirmation"]["why"]
@@ -283,9 +302,9 @@ def test_a_pair_begun_is_never_dropped(project):
     main's run at its seed, and that run must retrace the one that failed."""
     new(project, "picky")
     explored = [dict(experiment="picky", val_bpb=v, seed=s) for s, v in enumerate((1.9, 1.91, 1.92))]
-    unlucky, killed = confirming_pairs("picky", (2.3, 2.0))
+    unlucky, killed = drawn_pairs(project, "picky", (2.3, 2.0))
     killed |= dict(status="crash", val_bpb=None, error="killed by SIGTERM")
-    good = confirming_pairs("picky", (1.90, 2.01), (1.91, 2.0), (1.92, 2.02), first=1)
+    good = drawn_pairs(project, "picky", (1.90, 2.01), (1.91, 2.0), (1.92, 2.02), first=1)
     add_rows(project, *baseline_rows(2.0, 2.02, 2.01), *explored, unlucky, killed, *good)
     seed = unlucky["seed"]
     confirmation = lambda: json.loads(just(project, "compare", "picky", "--json").stdout)["confirmation"]  # noqa: E731

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import DRAWN_SEED, ROOT, add_rows, git, in_processes, just, ledger, new
+from conftest import DRAWN_SEED, ROOT, add_rows, draw, git, in_processes, just, ledger, new
 from harness import records
 from repo import git as gitlayer
 from repo import guard
@@ -315,6 +315,7 @@ def test_next_lists_what_is_pending_before_the_mode_in_order(project):
         for s in (5, 6, 7)
     ]
     add_rows(project, *confirming, *mains)
+    draw(project, "faster", *(DRAWN_SEED + s for s in (5, 6, 7)))
     assert just(project, "report", "faster").returncode == 0 and just(project, "record").returncode == 0
     text = just(project, "next").stdout
     assert "pending" not in text and text.startswith("queue: not checked")
@@ -444,6 +445,7 @@ def test_submit_commits_pushes_and_proposes_a_pr_only_when_it_beats_main(project
             for s, v in ((2, 2.5), (3, 2.51), (4, 2.52))
         ],
     )
+    draw(project, "better", *(DRAWN_SEED + s for s in (2, 3, 4)))
     result = just(project, "submit", "better")  # confirmed; the audit finds no runs/ behind hand-made rows
     assert "better on fresh seeds: improved" in result.stdout and "gh pr create" not in result.stdout
     assert result.returncode == 1 and "no pull request: the audit failed" in result.stdout
@@ -465,6 +467,7 @@ def test_submit_does_not_propose_a_pr_that_noise_explains(project):
         dict(experiment="noise", val_bpb=2.0, commit="w1", seed=DRAWN_SEED + 4, description="confirm seed 4"),
         dict(experiment="main", val_bpb=2.02, commit="m1", seed=DRAWN_SEED + 4, description="confirm noise seed 4"),
     )
+    draw(project, "noise", *(DRAWN_SEED + s for s in (2, 3, 4)))
     out = just(project, "submit", "noise").stdout
     assert "noise on fresh seeds: inconclusive" in out and "no pull request: not confirmed" in out
     assert "gh pr create" not in out

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import add_rows, just, ledger
+from conftest import add_rows, draw, just, ledger
 from harness import notify, table
 from harness.compare import CONFIRM_SEEDS, confirmation
 
@@ -76,7 +76,7 @@ def test_a_new_best_and_a_streak_of_failed_runs_reach_the_hook_and_the_breaker_h
     assert len(received(inbox, 2)) == 2 and "exit 0" in (project / "runs" / "notify.log").read_text()
 
 
-def test_a_confirmed_experiment_reaches_the_hook_and_a_failing_hook_fails_nothing(project, tmp_path):
+def test_a_confirmed_experiment_reaches_the_hook_and_a_failing_hook_fails_nothing(project, tmp_path, monkeypatch):
     hook, inbox = tmp_path / "hook.py", tmp_path / "received.jsonl"
     hook.write_text(HOOK)
     (project / "notify.toml").write_text(f'command = "{sys.executable} {hook} {inbox}"\n')
@@ -87,6 +87,8 @@ def test_a_confirmed_experiment_reaches_the_hook_and_a_failing_hook_fails_nothin
         *[dict(experiment="fast", val_bpb=1.5 + i / 100, seed=s, description=f"confirm seed {s}") for i, s in enumerate(seeds)],
         *[dict(experiment="main", val_bpb=2.0 + i / 100, seed=s, description=f"confirm fast seed {s}") for i, s in enumerate(seeds)],
     )  # fmt: skip
+    draw(project, "fast", *seeds)
+    monkeypatch.chdir(project)  # where the draws are read from: the checkout the command runs in
     verdict = confirmation(table.ledger(project), "fast")  # what `just confirm fast` judges at its end
     assert verdict.outcome == "improved", verdict.why
     notify.confirmed(project, "fast", verdict)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DRAWN_SEED, JUST, add_rows, git, just, new
+from conftest import DRAWN_SEED, JUST, add_rows, draw, git, just, new
 
 BASELINE = [(0, 2.0), (1, 2.02), (2, 2.01)]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -45,6 +45,7 @@ def research_record(project: Path) -> dict:
         dict(experiment="slow", val_bpb=2.5, seed=3, **tiny),
         dict(experiment="slow", status="crash", val_bpb=None, seed=4, error="RuntimeError: out of memory", **tiny),
     )  # fmt: skip
+    draw(project, "fast", *(DRAWN_SEED + s for s in (6, 7, 8)))
     rows = (project / "results.tsv").read_text().splitlines()[1:]
     for i, line in enumerate(rows):
         run_id = line.split("\t")[0]
