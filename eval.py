@@ -75,6 +75,7 @@ from repo.runs import (
     TRAIN_CONFIG,
     best_peak_flops,
     minutes,
+    new_scratch,
     notify_configured,
     pace_here,
     read_steps,
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         smoke=spec.smoke,
         threads=threads,
     )
-    scratch = tempfile.mkdtemp(prefix=f"worker-{run_id}-")  # the workers' working folder, outside the checkout
+    scratch = new_scratch(run_id)
     start_logging(run_dir)
     workers: list[Worker] = []
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from repo import append_durably, write_atomic
-from repo.runs import RUNS
+from repo.runs import RUNS, remove_scratch
 
 LEDGER = "results.tsv"
 RESULTS_SCHEMA = {  # the ledger's columns, in order, with their polars dtypes
@@ -313,4 +313,5 @@ def reap_killed_runs(root: Path) -> list[str]:
                 append_locked(dict(record["row"], status="crash", error=error), path)
                 reaped.append(record["row"]["run_id"])
             marker.unlink()
+            remove_scratch(record["row"]["run_id"])  # its workers died with it (PR_SET_PDEATHSIG)
     return reaped

@@ -2,9 +2,12 @@
 the plots, the site, the TensorBoard export and the time estimates (`just plan`, the advice: pace_here) read
 it. Local to the machine that scored the run (ignored by git), or a cluster's shared filesystem."""
 
+import glob
 import json
 import os
+import shutil
 import statistics
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,19 @@ LOG = "train.log"  # the run's log: the referee's and the workers' lines
 NOTIFY_CONFIG = "notify.toml"  # in the main checkout; ignored by git (a webhook's URL is a secret)
 NOTIFY_ENV = "RESEARCH_NOTIFY"  # a command; it wins over notify.toml's
 NOTIFY_LOG = "notify.log"  # under runs/: each call of the hook, its exit code and output, the notifier's errors
+
+
+def new_scratch(run_id: str) -> str:
+    """A folder for the run's workers to work in, outside the checkout: eval.py removes it at the run's end; a run
+    killed with SIGKILL leaves it, and the reaper that records its crash row removes it (`remove_scratch`)."""
+    return tempfile.mkdtemp(prefix=f"worker-{run_id}-")
+
+
+def remove_scratch(run_id: str) -> None:
+    tmp = Path(tempfile.gettempdir())
+    for path in tmp.glob(glob.escape(f"worker-{run_id}-") + "*"):
+        if path.parent == tmp:  # a run id is a name, never a path; the glob is checked all the same
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def notify_configured(root: Path) -> bool:

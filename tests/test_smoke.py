@@ -9,7 +9,9 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -299,6 +301,9 @@ def test_a_run_killed_without_its_row_gets_one_crash_row_from_check_or_next_neve
     finally:
         kill_group(proc)
     assert (project / "results.tsv").read_text().count("\n") == 1  # no row yet: nothing could write it
+    (marker,) = (project / "runs").glob("*/running.json")
+    scratch = list(Path(tempfile.gettempdir()).glob(f"worker-{marker.parent.name}-*"))
+    assert len(scratch) == 1 and scratch[0].is_dir()  # its workers' folder, which only its own end would remove
     for reader in ("results", "best"):  # reading the record never writes it
         just(project, reader)
         assert (project / "results.tsv").read_text().count("\n") == 1
@@ -312,7 +317,7 @@ def test_a_run_killed_without_its_row_gets_one_crash_row_from_check_or_next_neve
     df = ledger(project)
     assert df.height == 1 and df["status"][0] == "crash"
     assert df["error"][0].startswith("killed (SIGKILL or out of memory)") and df["config"][0] == "tiny"
-    assert not list((project / "runs").glob("*/running.json"))
+    assert not list((project / "runs").glob("*/running.json")) and not scratch[0].exists()  # reaped, and removed
     assert ledger(project).height == 1  # read again: still one row
 
 
