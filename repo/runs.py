@@ -34,9 +34,11 @@ def new_scratch(run_id: str) -> str:
 
 
 def remove_scratch(run_id: str) -> None:
-    tmp = Path(tempfile.gettempdir())
-    for path in tmp.glob(glob.escape(f"worker-{run_id}-") + "*"):
-        if path.parent == tmp:  # a run id is a name, never a path; the glob is checked all the same
+    tmp, prefix = Path(tempfile.gettempdir()), f"worker-{run_id}-"
+    for path in tmp.glob(glob.escape(prefix) + "*"):
+        # mkdtemp's own part has no "-": worker-{run_id}-beef-... is a run id used again (`pueue restart`), and
+        # a run id is a name, never a path
+        if path.parent == tmp and "-" not in path.name.removeprefix(prefix):
             shutil.rmtree(path, ignore_errors=True)
 
 

@@ -304,6 +304,7 @@ def test_a_run_killed_without_its_row_gets_one_crash_row_from_check_or_next_neve
     (marker,) = (project / "runs").glob("*/running.json")
     scratch = list(Path(tempfile.gettempdir()).glob(f"worker-{marker.parent.name}-*"))
     assert len(scratch) == 1 and scratch[0].is_dir()  # its workers' folder, which only its own end would remove
+    again = Path(tempfile.mkdtemp(prefix=f"worker-{marker.parent.name}-beef-"))  # its id used again: not its folder
     for reader in ("results", "best"):  # reading the record never writes it
         just(project, reader)
         assert (project / "results.tsv").read_text().count("\n") == 1
@@ -318,6 +319,8 @@ def test_a_run_killed_without_its_row_gets_one_crash_row_from_check_or_next_neve
     assert df.height == 1 and df["status"][0] == "crash"
     assert df["error"][0].startswith("killed (SIGKILL or out of memory)") and df["config"][0] == "tiny"
     assert not list((project / "runs").glob("*/running.json")) and not scratch[0].exists()  # reaped, and removed
+    assert again.is_dir()
+    again.rmdir()
     assert ledger(project).height == 1  # read again: still one row
 
 
