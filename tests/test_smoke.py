@@ -20,7 +20,7 @@ from conftest import JUST, block, git, just, ledger, run
 from referee import data
 from referee.spec import RunSpec
 from repo.ledger import RESULTS_COLUMNS, RUNNING
-from repo.runs import read_steps
+from repo.runs import new_scratch, read_steps
 
 TINY = ["tiny", "--budget-tokens", "6000"]
 
@@ -304,7 +304,7 @@ def test_a_run_killed_without_its_row_gets_one_crash_row_from_check_or_next_neve
     (marker,) = (project / "runs").glob("*/running.json")
     scratch = list(Path(tempfile.gettempdir()).glob(f"worker-{marker.parent.name}-*"))
     assert len(scratch) == 1 and scratch[0].is_dir()  # its workers' folder, which only its own end would remove
-    again = Path(tempfile.mkdtemp(prefix=f"worker-{marker.parent.name}-beef-"))  # its id used again: not its folder
+    again = Path(new_scratch(f"{marker.parent.name}-beef"))  # its id used again (`pueue restart`): not its folder
     for reader in ("results", "best"):  # reading the record never writes it
         just(project, reader)
         assert (project / "results.tsv").read_text().count("\n") == 1
