@@ -5,7 +5,10 @@ own client in offline mode (the `wandb` dependency group), with no account or ne
 them. Both come from the ledger and runs/ID/metrics.jsonl, rewritten whole on each call."""
 
 import json
+import os
 import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -77,6 +80,22 @@ def export_tensorboard(root: Path, df: pl.DataFrame, out: Path) -> None:
     print(f"exported {df.height} runs to {out}\nview them: tensorboard --logdir {out}")
 
 
+@contextmanager
+def service_tmpdir(wandb):
+    """W&B's service process makes its socket folder in TMPDIR and never removes it: give it one, removed after."""
+    folder, before = tempfile.mkdtemp(prefix="wandb-service-"), os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = folder
+    try:
+        yield
+    finally:
+        wandb.teardown()  # the service ends here: its folder is no longer in use
+        if before is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = before
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def export_wandb(root: Path, df: pl.DataFrame, out: Path, project: str, entity: str | None) -> None:
     """One W&B offline run per row: id and name the run id, group its comparable group, job type its role, notes
     its label, tags its experiment and status; config the row (its spec as a dict); history the step metrics and
@@ -93,25 +112,26 @@ def export_wandb(root: Path, df: pl.DataFrame, out: Path, project: str, entity: 
         mode="offline", silent=True, console="off", disable_git=True, save_code=False, disable_job_creation=True,
         x_disable_stats=True, x_disable_meta=True,  # the exporting process's machine and git are not the run's
     )  # fmt: skip
-    for row in df.iter_rows(named=True):
-        config = {k: v for k, v in row.items() if v is not None and k != "spec"} | {"spec": json.loads(row["spec"])}
-        summary = {k: row[k] for k in ("val_bpb", "holdout_bpb", "status", "error") if row[k] is not None}
-        for kind, result in verdicts.get(row["experiment"], {}).items():
-            if result is not None:
-                summary[f"verdict/{kind}"] = str(result.outcome)
-                summary[f"verdict/{kind}_why"] = result.why
-        run = wandb.init(
-            dir=out, project=project, entity=entity, id=row["run_id"], name=row["run_id"], group=group_name(row),
-            job_type=row["role"], notes=row["label"], tags=[row["experiment"], row["status"]], config=config,
-            settings=settings,
-        )  # fmt: skip
-        steps = read_steps(root / RUNS / row["run_id"])
-        for record in steps:
-            run.log(step_scalars(record), step=record["step"])
-        if row["val_bpb"] is not None:
-            run.log({"val_bpb": row["val_bpb"]}, step=steps[-1]["step"] if steps else 0)
-        run.summary.update(summary)
-        run.finish(exit_code=0 if row["status"] == "ok" else 1)
+    with service_tmpdir(wandb):
+        for row in df.iter_rows(named=True):
+            config = {k: v for k, v in row.items() if v is not None and k != "spec"} | {"spec": json.loads(row["spec"])}
+            summary = {k: row[k] for k in ("val_bpb", "holdout_bpb", "status", "error") if row[k] is not None}
+            for kind, result in verdicts.get(row["experiment"], {}).items():
+                if result is not None:
+                    summary[f"verdict/{kind}"] = str(result.outcome)
+                    summary[f"verdict/{kind}_why"] = result.why
+            run = wandb.init(
+                dir=out, project=project, entity=entity, id=row["run_id"], name=row["run_id"], group=group_name(row),
+                job_type=row["role"], notes=row["label"], tags=[row["experiment"], row["status"]], config=config,
+                settings=settings,
+            )  # fmt: skip
+            steps = read_steps(root / RUNS / row["run_id"])
+            for record in steps:
+                run.log(step_scalars(record), step=record["step"])
+            if row["val_bpb"] is not None:
+                run.log({"val_bpb": row["val_bpb"]}, step=steps[-1]["step"] if steps else 0)
+            run.summary.update(summary)
+            run.finish(exit_code=0 if row["status"] == "ok" else 1)
     where = f" of {entity}" if entity else ""
     print(
         f"exported {df.height} runs to {out / 'wandb'} as W&B offline runs (project {project}{where})\n"

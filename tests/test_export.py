@@ -94,9 +94,12 @@ def test_export_wandb_writes_offline_runs_the_client_reads_back(project):
     steps = [dict(step=s, total_steps=20, loss=5.0 - s / 10, lr=0.001) for s in (0, 10, 19)]
     (project / "runs" / "r2-fast").mkdir(parents=True)
     (project / "runs" / "r2-fast" / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in steps))
+    tmp = project.parent / "tmp"  # where W&B's service makes its socket folder: the export removes it after
+    tmp.mkdir()
     for _ in range(2):  # the second export rewrites, never adds
-        result = just(project, "export", "wandb", "--project", "lab", env={"WANDB_MODE": "online"})
+        result = just(project, "export", "wandb", "--project", "lab", env={"WANDB_MODE": "online", "TMPDIR": str(tmp)})
         assert result.returncode == 0, result.stderr
+    assert not list(tmp.glob("wandb-*"))
     out = project / "runs" / "wandb" / "wandb"
     assert f"exported 5 runs to {out} as W&B offline runs (project lab)" in result.stdout
     assert f"uv run wandb sync {out}/offline-run-*" in result.stdout
