@@ -40,7 +40,7 @@ class Config:
     """training context in bytes (the eval context of the device preset should not exceed it)"""
     batch_size: int = 32
     """sequences per step"""
-    lr: float = 4e-3
+    lr: float = 2e-3
     """peak AdamW learning rate"""
     final_lr_frac: float = 0.05
     """the learning rate decays linearly to this fraction of the peak"""

@@ -25,7 +25,7 @@ from harness.table import read_results
 
 # slug -> (file, text in main, text in the experiment)
 CHANGES = {
-    "lr-6e-3": ("train.py", "lr: float = 4e-3", "lr: float = 6e-3"),
+    "lr-3e-3": ("train.py", "lr: float = 2e-3", "lr: float = 3e-3"),  # 1.5 times (4e-3 -> 6e-3 before 2e-3)
     "width-160": ("train.py", "d_model: int = 128", "d_model: int = 160"),
     "gelu-mlp": ("model.py", "F.relu(self.up(x)).square()", "F.gelu(self.up(x))"),
     "warmup-10pct": ("train.py", "warmup_frac: float = 0.03", "warmup_frac: float = 0.1"),
