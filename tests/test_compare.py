@@ -16,7 +16,7 @@ import torch
 from conftest import JUST, add_rows, block, draw, git, just, ledger, new
 from harness import stats
 from harness.compare import CONFIRM_SEEDS
-from repo.runs import minutes, pace_here
+from repo.runs import minutes, pace_here, remove_scratch
 
 TINY = ["tiny", "--budget-tokens", "3000"]
 DRAWN = [CONFIRM_SEEDS.start + 7, CONFIRM_SEEDS.start + 1234, CONFIRM_SEEDS.start + 99]  # as `just confirm` draws
@@ -562,6 +562,7 @@ def test_a_confirming_side_killed_without_a_trace_keeps_its_seed(project, small_
     assert ledger(project).filter(pl.col("role") == "confirm:same").is_empty()  # no row at that seed, anywhere
     _, rows = confirm_again(project, small_corpus, seed, "same and main")
     assert rows["seed"][:2].to_list() == [seed, seed] and rows["val_bpb"][0] == rows["val_bpb"][1]
+    remove_scratch(marker.parent.name)  # the killed run's workers' folder: with its marker gone, no reaper finds it
 
 
 def test_a_claim_from_baseline_to_pull_request_carries_its_audit(project, small_corpus):

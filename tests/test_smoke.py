@@ -140,6 +140,16 @@ def kill_group(proc) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def interrupt(proc) -> None:
+    """Ctrl-C to the command's group, as a terminal sends it: its run ends with a crash row and removes its workers'
+    folder, which a SIGKILL would leave in the temporary folder."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.communicate(timeout=120)
+    kill_group(proc)
+
+
 def stop_once_training(project, proc, sig) -> None:
     wait_until_training(project)
     if sig == signal.SIGINT:
@@ -161,6 +171,7 @@ def test_ctrl_c_or_a_kill_still_writes_exactly_one_row(project, sig, error):
     assert df.height == 1
     r = df.row(0, named=True)
     assert r["status"] == "crash" and r["error"].startswith(error)
+    assert not list(Path(tempfile.gettempdir()).glob(f"worker-{r['run_id']}-*"))  # its workers' folder removed
     lines = (project / "results.tsv").read_text().splitlines()
     assert len(lines) == 2 and all(len(line.split("\t")) == len(RESULTS_COLUMNS) for line in lines)
 
@@ -175,7 +186,7 @@ def test_a_run_beside_another_on_this_machine_says_so(project):
             time.sleep(0.1)
         result = just(project, "eval", *TINY, "--threads", "2")
     finally:
-        kill_group(proc)
+        interrupt(proc)
     assert result.returncode == 0, result.stderr
     others = re.search(r"(\d+) other scored runs? on this machine \(([^)]*)\), load", result.stderr)
     assert others and int(others[1]) >= 1 and others[2].startswith("20"), result.stderr  # its run id
