@@ -209,14 +209,22 @@ def cluster_job_paths(root: Path, job_id: str):
     return JobPaths(record_path.parent, json.loads(record_path.read_text())["job_id"])
 
 
-def follow_job(root: Path, job_id: str, poll_s: float = 2.0) -> None:
+def follow_job(root: Path, job_id: str, poll_s: float = 2.0, ask_max_s: float = 60.0) -> None:
     """Print a job's output (stdout, and its stderr to stderr) as it comes, until the job has ended, as
-    `pueue follow` does for a task."""
+    `pueue follow` does for a task. The output is read every `poll_s`; Slurm is asked how the job stands at 0,
+    2, 4, 8, ... seconds, then every `ask_max_s` (submitit's own back-off: one squeue serves every user of the
+    cluster), and every `poll_s` once the job has written its result."""
     paths = cluster_job_paths(root, job_id)
     streams = {paths.stdout: sys.stdout, paths.stderr: sys.stderr}
     offsets = dict.fromkeys(streams, 0)
+    started = asked = time.monotonic()
+    job: dict = {}
     while True:
-        [job] = cluster_jobs(root, only=job_id)  # before reading: what the job wrote before it ended is printed
+        now = time.monotonic()
+        backed_off = job.get("backend") == "slurm" and not paths.result_pickle.exists()
+        if not backed_off or now - asked >= min(ask_max_s, max(poll_s, asked - started)):
+            [job] = cluster_jobs(root, only=job_id)  # before reading: what the job wrote before it ended is printed
+            asked = now
         for path, stream in streams.items():
             if path.exists():
                 with path.open("rb") as f:

@@ -3,7 +3,10 @@ where Slurm or root is missing), and the same submission through submitit's loca
 
 import itertools
 import json
+import math
+import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,7 +16,7 @@ from submitit.slurm.slurm import _make_sbatch_string
 from test_queue import TINY, Pueue
 
 import harness
-from conftest import just, ledger
+from conftest import JUST, just, ledger
 from harness import cluster
 from referee.spec import RunSpec
 
@@ -74,28 +77,44 @@ def submit(project: Path, env: dict, label: str, *args: str) -> str:
     return result.stdout.split("submitted slurm job ", 1)[1].split(":", 1)[0]
 
 
-def test_real_slurm_jobs_that_pass_fail_and_are_cancelled_each_leave_one_row(project, slurm):
+def test_real_slurm_jobs_that_pass_fail_and_are_cancelled_each_leave_one_row(project, slurm, tmp_path):
     """Four jobs at once on a 2-core node (two run together, writing the ledger under its lock); a CPU run asks
-    for no GPU on a partition that has none; the states are Slurm's own (squeue)."""
+    for no GPU on a partition that has none; the states are Slurm's own (squeue), which `just follow` asks for
+    less and less often, as submitit does."""
     (project / "cluster.toml").write_text('partition = "debug"\nqos = "normal"\n\n[sbatch]\nnice = 10\n')
     cpu = ["tiny", "--device", "cpu", "--budget-tokens", "3000"]
     ok = [submit(project, slurm.env, f"Q: seed {seed}? H: a row", *cpu, "--seed", str(seed)) for seed in (1, 2)]
     failed = submit(project, slurm.env, "Q: past the cap? H: a timeout row", *cpu, "--wall-cap-s", "0.01")
-    long = ["tiny", "--device", "cpu", "--budget-tokens", "3000000", "--wall-cap-s", "3600"]  # ~40 s alone
+    long = ["tiny", "--device", "cpu", "--budget-tokens", "10000000", "--wall-cap-s", "3600"]  # cancelled as it trains
     cancelled = submit(project, slurm.env, "Q: cancelled? H: a crash row", *long)
+    asks = tmp_path / "squeue-asks"  # one line per squeue that `just follow` runs: the real one, logged
+    (tmp_path / "bin").mkdir()
+    squeue = tmp_path / "bin" / "squeue"
+    squeue.write_text(f'#!/bin/sh\necho x >> {asks}\nexec {shutil.which("squeue")} "$@"\n')
+    squeue.chmod(0o755)
+    follow_env = {**os.environ, "PYTHONUNBUFFERED": "1", **slurm.env, "PATH": f"{squeue.parent}:{os.environ['PATH']}"}
+    out, errors = tmp_path / "follow.out", tmp_path / "follow.err"  # files, not pipes: nothing waits on a reader
+    follow = subprocess.Popen(
+        [JUST, "follow", cancelled], cwd=project, env=follow_env, stdout=out.open("w"), stderr=errors.open("w")
+    )
+    followed_from = time.monotonic()
     err = project / "runs" / "cluster" / cancelled / f"{cancelled.split('-')[1]}_0_log.err"
-    deadline = time.monotonic() + 180
-    while "| step " not in (err.read_text() if err.exists() else "") and time.monotonic() < deadline:
+    deadline = followed_from + 180
+    while time.monotonic() < deadline and (
+        "| step " not in (err.read_text() if err.exists() else "") or time.monotonic() < followed_from + 30
+    ):
         time.sleep(1)
     assert err.exists() and "| step " in err.read_text(), just(project, "status", env=slurm.env).stdout
+    asked, followed_s = len(asks.read_text().splitlines()), time.monotonic() - followed_from
     assert slurm.client("scancel", cancelled.split("-")[1]).returncode == 0
-    followed = just(project, "follow", cancelled, env=slurm.env, timeout=120)  # returns once the job ended
+    follow.wait(timeout=120)  # returns once the job ended
     runs = {r["id"]: r for r in wait_done(project, slurm.env)}
     review = just(project, "review", env=slurm.env)
     log = just(project, "log", failed, env=slurm.env)
 
-    assert followed.returncode == 0 and "crash: Terminated: killed by SIGTERM" in followed.stderr
-    assert f"{cancelled}: Cancelled" in followed.stdout
+    assert follow.returncode == 0 and "crash: Terminated: killed by SIGTERM" in errors.read_text()
+    assert f"{cancelled}: Cancelled" in out.read_text()
+    assert asked <= 3 + math.log2(followed_s), (asked, followed_s)  # at 0, 2, 4, 8, 16, ... s, not every 2 s
     assert {k: (r["kind"], r["state"]) for k, r in runs.items()} == {
         ok[0]: ("slurm job", "Completed"), ok[1]: ("slurm job", "Completed"),
         failed: ("slurm job", "Failed"), cancelled: ("slurm job", "Cancelled"),
