@@ -3,7 +3,7 @@ change committed in a worktree), its seeds as `just compare` asks for them, `jus
 stage timed, the way an agent following program.md runs them. Prints a line per stage and a JSON line at the end.
 
 Usage:
-    uv run python bench/claim.py                                    # the cpu preset: 12 runs, 1.5-2.8 hours
+    uv run python bench/claim.py                                    # the cpu preset: 12 runs, 2.0 hours on the 2-core Xeon VM
     uv run python bench/claim.py --budget-tokens 2000000            # 56 minutes on the 2-core Xeon VM
     uv run python bench/claim.py --change train.py "lr: float = 2e-3" "lr: float = 3e-3"
 
