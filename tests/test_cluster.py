@@ -93,10 +93,11 @@ def test_real_slurm_jobs_that_pass_fail_and_are_cancelled_each_leave_one_row(pro
     squeue.write_text(f'#!/bin/sh\necho x >> {asks}\nexec {shutil.which("squeue")} "$@"\n')
     squeue.chmod(0o755)
     follow_env = {**os.environ, "PYTHONUNBUFFERED": "1", **slurm.env, "PATH": f"{squeue.parent}:{os.environ['PATH']}"}
-    out, errors = tmp_path / "follow.out", tmp_path / "follow.err"  # files, not pipes: nothing waits on a reader
-    follow = subprocess.Popen(
-        [JUST, "follow", cancelled], cwd=project, env=follow_env, stdout=out.open("w"), stderr=errors.open("w")
-    )
+    out, errors = tmp_path / "follow.out", tmp_path / "follow.err"
+    with out.open("w") as stdout, errors.open("w") as stderr:  # files, not pipes: nothing waits on a reader
+        follow = subprocess.Popen(
+            [JUST, "follow", cancelled], cwd=project, env=follow_env, stdout=stdout, stderr=stderr
+        )
     followed_from = time.monotonic()
     err = project / "runs" / "cluster" / cancelled / f"{cancelled.split('-')[1]}_0_log.err"
     deadline = followed_from + 180
