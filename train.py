@@ -38,7 +38,7 @@ class Config:
     """attention head width"""
     seq_len: int = 256
     """training context in bytes (the eval context of the device preset should not exceed it)"""
-    batch_size: int = 32
+    batch_size: int = 16
     """sequences per step"""
     lr: float = 2e-3
     """peak AdamW learning rate"""

@@ -34,9 +34,9 @@ SEED_PLANS = {
     # With 3 vs 3 the rule resolves 3.6 std, so a plan of 3 fits a device whose preset std is below
     # meaningful_effect / 4.1 (the effect a pull request needs); `just baseline` says when it is not.
     # cpu, measured (bench/README.md, "Budgets"): std 0.0022 at the preset, so 3 vs 3 resolved 0.0078 and
-    # took 0.009 to a pull request, both under 0.01; since the holdout split, 0.018 at lr 4e-3 (six seeds) and 0.0098
-    # at 2e-3, the default since (four; bench/README.md, "The preset's learning rate"): `just baseline` says "too
-    # noisy" there. mps and cuda: 3 until their noise is measured.
+    # took 0.009 to a pull request, both under 0.01; since the holdout split, 0.018 at lr 4e-3 (six seeds), 0.0098
+    # at 2e-3 (four) and 0.0073 at batch 16, today's default (six; bench/README.md, "Claims by structure"): `just
+    # baseline` says "too noisy" there. mps and cuda: 3 until their noise is measured.
     "cpu": SeedPlan(baseline=3, runs=3, confirm=3, meaningful_effect=0.01),
     "mps": SeedPlan(baseline=3, runs=3, confirm=3, meaningful_effect=0.01),
     # cuda: a GPU run is 5-6 minutes and its metric lower, so a smaller effect is worth a claim

@@ -1,5 +1,7 @@
-"""bench/bench.py runs on CPU and prints one JSON line per config with every figure (no timing asserted)."""
+"""bench/bench.py runs on CPU and prints one JSON line per config with every figure (no timing asserted); the
+changes the other benchmarks make to main's code still apply to it."""
 
+import importlib
 import json
 import sys
 
@@ -36,3 +38,14 @@ def test_profile_prints_the_top_kernels_of_this_checkouts_config():
     result = run([sys.executable, str(ROOT / "bench" / "bench.py"), *args], cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "tiny: top kernels over 2 steps" in result.stdout and "aten::mm" in result.stdout
+
+
+def test_the_benchmarks_changes_are_still_in_mains_code(monkeypatch):
+    """claim.py's default experiment and pairing.py's changes replace a text of main's files: a default that
+    main's code has since moved past (as claim.py's batch size 32 -> 16 when 16 became main's) must fail here,
+    not two hours into a benchmark."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    claim, pairing = importlib.import_module("claim"), importlib.import_module("pairing")
+    for name, before, after in [claim.Args().change, *pairing.CHANGES.values()]:
+        assert (ROOT / name).read_text().count(before) == 1, f"{name} has no single {before!r}"
+        assert before != after
