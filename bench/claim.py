@@ -3,7 +3,7 @@ change committed in a worktree), its seeds as `just compare` asks for them, `jus
 stage timed, the way an agent following program.md runs them. Prints a line per stage and a JSON line at the end.
 
 Usage:
-    uv run python bench/claim.py                                    # the cpu preset: 12 runs, over 2 hours on the 2-core Xeon VM
+    uv run python bench/claim.py                                    # the cpu preset: 12 runs or more, over 2 hours on the 2-core Xeon VM
     uv run python bench/claim.py --budget-tokens 2000000            # about an hour there
     uv run python bench/claim.py --change train.py "lr: float = 2e-3" "lr: float = 3e-3"
 
@@ -21,8 +21,8 @@ import tyro
 from scratch import change, scratch_project
 
 SLUG = "claim"
-# 1.5 times the params, 1.3 times a run's time: -0.092 at the preset, better at every seed but its seeds spread 0.075
-# (bench/README.md, "Main's batch size is 16"), so compare may ask for more than three
+# 1.5 times the params, 1.3-1.6 times a run's time: -0.092 at the preset, better at every seed, but its seeds
+# spread 0.075 (bench/README.md, "Main's batch size is 16"), so compare may ask for more than three
 WIDER = ("train.py", "d_model: int = 128", "d_model: int = 160")
 
 
