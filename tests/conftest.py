@@ -129,15 +129,14 @@ def set_data_source(project: Path, source: str) -> None:
 def small_corpus(project: Path, tmp_path: Path, monkeypatch) -> dict:
     """The project's DATA_SOURCE set to 330 KB of real text (a few modules of the standard library in one file), so
     that a scoring pass takes a second or two instead of ten (the default corpus's 1.95 MB validation split); the
-    environment its runs need (the corpus's cache). For tests of the workflow around runs, which run many: the
-    default corpus is what the tests of a single run, the red team's and the README's own run score."""
+    environment its runs need (a cache folder of their own). For tests of the workflow around runs, which run many:
+    the default corpus is what the tests of a single run, the red team's and the README's own run score. One file
+    needs no `just prepare` (each run reads and splits it; tests/test_data.py prepares sources)."""
     text = tmp_path / "corpus.py.txt"
     text.write_text("".join(Path(m.__file__).read_text() for m in (argparse, textwrap, inspect)))
     monkeypatch.setenv("META_MODE", "1")  # the commit of referee/data.py (conftest.run drops it for runs)
     set_data_source(project, f"text:{text}")
-    env = {"RESEARCH_CACHE_DIR": str(tmp_path / "cache")}
-    assert just(project, "prepare", env=env).returncode == 0
-    return env
+    return {"RESEARCH_CACHE_DIR": str(tmp_path / "cache")}
 
 
 def new(project: Path, slug: str) -> Path:

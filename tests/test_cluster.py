@@ -45,15 +45,14 @@ def wait_done(project: Path, env: dict, timeout: float = 300) -> list[dict]:
     raise AssertionError(f"jobs not done after {timeout} s: {runs}")
 
 
-def test_local_backend_runs_a_labelled_job_into_the_ledger_beside_pueue(project, tmp_path):
+def test_local_backend_runs_a_labelled_job_into_the_ledger_beside_pueue(project, small_corpus, tmp_path):
     pueue = Pueue(tmp_path / "pueue").start()
+    env = pueue.env | small_corpus
     try:
-        submitted = just(
-            project, "queue", "--backend", "local", "--time-min", "10", LABEL, "main", *TINY, env=pueue.env
-        )
+        submitted = just(project, "queue", "--backend", "local", "--time-min", "10", LABEL, "main", *TINY, env=env)
         assert submitted.returncode == 0, submitted.stderr
         job_id = submitted.stdout.split("submitted local job ", 1)[1].split(":", 1)[0]
-        queued = just(project, "queue", "Q: and pueue? H: the same row shape", "main", *TINY, env=pueue.env)
+        queued = just(project, "queue", "Q: and pueue? H: the same row shape", "main", *TINY, env=env)
         assert queued.returncode == 0, queued.stderr
         runs = wait_done(project, pueue.env)
         review = just(project, "review", env=pueue.env)
@@ -77,7 +76,7 @@ def submit(project: Path, env: dict, label: str, *args: str) -> str:
     return result.stdout.split("submitted slurm job ", 1)[1].split(":", 1)[0]
 
 
-def test_real_slurm_jobs_that_pass_fail_and_are_cancelled_each_leave_one_row(project, slurm, tmp_path):
+def test_real_slurm_jobs_that_pass_fail_and_are_cancelled_each_leave_one_row(project, small_corpus, slurm, tmp_path):
     """Four jobs at once on a 2-core node (two run together, writing the ledger under its lock); a CPU run asks
     for no GPU on a partition that has none; the states are Slurm's own (squeue), which `just follow` asks for
     less and less often, as submitit does."""
@@ -85,7 +84,8 @@ def test_real_slurm_jobs_that_pass_fail_and_are_cancelled_each_leave_one_row(pro
     cpu = ["tiny", "--device", "cpu", "--budget-tokens", "3000"]
     ok = [submit(project, slurm.env, f"Q: seed {seed}? H: a row", *cpu, "--seed", str(seed)) for seed in (1, 2)]
     failed = submit(project, slurm.env, "Q: past the cap? H: a timeout row", *cpu, "--wall-cap-s", "0.01")
-    long = ["tiny", "--device", "cpu", "--budget-tokens", "10000000", "--wall-cap-s", "3600"]  # cancelled as it trains
+    # cancelled as it trains: a budget the cpu preset's cap of 1,200 s holds beside three jobs (at 5,000 tokens/s)
+    long = ["tiny", "--device", "cpu", "--budget-tokens", "5000000"]
     cancelled = submit(project, slurm.env, "Q: cancelled? H: a crash row", *long)
     asks = tmp_path / "squeue-asks"  # one line per squeue that `just follow` runs: the real one, logged
     (tmp_path / "bin").mkdir()

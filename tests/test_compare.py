@@ -336,20 +336,6 @@ def test_a_pair_begun_is_never_dropped(project):
 # --- real runs: baseline, determinism, verify, plot ---
 
 
-def test_baseline_writes_n_rows_and_prints_the_noise_floor(project, small_corpus):
-    result = just(project, "baseline", "--seeds", "2", *TINY, env=small_corpus)
-    assert result.returncode == 0, result.stderr
-    df = ledger(project)
-    assert df["description"].to_list() == ["baseline seed 0/2", "baseline seed 1/2"] and df["seed"].to_list() == [0, 1]
-    assert df["budget_tokens"].to_list() == [3000, 3000] and df["role"].to_list() == ["baseline", "baseline"]
-    out = dict(line.split(": ", 1) for line in result.stdout.rsplit("---\n", 1)[1].splitlines())
-    mean, std = stats.mean_std(df["val_bpb"].to_list())
-    assert float(out["mean"]) == pytest.approx(mean, abs=1e-6) and float(out["std"]) == pytest.approx(std, abs=1e-6)
-    effect = stats.resolvable_effect(stats.SEED_PLANS["cpu"])
-    assert float(out["resolvable_effect"].split()[0]) == pytest.approx(effect * std, abs=1e-6)
-    assert out["group"].startswith("cpu (") and f"{len(os.sched_getaffinity(0))} thread" in out["group"] and std > 0
-
-
 def test_plan_measures_this_machine_and_later_runs_plan_with_it(project, small_corpus):
     result = just(project, "plan", *TINY, env=small_corpus)
     assert result.returncode == 0, result.stderr
@@ -430,8 +416,19 @@ def test_verify_refuses_what_it_cannot_check(project):
 # --- real runs through the protocol: a batch-size experiment, confirm, aa ---
 
 
-def test_a_batch_size_experiment_compares_with_the_baseline_end_to_end(project, small_corpus):
-    assert just(project, "baseline", "--seeds", "2", *TINY, env=small_corpus).returncode == 0
+def test_baseline_prints_the_noise_floor_and_a_batch_size_experiment_compares_with_it(project, small_corpus):
+    result = just(project, "baseline", "--seeds", "2", *TINY, env=small_corpus)
+    assert result.returncode == 0, result.stderr
+    df = ledger(project)
+    assert df["description"].to_list() == ["baseline seed 0/2", "baseline seed 1/2"] and df["seed"].to_list() == [0, 1]
+    assert df["budget_tokens"].to_list() == [3000, 3000] and df["role"].to_list() == ["baseline", "baseline"]
+    out = dict(line.split(": ", 1) for line in result.stdout.rsplit("---\n", 1)[1].splitlines())  # the noise floor
+    mean, std = stats.mean_std(df["val_bpb"].to_list())
+    assert float(out["mean"]) == pytest.approx(mean, abs=1e-6) and float(out["std"]) == pytest.approx(std, abs=1e-6)
+    effect = stats.resolvable_effect(stats.SEED_PLANS["cpu"])
+    assert float(out["resolvable_effect"].split()[0]) == pytest.approx(effect * std, abs=1e-6)
+    assert out["group"].startswith("cpu (") and f"{len(os.sched_getaffinity(0))} thread" in out["group"] and std > 0
+
     wt = new(project, "bigger-batch")
     train_py = wt / "train.py"
     train_py.write_text(train_py.read_text().replace("seq_len=64, batch_size=8,", "seq_len=64, batch_size=12,"))
@@ -505,10 +502,13 @@ def test_confirm_scores_fresh_seeds_of_the_experiment_and_of_main(project, small
 
 
 def start_confirming(project, small_corpus) -> subprocess.Popen:
-    """Main's baseline (the fewest seeds it takes), an experiment with main's code, and `just confirm same 1` started
-    in a session of its own."""
-    assert just(project, "baseline", "--seeds", "2", *TINY, env=small_corpus).returncode == 0
-    assert just(new(project, "same"), "eval", *TINY, "--seed", "7", env=small_corpus).returncode == 0
+    """Main's baseline and an experiment with main's code, as rows (a confirmation judges its own pairs, real runs),
+    and `just confirm same 1` started in a session of its own."""
+    new(project, "same")
+    hand = dict(config="tiny", budget_tokens=3000, train_tokens=2560)
+    add_rows(
+        project, *baseline_rows(5.0, 5.1, **hand), dict(experiment="same", val_bpb=4.9, commit="s", seed=7, **hand)
+    )
     env = {k: v for k, v in os.environ.items() if k != "META_MODE"} | small_corpus
     return subprocess.Popen(
         [JUST, "confirm", "same", "1"], cwd=project, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
@@ -528,6 +528,8 @@ def test_confirm_runs_a_killed_side_again_at_its_seed(project, small_corpus):
     (mine,) = (
         ledger(project).filter(pl.col("role") == "confirm:same").filter(pl.col("experiment") == "same").rows(named=True)
     )
+    group = {k: mine[k] for k in ("eval_sha", "data_fp", "device", "device_name", "threads", "torch", "config")}
+    add_rows(project, *baseline_rows(5.0, 5.1, **group, budget_tokens=3000))  # main's baseline, in the real runs' group
     out, rows = confirm_again(project, small_corpus, mine["seed"], "main")
     assert rows.filter(pl.col("seed") == mine["seed"])["val_bpb"].to_list() == [mine["val_bpb"]] * 2
     assert rows.height == 4 and "stopped after 2 pairs" in out  # then one fresh pair, as asked

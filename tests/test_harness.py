@@ -225,11 +225,12 @@ def test_ledger_appends_pass_and_rewrites_fail(rows, data):
 # --- scoring from worktrees ---
 
 
-def test_two_worktrees_scoring_at_once_both_land_in_the_root_ledger(project):
+def test_two_worktrees_scoring_at_once_both_land_in_the_root_ledger(project, small_corpus):
     a, b = new(project, "left"), new(project, "right")
     commit(b, "train.py", (b / "train.py").read_text().replace("lr=3e-3, log_every=10", "lr=2e-3, log_every=10"))
     results = {}
-    one_thread = {"OMP_NUM_THREADS": "1"}  # two torch processes on two cores: no oversubscribed spinning
+    # two torch processes on two cores: one thread each, no oversubscribed spinning
+    one_thread = {"OMP_NUM_THREADS": "1", **small_corpus}
     threads = [
         threading.Thread(target=lambda w=w: results.update({w.name: just(w, "eval", *TINY, env=one_thread)}))
         for w in (a, b)

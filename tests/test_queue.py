@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import tyro
 
-from conftest import git, just, ledger, make_project, run
+from conftest import git, just, ledger, run
 from harness import queue
 from harness.pueue import task_state
 from referee.spec import RunSpec
@@ -62,8 +62,7 @@ def pueue(tmp_path):
     daemon.stop()
 
 
-def test_labelled_runs_from_two_checkouts_meet_their_results(tmp_path, pueue):
-    project = make_project(tmp_path / "project")
+def test_labelled_runs_from_two_checkouts_meet_their_results(project, small_corpus, pueue):
     assert just(project, "new", "wider").returncode == 0
     wider = project / "5_worktrees" / "wider"
     (wider / "train.py").write_text(
@@ -79,7 +78,7 @@ def test_labelled_runs_from_two_checkouts_meet_their_results(tmp_path, pueue):
         "wider": "Q: does width help? H: expect -0.05 val_bpb",
     }
     for slug, label in labels.items():
-        result = just(project, "queue", label, slug, *TINY, "--description", "queued run", env=pueue.env)
+        result = just(project, "queue", label, slug, *TINY, "--description", "queued run", env=pueue.env | small_corpus)
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith(f"queued task {list(labels).index(slug)}: just eval tiny --budget-tokens 3000")
     state = json.loads(pueue("status", "--json").stdout)
@@ -116,13 +115,14 @@ def test_labelled_runs_from_two_checkouts_meet_their_results(tmp_path, pueue):
     assert "val_bpb:" in just(project, "log", "1", env=pueue.env).stdout
 
 
-def test_the_seeds_own_pueue_add_records_its_label_and_parallel_tasks_keep_their_rows(project, pueue):
+def test_the_seeds_own_pueue_add_records_its_label_and_parallel_tasks_keep_their_rows(project, small_corpus, pueue):
     label = "Q: one question, two paths? H: the same row"
     assert pueue("parallel", "2").returncode == 0  # both tasks run at once, in worker slots 0 and 1
     command = shlex.join(["just", "eval", *TINY, "--description", "same row"])
-    added = run(["pueue", "add", "--label", label, "--", command], cwd=project, env=pueue.env)  # the seed's usage
+    env = pueue.env | small_corpus
+    added = run(["pueue", "add", "--label", label, "--", command], cwd=project, env=env)  # the seed's usage
     assert added.returncode == 0, added.stderr
-    assert just(project, "queue", label, "main", *TINY, "--description", "same row", env=pueue.env).returncode == 0
+    assert just(project, "queue", label, "main", *TINY, "--description", "same row", env=env).returncode == 0
     waited = pueue("wait", "0", "1", "--status", "success")
     assert waited.returncode == 0, pueue("log", "0", "1", "--full").stdout
     state = json.loads(pueue("status", "--json").stdout)["tasks"]

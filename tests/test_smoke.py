@@ -120,10 +120,13 @@ def test_a_budget_the_cap_cannot_hold_ends_early_saying_what_fits(project):
 
 def start_long_run(project, *args: str) -> subprocess.Popen:
     """A recipe whose run trains for minutes, in a session of its own, as a terminal would start it. Its budget
-    must be one the wall cap holds, or the pace check ends the run after its first step lines."""
+    must be one the wall cap holds, or the pace check ends the run after its first step lines. As conftest.run, without
+    the caller's META_MODE (small_corpus sets it for its commit)."""
+    env = {k: v for k, v in os.environ.items() if k != "META_MODE"}
     return subprocess.Popen(
-        [JUST, *args], cwd=project, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        [JUST, *args], cwd=project, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
 
 
 def wait_until_training(project) -> None:
@@ -176,7 +179,7 @@ def test_ctrl_c_or_a_kill_still_writes_exactly_one_row(project, sig, error):
     assert len(lines) == 2 and all(len(line.split("\t")) == len(RESULTS_COLUMNS) for line in lines)
 
 
-def test_a_run_beside_another_on_this_machine_says_so(project):
+def test_a_run_beside_another_on_this_machine_says_so(project, small_corpus):
     # The cpu preset on a budget its wall cap holds even on a busy machine (a longer one would end at once).
     proc = start_long_run(project, "eval", "--budget-tokens", "2000000")
     try:
@@ -184,7 +187,7 @@ def test_a_run_beside_another_on_this_machine_says_so(project):
             if (project / "runs").exists() and list((project / "runs").glob(f"*/{RUNNING}")):
                 break
             time.sleep(0.1)
-        result = just(project, "eval", *TINY, "--threads", "2")
+        result = just(project, "eval", *TINY, "--threads", "2", env=small_corpus)
     finally:
         interrupt(proc)
     assert result.returncode == 0, result.stderr
@@ -241,16 +244,16 @@ def test_the_training_worker_starts_before_the_referee_loads_torch(project):
     assert not (project / "runs").exists() or not any((project / "runs").glob("*-main-*"))  # no row, no run folder
 
 
-def test_mfu_divides_by_the_best_peak_measured_on_this_processor(project):
+def test_mfu_divides_by_the_best_peak_measured_on_this_processor(project, small_corpus):
     """A CPU's peak FLOP/s is measured in each run, and a busy neighbour only ever lowers it: MFU divides by the best
     measured so far on the processor at those threads (runs/peak-flops.json), in the row and the step lines alike."""
-    assert just(project, "eval", "tiny", "--budget-tokens", "3000").returncode == 0
+    assert just(project, "eval", "tiny", "--budget-tokens", "3000", env=small_corpus).returncode == 0
     peaks = project / "runs" / "peak-flops.json"
     ((key, measured),) = json.loads(peaks.read_text()).items()
     first = ledger(project).row(-1, named=True)
     assert measured > 0 and first["device_name"] in key and key.endswith(f", {first['threads']} threads")
     peaks.write_text(json.dumps({key: measured * 1000}))  # as if measured once on an idle machine
-    assert just(project, "eval", "tiny", "--budget-tokens", "3000", "--seed", "1").returncode == 0
+    assert just(project, "eval", "tiny", "--budget-tokens", "3000", "--seed", "1", env=small_corpus).returncode == 0
     second = ledger(project).row(-1, named=True)
     run_dir = project / "runs" / second["run_id"]
     assert json.loads((run_dir / "summary.json").read_text())["peak_flops"] == measured * 1000
