@@ -61,11 +61,15 @@ def project(tmp_path: Path) -> Path:
     return make_project(tmp_path / "project")
 
 
-def run(cmd: list[str], cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    # The caller's META_MODE, or pueue's slot of a test run under pueue, must not leak into a test's runs.
+def child_env(env: dict | None = None) -> dict:
+    """The environment of a command a test starts: this process's, with `env` on top. The caller's META_MODE (which
+    small_corpus sets for its commit), or pueue's slot of a test run under pueue, must not leak into a test's runs."""
     inherited = {k: v for k, v in os.environ.items() if k not in ("META_MODE", "PUEUE_GROUP", "PUEUE_WORKER_ID")}
-    full_env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=full_env, timeout=timeout)
+    return {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=child_env(env), timeout=timeout)
 
 
 def just(cwd: Path, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -81,6 +85,12 @@ def block(stdout: str) -> dict[str, str]:
 def ledger(project: Path):
     """The project's results.tsv, read with the referee's schema."""
     return table.read_results(project / "results.tsv")
+
+
+def group_of(row: dict) -> dict:
+    """The columns that put a hand-made row in `row`'s comparable group (harness.table.COMPARABLE, but the budget,
+    which add_rows derives from budget_tokens), and its config."""
+    return {k: row[k] for k in (*(c for c in table.COMPARABLE if c != "budget"), "config")}
 
 
 def add_rows(project: Path, *rows: dict) -> None:

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 import torch
 
-from conftest import JUST, add_rows, block, draw, git, just, ledger, new
+from conftest import JUST, add_rows, block, child_env, draw, git, group_of, just, ledger, new
 from harness import stats
 from harness.compare import CONFIRM_SEEDS
 from repo.runs import minutes, pace_here, remove_scratch
@@ -509,9 +509,8 @@ def start_confirming(project, small_corpus) -> subprocess.Popen:
     add_rows(
         project, *baseline_rows(5.0, 5.1, **hand), dict(experiment="same", val_bpb=4.9, commit="s", seed=7, **hand)
     )
-    env = {k: v for k, v in os.environ.items() if k != "META_MODE"} | small_corpus
     return subprocess.Popen(
-        [JUST, "confirm", "same", "1"], cwd=project, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+        [JUST, "confirm", "same", "1"], cwd=project, env=child_env(small_corpus), start_new_session=True, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
 
@@ -528,8 +527,7 @@ def test_confirm_runs_a_killed_side_again_at_its_seed(project, small_corpus):
     (mine,) = (
         ledger(project).filter(pl.col("role") == "confirm:same").filter(pl.col("experiment") == "same").rows(named=True)
     )
-    group = {k: mine[k] for k in ("eval_sha", "data_fp", "device", "device_name", "threads", "torch", "config")}
-    add_rows(project, *baseline_rows(5.0, 5.1, **group, budget_tokens=3000))  # main's baseline, in the real runs' group
+    add_rows(project, *baseline_rows(5.0, 5.1, **group_of(mine), budget_tokens=3000))  # main's, in the real runs' group
     out, rows = confirm_again(project, small_corpus, mine["seed"], "main")
     assert rows.filter(pl.col("seed") == mine["seed"])["val_bpb"].to_list() == [mine["val_bpb"]] * 2
     assert rows.height == 4 and "stopped after 2 pairs" in out  # then one fresh pair, as asked

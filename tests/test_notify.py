@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import add_rows, draw, just, ledger
+from conftest import add_rows, draw, group_of, just, ledger
 from harness import notify, table
 from harness.compare import CONFIRM_SEEDS, confirmation
 
@@ -40,7 +40,7 @@ def test_a_new_best_and_a_streak_of_failed_runs_reach_the_hook_and_the_breaker_h
     (project / "notify.toml").write_text(f'command = "{sys.executable} {hook} {inbox}"\ncrash_streak = 2\n')
     assert just(project, "eval", "tiny", "--budget-tokens", "3000", env=small_corpus).returncode == 0  # no bar: no news
     first = ledger(project).row(0, named=True)
-    group = {k: first[k] for k in ("eval_sha", "data_fp", "device", "device_name", "threads", "torch", "config")}
+    group = group_of(first)
     add_rows(  # main's baseline at 4,000 tokens, in that run's group but far worse than any tiny run
         project,
         *[dict(group, experiment="main", val_bpb=9.0 + s / 10, seed=s, budget_tokens=4000, train_tokens=3584,

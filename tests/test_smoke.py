@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import JUST, block, git, just, ledger, run
+from conftest import JUST, block, child_env, git, just, ledger, run
 from referee import data
 from referee.spec import RunSpec
 from repo.ledger import RESULTS_COLUMNS, RUNNING
@@ -120,12 +120,10 @@ def test_a_budget_the_cap_cannot_hold_ends_early_saying_what_fits(project):
 
 def start_long_run(project, *args: str) -> subprocess.Popen:
     """A recipe whose run trains for minutes, in a session of its own, as a terminal would start it. Its budget
-    must be one the wall cap holds, or the pace check ends the run after its first step lines. As conftest.run, without
-    the caller's META_MODE (small_corpus sets it for its commit)."""
-    env = {k: v for k, v in os.environ.items() if k != "META_MODE"}
+    must be one the wall cap holds, or the pace check ends the run after its first step lines."""
     return subprocess.Popen(
-        [JUST, *args], cwd=project, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        [JUST, *args], cwd=project, env=child_env(), start_new_session=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
 
