@@ -43,9 +43,11 @@ from referee.api import core_sha, evaluate, load_corpus  # noqa: F401  (evaluate
 from referee.args import print_help
 from referee.spec import RunSpec
 from referee.supervisor import (
+    ForkServer,
     WallClockExceeded,
     Worker,
     WorkerFailed,
+    fork_server,
     score,
     serve_training,
     start_scorers,
@@ -195,13 +197,18 @@ def main(argv: list[str] | None = None) -> int:
     scratch = new_scratch(run_id)
     start_logging(run_dir)
     workers: list[Worker] = []
+    server = None
     try:
         workers = start_workers("train", spec.nproc, job, scratch, run_dir / LOG)
-        return run(dataclasses.replace(spec, run_id=run_id), workers, code_dir, experiment, run_dir, scratch, threads)
+        server = fork_server(scratch, run_dir / LOG)  # the scorers' start-up, beside the training worker's
+        spec = dataclasses.replace(spec, run_id=run_id)
+        return run(spec, workers, server, code_dir, experiment, run_dir, scratch, threads)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the run is over: a kill now must not lose its row
         for worker in workers:
             worker.stop()
+        if server:
+            server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
         began = (run_dir / SUMMARY).exists() or (run_dir / RUNNING).exists()  # its row, recorded or to be reaped
         if not scored or not began:  # a smoke run, or bad input: nothing to keep
@@ -209,7 +216,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(
-    spec: RunSpec, workers: list[Worker], code_dir: Path, experiment: str, run_dir: Path, scratch: str, threads: int
+    spec: RunSpec,
+    workers: list[Worker],
+    server: ForkServer | None,
+    code_dir: Path,
+    experiment: str,
+    run_dir: Path,
+    scratch: str,
+    threads: int,
 ) -> int:
     """The phases of a run, in order: the corpus; what the workers resolved (bad input ends here, with no row);
     the row, begun; the log's header; training, then scoring in fresh workers; the row, recorded."""
@@ -241,7 +255,9 @@ def run(
     try:
         if refused:
             raise refused
-        row.update(train_and_score(spec, row["device_name"], workers, corpus, run_dir, scratch, preset, summary))
+        row.update(
+            train_and_score(spec, row["device_name"], workers, server, corpus, run_dir, scratch, preset, summary)
+        )
         row["status"], exit_code = "ok", 0
     except WallClockExceeded as e:
         row.update(status="timeout", error=str(e))
@@ -392,10 +408,10 @@ def log_header(spec: RunSpec, row: dict, cfg: dict, corpus, data_s: float, prese
 
 
 def train_and_score(
-    spec: RunSpec, processor: str, workers, corpus, run_dir: Path, scratch: str, preset, summary: dict
+    spec: RunSpec, processor: str, workers, server, corpus, run_dir: Path, scratch: str, preset, summary: dict
 ) -> dict:
-    """Training in the training workers, then scoring in two fresh ones (started at the first batch, so that
-    their start-up overlaps training); the row's measured columns. What training measured is kept in
+    """Training in the training workers, then scoring in two fresh ones (started at the first batch, forked by
+    `server` where there is one, so that their start-up overlaps training); the row's measured columns. What training measured is kept in
     summary["measured"] even when scoring fails, so that a crash row still says how far it got."""
     from referee import core
 
@@ -407,7 +423,7 @@ def train_and_score(
         scoring = worker_job(
             run_dir, run_dir / CHECKPOINT, trains=False, seed=spec.seed, device=spec.device, smoke=spec.smoke
         )
-        scorers.extend(start_scorers(scoring, scratch, run_dir / LOG, preset.eval_seq_len))
+        scorers.extend(start_scorers(scoring, scratch, run_dir / LOG, preset.eval_seq_len, server))
 
     try:
         peak_flops = cpu_peak_flops(processor, spec.threads) if spec.device == "cpu" else None  # else the worker's

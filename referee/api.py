@@ -85,13 +85,14 @@ def rescore(code: Path, checkpoint: Path, device: str, corpus, threads: int | No
     unseen_bpb, holdout_bpb; the processor it was computed on, as a row names it). Code over the cap, or a model a
     probe refuses, is a ValueError naming the rule, as in a scored run."""
     from referee import core
-    from referee.supervisor import score, start_scorers, worker_job
+    from referee.supervisor import fork_server, score, start_scorers, worker_job
 
     core.check_code_size({path.name: path.stat().st_size for path in code.glob("*.py")})
-    preset, scratch, scorers = core.PRESETS[device], tempfile.mkdtemp(prefix="worker-verify-"), []
+    preset, scratch, scorers, server = core.PRESETS[device], tempfile.mkdtemp(prefix="worker-verify-"), [], None
     try:
         job = worker_job(code, checkpoint, trains=False, device=device, threads=threads)
-        scorers = start_scorers(job, scratch, None, preset.eval_seq_len)
+        server = fork_server(scratch, None)
+        scorers = start_scorers(job, scratch, None, preset.eval_seq_len, server)
         deadline = time.monotonic() + preset.wall_cap_s
         held = corpus.holdout if holdout else None
         scores = score(scorers, corpus.val, preset.eval_seq_len, deadline, corpus.train, holdout=held)
@@ -99,6 +100,8 @@ def rescore(code: Path, checkpoint: Path, device: str, corpus, threads: int | No
     finally:
         for worker in scorers:
             worker.stop()
+        if server:
+            server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -36,7 +36,15 @@ class WorkerFailed(Exception):
 class Worker:
     """A worker process and the referee's end of its socket pair. Its output goes to this terminal and the log."""
 
-    def __init__(self, job: dict, env: dict, cwd: str, log_file: Path | None, logits_bytes: int = 0):
+    def __init__(
+        self,
+        job: dict,
+        env: dict,
+        cwd: str,
+        log_file: Path | None,
+        logits_bytes: int = 0,
+        server: "ForkServer | None" = None,
+    ):
         self.max_logits_bytes = logits_bytes  # a scoring worker's largest batch of logits
         self.logits_buffer = None  # where that worker's logits arrive: a shared mmap, the one file it may write
         self.cleanup: list = []  # what stop() undoes
@@ -45,13 +53,10 @@ class Worker:
             job = {**job, "logits_file": path}
             job["policy"] = {**job["policy"], "writable": [*job["policy"]["writable"], path]}
         ours, theirs = socket.socketpair()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-P", "-m", "referee.worker", str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),),
-            env=env,
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+        self.proc = (
+            server.fork(theirs.fileno())
+            if server
+            else spawn(["-m", "referee.worker", str(theirs.fileno())], theirs.fileno(), env, cwd)
         )
         theirs.close()
         self.conn = Connection(ours.detach())
@@ -128,6 +133,103 @@ class Worker:
             self.cleanup.pop()()
 
 
+def spawn(argv: list[str], fd: int, env: dict, cwd: str) -> subprocess.Popen:
+    """A process of this Python, `-P` (no checkout on its path but the one PYTHONPATH names), with descriptor `fd`
+    and its output piped here."""
+    return subprocess.Popen(
+        [sys.executable, "-P", *argv], pass_fds=(fd,), env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+class ForkServer:
+    """The scoring workers' fork server (referee/worker.py, serve): started with a scoring worker's environment
+    beside the training worker, it has imported torch and its compiler by the first batch, and forks the run's
+    two scorers then, in milliseconds, instead of their starting for seconds each in the run's path. A request
+    never waits for the server: it forks them in order once its start-up is done, and names each by its number.
+    Linux only (pidfd); elsewhere each scorer is a process of its own (`fork_server` says which)."""
+
+    def __init__(self, scratch: str, log: Path | None):
+        env, _ = worker_env("score", scratch)
+        env.update(RANK="0", LOCAL_RANK="0")  # a scorer's, as start_workers gives it
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.proc = spawn(["-m", "referee.worker", "--serve", str(theirs.fileno())], theirs.fileno(), env, scratch)
+        theirs.close()
+        self.control, self.forks, self.exited, self.ended = ours, 0, {}, False
+        self.echoes = [
+            threading.Thread(target=echo, args=(pipe, out, log), daemon=True)
+            for pipe, out in ((self.proc.stdout, sys.stdout), (self.proc.stderr, sys.stderr))
+        ]
+        for thread in self.echoes:
+            thread.start()
+
+    def fork(self, fd: int) -> "Forked":
+        """A scoring worker on socket `fd`, its output piped here; forked as soon as the server can."""
+        (out, out_end), (err, err_end) = os.pipe(), os.pipe()
+        try:
+            socket.send_fds(self.control, [b"fork"], [fd, out_end, err_end])
+        except OSError:  # the server has ended: the worker's socket ends at once, and its exit says the server's
+            self.ended = True
+        finally:
+            os.close(out_end)
+            os.close(err_end)
+        self.forks += 1
+        return Forked(self, self.forks - 1, open(out, "rb"), open(err, "rb"))
+
+    def wait(self, number: int, timeout: float | None = None) -> int:
+        """The exit code of the worker forked `number`th (of the server, if it ended first: its workers end with
+        it); TimeoutExpired past `timeout`."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while number not in self.exited and not self.ended:
+            if not wait([self.control], None if end is None else max(end - time.monotonic(), 0)):
+                raise subprocess.TimeoutExpired(f"scoring worker {number}", timeout)
+            try:
+                message = self.control.recv(64)
+            except OSError:
+                message = b""
+            if not message:
+                self.ended = True
+            elif message.startswith(b"exited "):
+                _, forked, code = message.split()
+                self.exited[int(forked)] = int(code)
+        return self.exited[number] if number in self.exited else self.proc.wait()
+
+    def kill(self, number: int) -> None:
+        if not self.ended:
+            try:
+                self.control.send(b"kill %d" % number)
+            except OSError:
+                self.ended = True
+
+    def stop(self) -> None:
+        """End the server, and with it any worker it forked that still runs."""
+        self.control.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for thread in self.echoes:
+            thread.join(timeout=2)
+
+
+class Forked:
+    """What a Worker needs of its process (a Popen's) for a worker the fork server starts."""
+
+    def __init__(self, server: ForkServer, number: int, stdout, stderr):
+        self.server, self.number, self.stdout, self.stderr = server, number, stdout, stderr
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.server.wait(self.number, timeout)
+
+    def kill(self) -> None:
+        self.server.kill(self.number)
+
+
+def fork_server(scratch: str, log: Path | None) -> ForkServer | None:
+    """A fork server for the run's scoring workers where this system has one (Linux, pidfd), else None."""
+    return ForkServer(scratch, log) if sys.platform == "linux" and hasattr(os, "pidfd_open") else None
+
+
 def echo(pipe, out, log_file: Path | None) -> None:
     """A worker's output, line by line, to this process's terminal and to the run's log."""
     log = open(log_file, "a") if log_file else None  # noqa: SIM115 (closed below, when the pipe ends)
@@ -178,9 +280,9 @@ def compile_caches(kind: str, scratch: str) -> dict[str, str]:
     return {"TORCHINDUCTOR_CACHE_DIR": str(base / "inductor"), "TRITON_CACHE_DIR": str(base / "triton")}
 
 
-def start_workers(
-    kind: str, n: int, job: dict, scratch: str, log: Path | None, logits_bytes: int = 0
-) -> list["Worker"]:
+def worker_env(kind: str, scratch: str) -> tuple[dict, list[str]]:
+    """A worker's environment (one of `kind`, in the run's `scratch` folder), and its compile caches' folders,
+    created."""
     # How long an OpenMP thread spins for the next parallel region before it sleeps (libgomp's default: a few
     # ms). Training: ~0.1 ms, so that between two steps the referee gets a core. Scoring: not at all, because
     # beside another process's threads a spinning thread holds the core its partner needs, and every layer waits
@@ -193,7 +295,21 @@ def start_workers(
     env.update(caches, TMPDIR=scratch, OPENBLAS_NUM_THREADS="1")
     for folder in caches.values():
         os.makedirs(folder, exist_ok=True)
-    policy = {**job["policy"], "scratch": scratch, "caches": sorted(caches.values())}
+    return env, sorted(caches.values())
+
+
+def start_workers(
+    kind: str,
+    n: int,
+    job: dict,
+    scratch: str,
+    log: Path | None,
+    logits_bytes: int = 0,
+    server: ForkServer | None = None,
+) -> list[Worker]:
+    """`n` workers of `kind` (ranks 0 to n-1), spawned, or forked by `server`, whose environment is theirs."""
+    env, caches = worker_env(kind, scratch)
+    policy = {**job["policy"], "scratch": scratch, "caches": caches}
     if n > 1:
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(n))
     return [
@@ -203,6 +319,7 @@ def start_workers(
             scratch,
             log,
             logits_bytes,
+            server,
         )
         for r in range(n)
     ]
@@ -284,12 +401,15 @@ def log_step(header: dict, tokens: int, metrics_path: Path | None) -> None:
     logger.info(f"step {record['step']}/{record['total_steps']} | {values}")
 
 
-def start_scorers(job: dict, scratch: str, log: Path | None, seq_len: int) -> list[Worker]:
-    """The two scoring workers of a run: the one that scores, and a fresh one for the state probe."""
+def start_scorers(
+    job: dict, scratch: str, log: Path | None, seq_len: int, server: ForkServer | None = None
+) -> list[Worker]:
+    """The two scoring workers of a run: the one that scores, and a fresh one for the state probe; both forked by
+    `server` (before either is shown an input), or each spawned."""
     from referee import core
 
     logits_bytes = core.EVAL_BATCH_SIZE * seq_len * core.VOCAB_SIZE * 4  # float32, the widest dtype sent
-    return [start_workers("score", 1, job, scratch, log, logits_bytes)[0] for _ in range(2)]
+    return [start_workers("score", 1, job, scratch, log, logits_bytes, server)[0] for _ in range(2)]
 
 
 def score(scorers: list[Worker], val, seq_len: int, deadline: float, train, served=None, holdout=None):

@@ -1,8 +1,9 @@
 """A worker process: the only place the experiment's code runs. FROZEN (meta-mode only).
 
 The referee (eval.py) starts it as `python -P -m referee.worker FD`, with the main checkout on PYTHONPATH
-and one end of a socket pair at descriptor FD; the rest arrives as messages (referee/wire.py). The worker
-imports torch and the libraries, confines itself (Landlock, then the tripwire: referee/sandbox.py) and only
+and one end of a socket pair at descriptor FD; the rest arrives as messages (referee/wire.py). On Linux a
+run's two scoring workers are forked instead by a fork server (`serve`, started as `--serve FD`), each at the
+point where a started worker begins `main`. The worker imports torch and the libraries, confines itself (Landlock, then the tripwire: referee/sandbox.py) and only
 then loads the experiment: the copy of its code kept in runs/{run_id}/, train.py by file path under its own
 name.
 
@@ -19,12 +20,13 @@ import os
 import platform
 import resource
 import signal
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import cache
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 import torch
@@ -291,12 +293,17 @@ def resolve_device(name: str | None, world_size: int) -> torch.device:
     return device
 
 
-def main(fd: int) -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the referee's to handle: it ends this worker
-    if sys.platform == "linux":  # die with the referee, whatever kills it
+def die_with_parent() -> None:
+    """Die with the process that started this one (the referee, or the fork server it started), whatever kills it."""
+    if sys.platform == "linux":
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def main(fd: int) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the referee's to handle: it ends this worker
+    die_with_parent()
     link = Link(fd)
     job, _ = link.recv("job")
     logger.remove()
@@ -325,5 +332,69 @@ def main(fd: int) -> int:
     return 0
 
 
+def serve(fd: int) -> int:
+    """A fork server of scoring workers (Linux): the referee starts it with a scoring worker's environment beside
+    the training worker (referee/supervisor.py, ForkServer); it imports torch and its compiler once, and forks
+    each scoring worker the referee asks for, which goes on as `main` from there. Two scorers' start-up (seconds
+    each, in the run's path) becomes one, done while training runs. It is given no job, no data and no code: a
+    fork holds what a worker holds before its job arrives, and both scorers of a run are forked before either
+    is shown an input. On the control socket, in order: "fork" with the worker's socket, stdout and stderr;
+    "kill N" (the Nth fork, from 0); back, "exited N CODE". The control socket's end ends it and its workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
+    core.strict_determinism()  # what makes a worker's start-up slow: its compiler's import (see main)
+    control = socket.socket(fileno=fd)
+    children: dict[int, tuple[int, int]] = {}  # pidfd -> (its number, its pid), of each worker still running
+    forks = 0
+    while True:
+        for ready in wait([control, *children]):
+            if ready is not control:  # a worker ended
+                number, pid = children.pop(ready)
+                os.close(ready)
+                code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+                control.send(b"exited %d %d" % (number, code))
+                continue
+            message, fds, _, _ = socket.recv_fds(control, 64, 3)
+            if not message:  # the referee is done (or gone): so are its workers
+                for pidfd in children:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                return 0
+            if message == b"fork":
+                pid = fork_worker(control, fds, children)
+                children[os.pidfd_open(pid)] = forks, pid
+                forks += 1
+            elif message.startswith(b"kill "):
+                for pidfd, (number, _) in children.items():
+                    if number == int(message.split()[1]):
+                        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+
+
+def fork_worker(control: socket.socket, fds: list[int], children: dict) -> int:
+    """In the fork server: a scoring worker on `fds` (its socket to the referee, its stdout, its stderr); its pid.
+    The child keeps none of the server's descriptors and never returns."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    server = os.getpid()
+    pid = os.fork()
+    if pid:
+        for fd in fds:
+            os.close(fd)
+        return pid
+    control.close()
+    for pidfd in children:
+        os.close(pidfd)
+    channel, out, err = fds
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    os.close(out)
+    os.close(err)
+    die_with_parent()  # a fork does not keep it; the server dies with the referee
+    if os.getppid() != server:  # it died before that
+        os._exit(1)
+    exit_without_teardown(lambda: main(channel))
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--serve":
+        exit_without_teardown(lambda: serve(int(sys.argv[2])))
     exit_without_teardown(lambda: main(int(sys.argv[1])))

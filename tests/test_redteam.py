@@ -273,6 +273,32 @@ def test_validation_inputs_kept_for_a_later_run(honest, tmp_path):
     assert refused(row, "PermissionError", "Permission denied", str(leak)) and not leak.exists()
 
 
+def test_a_scoring_worker_asks_the_fork_server_for_a_worker_it_confines_itself(honest):
+    """The scoring workers' fork server (Linux) makes a process for each "fork" on its control socket, which
+    confines itself by the job that then arrives on its socket: a scorer holding that control socket could ask
+    for a worker whose job, policy and all, it writes. It holds no descriptor of it, and the kernel refuses it
+    the server's (pidfd_getfd: Landlock keeps a confined process from reaching into an unconfined one); the
+    cheat reports what it held and what each try gave."""
+    project, _ = honest
+    steal = (
+        "        if not self.training:  # a scoring worker, forked by the server\n"
+        "            import ctypes, os\n"
+        "            libc = ctypes.CDLL(None, use_errno=True)\n"
+        "            links = [f'/proc/self/fd/{fd}' for fd in os.listdir('/proc/self/fd')]\n"
+        "            held = [os.readlink(link) for link in links if os.path.lexists(link)]  # not listdir's own\n"
+        "            server = libc.syscall(434, os.getppid(), 0)  # pidfd_open\n"
+        "            taken = [libc.syscall(438, server, fd, 0) for fd in range(3, 64)]  # pidfd_getfd\n"
+        "            raise RuntimeError(\n"
+        "                f'sockets held {sum(h.startswith(\"socket:\") for h in held)}, server pidfd {server >= 0}, '\n"
+        "                f'descriptors taken {sum(t >= 0 for t in taken)} (errno {ctypes.get_errno()})'\n"
+        "            )\n"
+        "        return self.head(self.norm(x))\n"
+    )
+    row = scored(project, "fork-server", {"model.py": [("        return self.head(self.norm(x))\n", steal)]})
+    assert refused(row, "sockets held 1, server pidfd True, descriptors taken 0 (errno 1)"), row["error"]
+    assert row["isolation"] == "landlock"
+
+
 def validation_text(project_root, size: int) -> bytes:
     """What an agent's shell can read: the validation split's first `size` bytes (the referee's own loader)."""
     import subprocess

@@ -102,6 +102,16 @@ def test_a_model_that_peeks_ahead_is_refused(project):
     assert r["status"] == "crash" and "not causal" in r["error"] and r["val_bpb"] is None
 
 
+def test_a_scoring_worker_that_dies_without_a_word_leaves_a_crash_row_with_its_exit_code(project):
+    """A scorer forked by the fork server (Linux) is not the referee's child: its exit code comes back through
+    the server, as a started worker's does through waitpid."""
+    dies = "        if not self.training:\n            import os\n\n            os._exit(3)\n        return self.head("
+    commit_change(project, "model.py", "        return self.head(", dies)
+    assert just(project, "eval", *TINY).returncode == 1
+    r = ledger(project).row(0, named=True)
+    assert r["status"] == "crash" and r["error"] == "the score worker exited with code 3 (its output is above)"
+
+
 def test_the_wall_clock_cap_writes_a_timeout_row(project):
     result = just(project, "eval", "tiny", "--budget-tokens", "100000000", "--wall-cap-s", "2")
     assert result.returncode == 1
