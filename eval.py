@@ -411,8 +411,9 @@ def train_and_score(
     spec: RunSpec, processor: str, workers, server, corpus, run_dir: Path, scratch: str, preset, summary: dict
 ) -> dict:
     """Training in the training workers, then scoring in two fresh ones (started at the first batch, forked by
-    `server` where there is one, so that their start-up overlaps training); the row's measured columns. What training measured is kept in
-    summary["measured"] even when scoring fails, so that a crash row still says how far it got."""
+    `server` where there is one, so that their start-up overlaps training); the row's measured columns. What
+    training measured is kept in summary["measured"] even when scoring fails, so that a crash row still says how
+    far it got."""
     from referee import core
 
     stream = core.BatchStream(corpus.train, spec.budget_tokens, spec.seed, spec.nproc)
