@@ -427,6 +427,8 @@ def train_and_score(
         scorers.extend(start_scorers(scoring, scratch, run_dir / LOG, preset.eval_seq_len, server))
 
     try:
+        if server and spec.device == "cpu":
+            server.wait_ready()  # its start-up (begun with the training worker's) must not share the measurement
         peak_flops = cpu_peak_flops(processor, spec.threads) if spec.device == "cpu" else None  # else the worker's
         for worker in workers:
             worker.send({"op": "go", "budget_tokens": spec.budget_tokens, "peak_flops": peak_flops})

@@ -154,7 +154,7 @@ class ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.proc = spawn(["-m", "referee.worker", "--serve", str(theirs.fileno())], theirs.fileno(), env, scratch)
         theirs.close()
-        self.control, self.forks, self.exited, self.ended = ours, 0, {}, False
+        self.control, self.forks, self.exited, self.ready, self.ended = ours, 0, {}, False, False
         self.echoes = [
             threading.Thread(target=echo, args=(pipe, out, log), daemon=True)
             for pipe, out in ((self.proc.stdout, sys.stdout), (self.proc.stderr, sys.stderr))
@@ -175,6 +175,26 @@ class ForkServer:
         self.forks += 1
         return Forked(self, self.forks - 1, open(out, "rb"), open(err, "rb"))
 
+    def read(self) -> None:
+        """The server's next message: its start-up done ("ready"), a worker's exit, or its own end."""
+        try:
+            message = self.control.recv(64)
+        except OSError:
+            message = b""
+        if not message:
+            self.ended = True
+        elif message == b"ready":
+            self.ready = True
+        elif message.startswith(b"exited "):
+            _, forked, code = message.split()
+            self.exited[int(forked)] = int(code)
+
+    def wait_ready(self) -> None:
+        """Until the server has imported what it imports (or ended): the referee measures this machine's matmul
+        rate (MFU's denominator) while no process of the run computes, and the server's start-up is one."""
+        while not self.ready and not self.ended:
+            self.read()
+
     def wait(self, number: int, timeout: float | None = None) -> int:
         """The exit code of the worker forked `number`th (of the server, if it ended first: its workers end with
         it); TimeoutExpired past `timeout`."""
@@ -182,15 +202,7 @@ class ForkServer:
         while number not in self.exited and not self.ended:
             if not wait([self.control], None if end is None else max(end - time.monotonic(), 0)):
                 raise subprocess.TimeoutExpired(f"scoring worker {number}", timeout)
-            try:
-                message = self.control.recv(64)
-            except OSError:
-                message = b""
-            if not message:
-                self.ended = True
-            elif message.startswith(b"exited "):
-                _, forked, code = message.split()
-                self.exited[int(forked)] = int(code)
+            self.read()
         return self.exited[number] if number in self.exited else self.proc.wait()
 
     def kill(self, number: int) -> None:
@@ -201,13 +213,11 @@ class ForkServer:
                 self.ended = True
 
     def stop(self) -> None:
-        """End the server, and with it any worker it forked that still runs."""
+        """End the server, and with it any worker it forked that still runs (PDEATHSIG). It holds nothing to keep,
+        and may still be importing torch (a run that ends on bad input): it is killed, not waited for."""
         self.control.close()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self.proc.kill()
+        self.proc.wait()
         for thread in self.echoes:
             thread.join(timeout=2)
 

@@ -339,11 +339,13 @@ def serve(fd: int) -> int:
     each, in the run's path) becomes one, done while training runs. It is given no job, no data and no code: a
     fork holds what a worker holds before its job arrives, and both scorers of a run are forked before either
     is shown an input. On the control socket, in order: "fork" with the worker's socket, stdout and stderr;
-    "kill N" (the Nth fork, from 0); back, "exited N CODE". The control socket's end ends it and its workers."""
+    "kill N" (the Nth fork, from 0); back, "ready" once, then "exited N CODE". The control socket's end ends it
+    and its workers."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()
     core.strict_determinism()  # what makes a worker's start-up slow: its compiler's import (see main)
     control = socket.socket(fileno=fd)
+    control.send(b"ready")
     children: dict[int, tuple[int, int]] = {}  # pidfd -> (its number, its pid), of each worker still running
     forks = 0
     while True:

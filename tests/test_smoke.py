@@ -252,6 +252,27 @@ def test_the_training_worker_starts_before_the_referee_loads_torch(project):
     assert not (project / "runs").exists() or not any((project / "runs").glob("*-main-*"))  # no row, no run folder
 
 
+def test_the_peak_is_measured_once_the_fork_server_has_started(project, small_corpus):
+    """The referee measures the processor's matmul rate (MFU's denominator) while the workers wait for their go; the
+    scorers' fork server starts with the training worker, and its start-up must not share that measurement (the
+    first run of a fresh clone measured a third of the rate beside it, and reported an MFU of 0.9)."""
+    script = (
+        "import eval\n"
+        "from referee import supervisor\n"
+        "servers, measure = [], eval.cpu_peak_flops\n"
+        "def fork_server(*args):\n"
+        "    servers.append(supervisor.fork_server(*args))\n"
+        "    return servers[-1]\n"
+        "def cpu_peak_flops(*args):\n"
+        "    print('the fork server ready:', [server.ready for server in servers], flush=True)\n"
+        "    return measure(*args)\n"
+        "eval.fork_server, eval.cpu_peak_flops = fork_server, cpu_peak_flops\n"
+        "raise SystemExit(eval.main(['tiny', '--budget-tokens', '3000']))\n"
+    )
+    result = run([sys.executable, "-c", script], cwd=project, env=small_corpus)
+    assert result.returncode == 0 and "the fork server ready: [True]\n" in result.stdout, result.stderr
+
+
 def test_mfu_divides_by_the_best_peak_measured_on_this_processor(project, small_corpus):
     """A CPU's peak FLOP/s is measured in each run, and a busy neighbour only ever lowers it: MFU divides by the best
     measured so far on the processor at those threads (runs/peak-flops.json), in the row and the step lines alike."""
