@@ -273,6 +273,21 @@ def test_the_peak_is_measured_once_the_fork_server_has_started(project, small_co
     assert result.returncode == 0 and "the fork server ready: [True]\n" in result.stdout, result.stderr
 
 
+def test_scorers_spawned_where_there_is_no_fork_server_give_the_same_number(project, small_corpus):
+    """Where there is no fork server (no pidfd: macOS) each scorer is a process of its own, started as the training
+    worker is: the same run scores the same val_bpb, to the bit, either way."""
+    assert just(project, "eval", "tiny", "--budget-tokens", "3000", env=small_corpus).returncode == 0
+    script = (
+        "import eval\n"
+        "eval.fork_server = lambda *args: None\n"
+        "raise SystemExit(eval.main(['tiny', '--budget-tokens', '3000']))\n"
+    )
+    result = run([sys.executable, "-c", script], cwd=project, env=small_corpus)
+    assert result.returncode == 0, result.stderr
+    forked, spawned = ledger(project).to_dicts()
+    assert spawned["status"] == forked["status"] == "ok" and spawned["val_bpb"] == forked["val_bpb"]
+
+
 def test_mfu_divides_by_the_best_peak_measured_on_this_processor(project, small_corpus):
     """A CPU's peak FLOP/s is measured in each run, and a busy neighbour only ever lowers it: MFU divides by the best
     measured so far on the processor at those threads (runs/peak-flops.json), in the row and the step lines alike."""
