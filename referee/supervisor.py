@@ -63,12 +63,7 @@ class Worker:
         self.deadline: float | None = None  # time.monotonic() by which each answer must come (scoring)
         self.device: dict | None = None  # what the worker reported of its device, once it has
         self.name = f"{job['kind']} worker" + (f" (rank {job['rank']})" if job["world_size"] > 1 else "")
-        self.echoes = [
-            threading.Thread(target=echo, args=(pipe, out, log_file), daemon=True)
-            for pipe, out in ((self.proc.stdout, sys.stdout), (self.proc.stderr, sys.stderr))
-        ]
-        for thread in self.echoes:
-            thread.start()
+        self.echoes = echoes(self.proc, log_file)
         self.send({"op": "job", **job})
 
     def send(self, header: dict, tensor=None) -> None:
@@ -155,12 +150,7 @@ class ForkServer:
         self.proc = spawn(["-m", "referee.worker", "--serve", str(theirs.fileno())], theirs.fileno(), env, scratch)
         theirs.close()
         self.control, self.forks, self.exited, self.ready, self.ended = ours, 0, {}, False, False
-        self.echoes = [
-            threading.Thread(target=echo, args=(pipe, out, log), daemon=True)
-            for pipe, out in ((self.proc.stdout, sys.stdout), (self.proc.stderr, sys.stderr))
-        ]
-        for thread in self.echoes:
-            thread.start()
+        self.echoes = echoes(self.proc, log)
 
     def fork(self, fd: int) -> "Forked":
         """A scoring worker on socket `fd`, its output piped here; forked as soon as the server can."""
@@ -238,6 +228,17 @@ class Forked:
 def fork_server(scratch: str, log: Path | None) -> ForkServer | None:
     """A fork server for the run's scoring workers where this system has one (Linux, pidfd), else None."""
     return ForkServer(scratch, log) if sys.platform == "linux" and hasattr(os, "pidfd_open") else None
+
+
+def echoes(proc, log_file: Path | None) -> list[threading.Thread]:
+    """Threads, started, that echo a process's stdout and stderr to this process's and to the run's log."""
+    threads = [
+        threading.Thread(target=echo, args=(pipe, out, log_file), daemon=True)
+        for pipe, out in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))
+    ]
+    for thread in threads:
+        thread.start()
+    return threads
 
 
 def echo(pipe, out, log_file: Path | None) -> None:

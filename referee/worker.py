@@ -3,9 +3,9 @@
 The referee (eval.py) starts it as `python -P -m referee.worker FD`, with the main checkout on PYTHONPATH
 and one end of a socket pair at descriptor FD; the rest arrives as messages (referee/wire.py). On Linux a
 run's two scoring workers are forked instead by a fork server (`serve`, started as `--serve FD`), each at the
-point where a started worker begins `main`. The worker imports torch and the libraries, confines itself (Landlock, then the tripwire: referee/sandbox.py) and only
-then loads the experiment: the copy of its code kept in runs/{run_id}/, train.py by file path under its own
-name.
+point where a started worker begins `main`. The worker imports torch and the libraries, confines itself
+(Landlock, then the tripwire: referee/sandbox.py) and only then loads the experiment: the copy of its code
+kept in runs/{run_id}/, train.py by file path under its own name.
 
 A training worker resolves the run's Config from the command line, waits for the go, calls train() with a
 TrainData whose batches the referee serves one at a time, and saves the returned model's weights as the
