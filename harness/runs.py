@@ -133,7 +133,7 @@ def confirm(
             raise Refusal(
                 f"{e}\n`just confirm {slug}` runs it again at seed {seed}: a pair begun is never dropped"
             ) from e
-        print(f"{description}: val_bpb {out['val_bpb']:.6f} ({out['run_id']})")
+        print(f"{side} at seed {seed}: val_bpb {out['val_bpb']:.6f} ({out['run_id']})")
 
     for seed, missing in done.waiting:  # a pair begun is finished at its own seed, never dropped for a fresh one
         print(f"seed {seed}: its pair waits for {' and '.join(missing)}; run again at that seed")
