@@ -251,7 +251,13 @@ def run(
         mark_running(row, run_dir)
     log_header(spec, row, cfg, corpus, data_s, preset, torch, code_dir)
 
-    summary: dict = {"data_s": data_s, "nproc": spec.nproc}
+    # the splits' sizes: how long a confirming run's holdout takes to score, told from any run (repo.runs.pace_here)
+    summary: dict = {
+        "data_s": data_s,
+        "nproc": spec.nproc,
+        "val_bytes": len(corpus.val),
+        "holdout_bytes": len(corpus.holdout),
+    }
     try:
         if refused:
             raise refused
@@ -392,9 +398,10 @@ def log_header(spec: RunSpec, row: dict, cfg: dict, corpus, data_s: float, prese
     logger.info(f"config {row['config']} | {cfg}")
     pace = None if spec.smoke else pace_here(ROOT, row)
     if pace is not None:  # the load they met is in it; `just plan` measures the machine as it is now
+        holdout = spec.role.startswith(CONFIRM_ROLE)  # a confirming run scores the holdout too
         logger.info(
             f"like this run here (the newest {pace.runs}: {pace.tokens_per_s:,.0f} tokens/s, scoring "
-            f"{pace.eval_s:.0f} s): about {minutes(pace.run_s(spec.budget_tokens))} start to row"
+            f"{pace.eval_s:.0f} s): about {minutes(pace.run_s(spec.budget_tokens, holdout))} start to row"
         )
     logger.info(
         f"budget {spec.budget_tokens:,} tokens | wall cap {spec.wall_cap_s or preset.wall_cap_s:.0f} s | eval context {preset.eval_seq_len}"

@@ -57,12 +57,13 @@ def new(slug: str) -> str:
     return command("new", slug)
 
 
-def time_here(root: Path | None, row: dict, runs: int) -> str:
+def time_here(root: Path | None, row: dict, runs: int, holdout: bool = False) -> str:
     """' (N runs, about T here)': how long `runs` runs like `row` (its config, device, threads, budget) take on
-    this machine at the pace of its newest such runs; ' (N runs; `just plan` ...)' before any; '' without root."""
+    this machine at the pace of its newest such runs, confirming runs (`holdout`: they score it too) or not;
+    ' (N runs; `just plan` ...)' before any; '' without root."""
     if root is None:
         return ""
     pace, what = pace_here(root, row), f"{runs} run{'s' * (runs != 1)}"
     if pace is None:
         return f" ({what}; `{command('plan')}` measures how long they take here)"
-    return f" ({what}, about {minutes(runs * pace.run_s(row['budget']))} here)"
+    return f" ({what}, about {minutes(runs * pace.run_s(row['budget'], holdout))} here)"

@@ -97,7 +97,7 @@ def compare_slug(df, slug: str, flight: list[dict] = (), here: Path | None = Non
     flying = [r for r in flight if in_group(r, newest)]
     base_flying = sorted(r["seed"] for r in flying if r["experiment"] == "main" and r["role"] == "baseline")
     mine_flying = sorted(r["seed"] for r in flying if r["experiment"] == slug)
-    took = lambda runs: advice.time_here(here, newest, runs)  # noqa: E731
+    took = lambda runs, holdout=False: advice.time_here(here, newest, runs, holdout)  # noqa: E731
     if base.height < 2 and base.height + len(base_flying) >= 2:
         then = f"main's baseline {seed_list(base_flying)} in flight: wait for it, then compare again"
     elif base.height < 2:
@@ -115,7 +115,7 @@ def compare_slug(df, slug: str, flight: list[dict] = (), here: Path | None = Non
         more = advice.seed_runs(slug, newest, range(first, first + 2))
         then = f"{result.advice} at {runs.height} seeds: drop it, or resolve a smaller effect{took(2)} with {more}"
     elif result.outcome == Outcome.IMPROVED:
-        then = f"{result.advice}{took(2 * plan.confirm)}: {advice.confirm(slug)}"
+        then = f"{result.advice}{took(2 * plan.confirm, True)}: {advice.confirm(slug)}"  # they score the holdout too
     else:
         then = result.advice
     return dataclasses.replace(result, advice=then)

@@ -50,18 +50,34 @@ class Plan:
             f"measured: {minutes(pace.run_s(row['train_tokens']))} start to row (run {row['run_id']}, val_bpb "
             f"{row['val_bpb']:.4f}): {row['train_tokens']:,} tokens trained in {row['wall_s']:.0f} s, "
             f"{pace.tokens_per_s:,.0f} tokens/s past the first steps; scoring {pace.eval_s:.0f} s; start-up, "
-            f"warm-up and the row {pace.fixed_s - pace.eval_s:.0f} s"
+            f"warm-up and the row {pace.fixed_s - pace.eval_s:.0f} s; the holdout, which a confirming run scores too, "
+            f"{pace.holdout_s:.0f} s"
         )
         seeds = SEED_PLANS[device]
-        steps = {"baseline": seeds.baseline, "an experiment": seeds.runs, "confirm": 2 * seeds.confirm}
-        steps["to a claim"] = sum(steps.values())  # the baseline, the experiment's seeds, the confirmation
+        confirming = 2 * seeds.confirm
+        runs = seeds.baseline + seeds.runs + confirming
+
+        def claim(budget: int) -> dict[str, float]:
+            """Seconds of each stage of a claim at `budget`: main's baseline, the experiment's seeds, the
+            confirmation (its runs score the holdout too), the audit (each confirming run scored again)."""
+            stages = {
+                f"baseline ({seeds.baseline} runs)": seeds.baseline * pace.run_s(budget),
+                f"an experiment ({seeds.runs} runs)": seeds.runs * pace.run_s(budget),
+                f"confirm ({confirming} runs)": confirming * pace.run_s(budget, holdout=True),
+                f"audit ({confirming} rescorings)": confirming * pace.rescore_s(),
+            }
+            return {
+                "one run": pace.run_s(budget),
+                **stages,
+                f"to a claim ({runs} runs, the audit)": sum(stages.values()),
+            }
+
         budgets = sorted({preset, preset // 4, measured}, reverse=True)
         table = pl.DataFrame(
             [
                 {
                     "budget": f"{b:,}" + " (preset)" * (b == preset) + " (measured)" * (b == measured),
-                    "one run": minutes(pace.run_s(b)),
-                    **{f"{step} ({n} runs)": minutes(n * pace.run_s(b)) for step, n in steps.items()},
+                    **{stage: minutes(s) for stage, s in claim(b).items()},
                 }
                 for b in budgets
             ]

@@ -120,7 +120,7 @@ def pending(root: Path) -> tuple[list[dict], str | None]:
                 dict(
                     kind="confirm",
                     slug=slug,
-                    why=f"called improved, {why}" + advice.time_here(root, newest, 2 * (size - pairs)),
+                    why=f"called improved, {why}" + advice.time_here(root, newest, 2 * (size - pairs), holdout=True),
                     command=advice.confirm(slug),
                 )
             )

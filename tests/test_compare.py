@@ -347,9 +347,15 @@ def test_plan_measures_this_machine_and_later_runs_plan_with_it(project, small_c
     assert steady > row["tokens_per_s"] * 0.5 and summary["run_s"] - row["train_tokens"] / steady > summary["eval_s"]
     out = result.stdout.rsplit("---\n", 1)[1]
     assert f"{steady:,.0f} tokens/s past the first steps; scoring {summary['eval_s']:.0f} s" in out
-    one_run = summary["run_s"] - row["train_tokens"] / steady + 7_000_000 / steady  # the preset, at that pace
+    # the holdout, which only confirming runs score: the validation split's scoring time by its share of bytes
+    assert summary["val_bytes"] > 0 and summary["holdout_bytes"] > 0
+    holdout = summary["eval_s"] * summary["holdout_bytes"] / summary["val_bytes"]
+    assert f"the holdout, which a confirming run scores too, {holdout:.0f} s" in out
+    fixed = summary["run_s"] - row["train_tokens"] / steady
+    one_run = fixed + 7_000_000 / steady  # the preset, at that pace
+    claim = 12 * one_run + 6 * holdout + 6 * (fixed + holdout)  # 12 runs, 6 of them confirming; the audit's 6
     preset = next(line for line in out.splitlines() if "7,000,000 (preset)" in line)
-    assert minutes(one_run) in preset and minutes(12 * one_run) in preset  # one run; a claim's twelve
+    assert minutes(one_run) in preset and minutes(claim) in preset and minutes(12 * one_run) not in preset
     assert any("3,000 (measured)" in line for line in out.splitlines())
     # a later run like it says how long it will take here, from that pace
     later = just(project, "eval", *TINY, env=small_corpus)
