@@ -23,7 +23,7 @@ MEASURED_SHARE = 14  # the measuring run trains 1/14 of the preset's budget: 500
 class Plan:
     """Measure this machine, as busy as it is now, with one scored run of main's code at a small budget (1/14 of
     the preset's, or --budget-tokens), then print how long a run, a baseline, an experiment's seeds, a
-    confirmation and a whole claim take here at the preset's budget and smaller ones. Any other argument is
+    confirmation, its audit and a whole claim take here at the preset's budget and smaller ones. Any other argument is
     eval.py's: just plan [CONFIG] [--threads 1] [--budget-tokens N]"""
 
     device: Device | None = None
@@ -69,7 +69,7 @@ class Plan:
             return {
                 "one run": pace.run_s(budget),
                 **stages,
-                f"to a claim ({runs} runs, the audit)": sum(stages.values()),
+                f"to a claim ({runs} runs, audit)": sum(stages.values()),
             }
 
         budgets = sorted({preset, preset // 4, measured}, reverse=True)
