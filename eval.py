@@ -58,7 +58,6 @@ from repo import Terminated, entry_point, exit_without_teardown
 from repo.git import checkout_dir, experiment_name, head_commit, tracked_dirty
 from repo.guard import install_hooks, require_scoring_allowed
 from repo.ledger import (
-    CONFIRM_ROLE,
     LEDGER,
     RUNNING,
     append_result,
@@ -236,7 +235,7 @@ def run(
     t0 = time.perf_counter()
     corpus = load_corpus()  # a source that is missing or unprepared is refused, no row
     data_s = time.perf_counter() - t0
-    if spec.role.startswith(CONFIRM_ROLE) and len(corpus.holdout) < 2:
+    if spec.confirming and len(corpus.holdout) < 2:
         raise ValueError(
             f"the corpus has no holdout split ({len(corpus.holdout)} bytes), on which a confirmation is judged: "
             f"add files (one in {core.VAL_MODULUS} of the others goes to it)"
@@ -398,10 +397,9 @@ def log_header(spec: RunSpec, row: dict, cfg: dict, corpus, data_s: float, prese
     logger.info(f"config {row['config']} | {cfg}")
     pace = None if spec.smoke else pace_here(ROOT, row)
     if pace is not None:  # the load they met is in it; `just plan` measures the machine as it is now
-        holdout = spec.role.startswith(CONFIRM_ROLE)  # a confirming run scores the holdout too
         logger.info(
             f"like this run here (the newest {pace.runs}: {pace.tokens_per_s:,.0f} tokens/s, scoring "
-            f"{pace.eval_s:.0f} s): about {minutes(pace.run_s(spec.budget_tokens, holdout))} start to row"
+            f"{pace.eval_s:.0f} s): about {minutes(pace.run_s(spec.budget_tokens, spec.confirming))} start to row"
         )
     logger.info(
         f"budget {spec.budget_tokens:,} tokens | wall cap {spec.wall_cap_s or preset.wall_cap_s:.0f} s | eval context {preset.eval_seq_len}"
@@ -409,7 +407,7 @@ def log_header(spec: RunSpec, row: dict, cfg: dict, corpus, data_s: float, prese
     )
     logger.info(
         f"data {corpus.source} | {corpus.n_files} files | train {len(corpus.train):,} B | val {len(corpus.val):,} B | "
-        f"holdout {len(corpus.holdout):,} B ({'scored: a confirmation run' if spec.role.startswith(CONFIRM_ROLE) else 'sealed'}) "
+        f"holdout {len(corpus.holdout):,} B ({'scored: a confirmation run' if spec.confirming else 'sealed'}) "
         f"| fp {corpus.fingerprint} | {data_s:.1f} s"
     )
 
@@ -464,7 +462,7 @@ def train_and_score(
                 done["flops_per_token"] * stream.tokens_served / wall_s / (summary["peak_flops"] * spec.nproc)
             )
         val = smoke_validation(corpus.val, preset.eval_seq_len) if spec.smoke else corpus.val
-        holdout = corpus.holdout if spec.role.startswith(CONFIRM_ROLE) and not spec.smoke else None  # sealed otherwise
+        holdout = corpus.holdout if spec.confirming and not spec.smoke else None  # sealed otherwise
         # The memorization probe needs a scored run's whole split: on a slice, and a model of 30 steps (whose
         # unseen windows vary most), chance alone decided it (bench/README.md, "The memorization probe in smoke").
         train = None if spec.smoke else corpus.train

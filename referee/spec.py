@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-from repo.ledger import role_problem
+from repo.ledger import CONFIRM_ROLE, role_problem
 
 Device = Literal["cpu", "cuda", "mps"]
 Hidden = tyro.conf.Suppress  # a field of the spec that is not one of eval.py's flags
@@ -66,6 +66,11 @@ class RunSpec:
             raise ValueError(f"--role: {role_problem(self.role)}; leave it out for a plain run")
         if self.config_name is not None and self.config is not None:
             raise ValueError(f"give a CONFIG name ({self.config_name!r}) or --config PATH ({self.config}), not both")
+
+    @property
+    def confirming(self) -> bool:
+        """A side of a confirmation (`just confirm`): the one kind of run that scores the sealed holdout too."""
+        return self.role.startswith(CONFIRM_ROLE)
 
     @classmethod
     def from_argv(cls, argv: list[str]) -> "RunSpec":
